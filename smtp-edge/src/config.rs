@@ -1,0 +1,540 @@
+//! The configuration file (TOML): parsing and validation with exact locations.
+//!
+//! Every error names the file, line and column of the value at fault, and all
+//! semantic errors are reported at once, so an admin fixes a file in one pass.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::allowlist::{Entry, Origin, exchange};
+use smtp_edge_common::capacity;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// 1-based line (0 when the whole file is at fault).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+/// All the problems found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Gate mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Drop packets to protected ports from sources outside the allowlist.
+    #[default]
+    Enforce,
+    /// Count and log what would be dropped; pass everything.
+    Monitor,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttach {
+    /// Native (driver) mode, falling back to generic (skb) mode when the driver lacks XDP.
+    #[default]
+    Auto,
+    /// Native mode only.
+    Native,
+    /// Generic mode only.
+    Skb,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    /// Where the daemon keeps its state (CLI allowlist entries, imported ranges).
+    pub state_dir: PathBuf,
+    /// The control socket the CLI talks to.
+    pub control_socket: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/smtp-edge"),
+            control_socket: PathBuf::from("/run/smtp-edge/control.sock"),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[filter.capacity]`: sizes of the kernel maps, fixed when they are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capacity {
+    /// Allowlist entries (each has a hit counter).
+    pub entries: u32,
+    /// IPv4 second-level blocks (one per /16 holding prefixes longer than /16).
+    pub v4_l2_blocks: u32,
+    /// IPv4 third-level blocks (one per /24 holding prefixes longer than /24).
+    pub v4_l3_blocks: u32,
+    /// IPv6 prefixes.
+    pub v6_prefixes: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            entries: capacity::DEFAULT_ENTRIES,
+            v4_l2_blocks: capacity::DEFAULT_V4_L2_BLOCKS,
+            v4_l3_blocks: capacity::DEFAULT_V4_L3_BLOCKS,
+            v6_prefixes: capacity::DEFAULT_V6_PREFIXES,
+        }
+    }
+}
+
+/// `[filter]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Filter {
+    /// Whether the daemon loads and manages the XDP gate.
+    pub enabled: bool,
+    /// Internet-facing interfaces to attach to.
+    pub interfaces: Vec<Spanned<String>>,
+    /// Protected TCP destination ports.
+    pub ports: Spanned<Vec<Spanned<u32>>>,
+    /// enforce or monitor.
+    pub mode: Mode,
+    /// auto, native or skb.
+    pub xdp_mode: XdpAttach,
+    /// bpffs directory for the pinned program links and maps.
+    pub pin_dir: PathBuf,
+    /// Drop events logged per second and per CPU (0 = none).
+    pub drop_events_per_second: u32,
+    /// Map sizes.
+    pub capacity: Capacity,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interfaces: Vec::new(),
+            ports: Spanned::new(0..0, vec![Spanned::new(0..0, 25)]),
+            mode: Mode::Enforce,
+            xdp_mode: XdpAttach::Auto,
+            pin_dir: PathBuf::from("/sys/fs/bpf/smtp-edge"),
+            drop_events_per_second: 20,
+            capacity: Capacity::default(),
+        }
+    }
+}
+
+/// One `[[allowlist.entries]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntry {
+    /// Address, CIDR, address/dotted-mask or start-end range.
+    pub source: Spanned<String>,
+    /// Free text shown in listings and stats.
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// `[allowlist]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Allowlist {
+    /// Include the Exchange Online port-25 ranges (bundled, or the imported ones).
+    pub exchange_online: bool,
+    /// Static entries.
+    pub entries: Vec<RawEntry>,
+}
+
+impl Default for Allowlist {
+    fn default() -> Self {
+        Self {
+            exchange_online: true,
+            entries: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    daemon: Daemon,
+    #[serde(default)]
+    filter: Filter,
+    #[serde(default)]
+    allowlist: Allowlist,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `[daemon]`.
+    pub daemon: Daemon,
+    /// `[filter]`.
+    pub filter: Filter,
+    /// The protected ports (validated).
+    pub ports: Vec<u16>,
+    /// `[allowlist]`.
+    pub allowlist: Allowlist,
+    /// Static entries, parsed.
+    pub static_entries: Vec<Entry>,
+}
+
+/// Maps a byte offset to 1-based line and column (columns count characters).
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.display().to_string(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let at = |span: std::ops::Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            ConfigError {
+                file: file.clone(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            ConfigErrors(vec![at(span, e.message().trim_end().to_string())])
+        })?;
+        let mut errors = Vec::new();
+
+        let f = &raw.filter;
+        if f.enabled && f.interfaces.is_empty() {
+            errors.push(ConfigError {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                message:
+                    "filter.interfaces: at least one interface is needed when the filter is enabled"
+                        .into(),
+            });
+        }
+        for i in &f.interfaces {
+            let name = i.get_ref();
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                errors.push(at(
+                    i.span(),
+                    format!("`{name}` is not a valid interface name"),
+                ));
+            }
+        }
+        let mut ports = Vec::new();
+        if f.ports.get_ref().is_empty() {
+            errors.push(at(
+                f.ports.span(),
+                "filter.ports: at least one port is needed".into(),
+            ));
+        }
+        for p in f.ports.get_ref() {
+            match u16::try_from(*p.get_ref()) {
+                Ok(port) if port != 0 => {
+                    if !ports.contains(&port) {
+                        ports.push(port);
+                    }
+                }
+                _ => errors.push(at(
+                    p.span(),
+                    format!("port {} is out of range (1..=65535)", p.get_ref()),
+                )),
+            }
+        }
+        let c = &f.capacity;
+        for (name, value, max) in [
+            ("entries", c.entries, 1 << 22),
+            ("v4_l2_blocks", c.v4_l2_blocks, 1 << 18),
+            ("v4_l3_blocks", c.v4_l3_blocks, 1 << 22),
+            ("v6_prefixes", c.v6_prefixes, 1 << 22),
+        ] {
+            if value == 0 || value > max {
+                errors.push(ConfigError {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "filter.capacity.{name} = {value} is out of range (1..={max})"
+                    ),
+                });
+            }
+        }
+
+        let mut static_entries = Vec::new();
+        for e in &raw.allowlist.entries {
+            match Entry::parse(Origin::Config, e.source.get_ref(), &e.comment) {
+                Ok(entry) => static_entries.push(entry),
+                Err(err) => errors.push(at(e.source.span(), err.to_string())),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            daemon: raw.daemon,
+            filter: raw.filter,
+            ports,
+            allowlist: raw.allowlist,
+            static_entries,
+        })
+    }
+
+    /// Interface names.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.filter
+            .interfaces
+            .iter()
+            .map(|s| s.get_ref().clone())
+            .collect()
+    }
+
+    /// The Exchange Online entries: the imported selection when there is one,
+    /// else the bundled list; none when `allowlist.exchange_online` is false.
+    pub fn exchange_entries(&self, imported: Option<&exchange::Selection>) -> Vec<Entry> {
+        if !self.allowlist.exchange_online {
+            return Vec::new();
+        }
+        let ranges: Vec<String> = match imported {
+            Some(sel) => sel.ranges.clone(),
+            None => exchange::BUNDLED.iter().map(|s| s.to_string()).collect(),
+        };
+        let comment = if imported.is_some() {
+            "Exchange Online (imported)"
+        } else {
+            "Exchange Online (bundled, endpoint set 10)"
+        };
+        ranges
+            .iter()
+            .filter_map(|r| Entry::parse(Origin::ExchangeOnline, r, comment).ok())
+            .collect()
+    }
+}
+
+/// A complete, commented configuration (`smtp-edge config example`).
+pub const EXAMPLE: &str = r#"# smtp-edge configuration.
+# Check a file with `smtp-edge config check FILE`; apply changes with
+# `smtp-edge reload` (a file with errors is refused and the running
+# configuration stays in force).
+
+[daemon]
+# Daemon state: allowlist entries added with `smtp-edge allow add`, imported
+# Exchange Online ranges, and the entry ids behind the kernel counters.
+state_dir = "/var/lib/smtp-edge"
+# Unix socket the `smtp-edge` CLI uses to talk to the running daemon.
+control_socket = "/run/smtp-edge/control.sock"
+# "text" or "json" (one object per line, for log shippers).
+log_format = "text"
+
+[filter]
+# Load the XDP gate. With false the daemon leaves any pinned gate alone.
+enabled = true
+# Internet-facing interfaces. Only TCP to `ports` is filtered there; everything
+# else (ARP, UDP, other ports, replies to this host's own connections) passes.
+interfaces = ["eth0"]
+# Protected TCP destination ports. 465 and 587 may be added.
+ports = [25]
+# "enforce" drops packets from sources outside the allowlist; "monitor" only
+# counts and logs them (start here to find legitimate senders you missed).
+mode = "enforce"
+# "auto" (native XDP, or generic skb mode when the driver lacks it), "native", "skb".
+xdp_mode = "auto"
+# bpffs directory where the program links and maps are pinned. The gate stays in
+# force when the daemon stops; `smtp-edge filter detach` removes it.
+pin_dir = "/sys/fs/bpf/smtp-edge"
+# Sampled drop events logged per second and per CPU (0 = none).
+drop_events_per_second = 20
+
+[filter.capacity]
+# Kernel map sizes, fixed when the maps are created. Changing them needs
+# `smtp-edge filter detach` and a restart.
+entries = 16384        # allowlist entries (one hit counter each)
+v4_l2_blocks = 4096    # /16s that hold prefixes longer than /16 (1 KiB each)
+v4_l3_blocks = 4096    # /24s that hold prefixes longer than /24 (1 KiB each)
+v6_prefixes = 16384    # IPv6 prefixes
+
+[allowlist]
+# Exchange Online's port-25 ranges (endpoint set 10: 40.92.0.0/15, 40.107.0.0/16,
+# 52.100.0.0/14, 104.47.0.0/17, 2a01:111:f400::/48, 2a01:111:f403::/48). Refresh
+# them from a saved endpoints web-service answer with `smtp-edge ranges import FILE`.
+exchange_online = true
+
+# Static entries: an address, CIDR, address/dotted-mask or start-end range
+# (the forms of Exchange's RemoteIPRanges). Ranges become the minimal CIDR set.
+[[allowlist.entries]]
+source = "198.51.100.25"
+comment = "on-prem Exchange (outbound to Microsoft 365)"
+
+[[allowlist.entries]]
+source = "198.51.100.64/255.255.255.192"
+comment = "scanners and line-of-business apps"
+
+[[allowlist.entries]]
+source = "203.0.113.10-203.0.113.20"
+comment = "partner relay"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("edge.toml"))
+    }
+
+    #[test]
+    fn example_is_valid_and_complete() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.ports, vec![25]);
+        assert_eq!(c.interfaces(), vec!["eth0"]);
+        assert_eq!(c.static_entries.len(), 3);
+        assert_eq!(c.static_entries[1].source, "198.51.100.64/26");
+        assert_eq!(c.exchange_entries(None).len(), 6);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("[filter]\ninterfaces = [\"veth0\"]\n").unwrap();
+        assert_eq!(c.filter.mode, Mode::Enforce);
+        assert_eq!(c.filter.xdp_mode, XdpAttach::Auto);
+        assert_eq!(c.ports, vec![25]);
+        assert!(c.allowlist.exchange_online);
+    }
+
+    #[test]
+    fn syntax_errors_have_locations() {
+        let e = parse("[filter]\ninterfaces = [\"eth0\"\n").unwrap_err();
+        assert_eq!(e.0[0].file, "edge.toml");
+        assert_eq!(e.0[0].line, 2, "{e}");
+        let e = parse("[filter]\nmode = \"block\"\ninterfaces=[\"a\"]\n").unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].column), (2, 8), "{e}");
+        assert!(e.to_string().contains("enforce"), "{e}");
+        let e = parse("[filtre]\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_locations() {
+        let text = r#"[filter]
+interfaces = ["eth0"]
+ports = [25, 70000]
+
+[[allowlist.entries]]
+source = "10.0.0.1/33"
+
+[[allowlist.entries]]
+source = "2001:db8::/129"
+
+[[allowlist.entries]]
+  source = "192.0.2.9-192.0.2.1"
+"#;
+        let e = parse(text).unwrap_err();
+        let shown = e.to_string();
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 4, "{shown}");
+        assert!(
+            lines[0].starts_with("edge.toml:3:14: port 70000"),
+            "{shown}"
+        );
+        assert!(
+            lines[1].starts_with("edge.toml:6:10: prefix length `33`"),
+            "{shown}"
+        );
+        assert!(
+            lines[2].starts_with("edge.toml:9:10: prefix length `129`"),
+            "{shown}"
+        );
+        assert!(
+            lines[3].starts_with("edge.toml:12:12: range start 192.0.2.9 is after"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn filter_needs_interfaces_unless_disabled() {
+        assert!(parse("").is_err());
+        assert!(parse("[filter]\nenabled = false\n").is_ok());
+        let e = parse("[filter]\ninterfaces = [\"this-name-is-too-long\"]\n").unwrap_err();
+        assert!(e.to_string().contains("not a valid interface name"));
+    }
+
+    #[test]
+    fn unreadable_file() {
+        let e = Config::load(Path::new("/nonexistent/smtp-edge.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/smtp-edge.toml: cannot read")
+        );
+    }
+}

@@ -1,0 +1,573 @@
+//! The `smtp-edge` binary: the daemon (`run`) and the admin CLI.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use smtp_edge::allowlist::exchange;
+use smtp_edge::config::{self, Config, LogFormat};
+use smtp_edge::control::{self, ControlError, Request, Response};
+use smtp_edge::daemon;
+use smtp_edge::filter::{self, Maps};
+use smtp_edge::state::StateDir;
+use smtp_edge::view::{self, Check, Stats, Status};
+
+const DEFAULT_CONFIG: &str = "/etc/smtp-edge/smtp-edge.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "smtp-edge",
+    version,
+    about = "XDP port-25 gate and SMTP relay for Microsoft 365 hybrid mail flow"
+)]
+struct Cli {
+    /// Configuration file (tells the CLI where the control socket, state and pins are).
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: load and attach the gate, keep it in step, answer the CLI.
+    Run,
+    /// Allowlist entries.
+    #[command(subcommand)]
+    Allow(AllowCmd),
+    /// What the gate does with packets from ADDR to PORT, and which entry matched.
+    Check {
+        /// Source address.
+        address: IpAddr,
+        /// Destination port.
+        #[arg(long, short, default_value_t = 25)]
+        port: u16,
+    },
+    /// Counters by reason and per allowlist entry.
+    Stats {
+        /// Print again every SECONDS until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
+    /// The XDP gate itself.
+    #[command(subcommand)]
+    Filter(FilterCmd),
+    /// Configuration files.
+    #[command(subcommand, name = "config")]
+    ConfigCmd(ConfigCmd),
+    /// Exchange Online ranges.
+    #[command(subcommand)]
+    Ranges(RangesCmd),
+    /// Ask the daemon to re-read its configuration (a bad file is refused).
+    Reload,
+}
+
+#[derive(Subcommand)]
+enum AllowCmd {
+    /// Add an address, CIDR, address/mask or start-end range.
+    Add {
+        /// The source.
+        source: String,
+        /// A note shown in listings.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Remove an entry added with `allow add`.
+    Remove {
+        /// The source, in any accepted spelling.
+        source: String,
+    },
+    /// List every entry (Exchange Online, configuration, CLI) with its hits.
+    List,
+}
+
+#[derive(Subcommand)]
+enum FilterCmd {
+    /// Where the gate is attached, mode, ports, table use.
+    Status,
+    /// Remove the gate from every interface and delete its pins.
+    Detach,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a file; errors carry file, line and column.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print a complete, commented configuration.
+    Example,
+}
+
+#[derive(Subcommand)]
+enum RangesCmd {
+    /// Select the Exchange/port-25 sets from a saved endpoints web-service JSON
+    /// file and use them instead of the bundled ranges.
+    Import {
+        /// The saved answer of https://endpoints.office.com/endpoints/worldwide?clientrequestid=GUID
+        file: PathBuf,
+        /// Only show the selection.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show the Exchange Online ranges in use.
+    List,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = real_main(cli) {
+        eprintln!("smtp-edge: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Run => run(&cli.config),
+        Cmd::ConfigCmd(ConfigCmd::Example) => {
+            print!("{}", config::EXAMPLE);
+            Ok(())
+        }
+        Cmd::ConfigCmd(ConfigCmd::Check { file }) => config_check(file, cli.json),
+        Cmd::Allow(a) => allow(&cli, a),
+        Cmd::Check { address, port } => check(&cli, *address, *port),
+        Cmd::Stats { watch } => stats(&cli, *watch),
+        Cmd::Filter(FilterCmd::Status) => status(&cli),
+        Cmd::Filter(FilterCmd::Detach) => detach(&cli),
+        Cmd::Ranges(r) => ranges(&cli, r),
+        Cmd::Reload => {
+            let cfg = load_config(&cli.config)?;
+            let v =
+                ask(&cfg, &Request::Reload)?.ok_or_else(|| anyhow!("the daemon is not running"))?;
+            println!("{}", v["message"].as_str().unwrap_or("reloaded"));
+            Ok(())
+        }
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow!("{e}"))
+}
+
+fn run(path: &Path) -> Result<()> {
+    let cfg = load_config(path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.daemon.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    rt.block_on(daemon::run(cfg)).map_err(|e| anyhow!("{e}"))
+}
+
+/// Asks the daemon; `Ok(None)` when it is not running.
+fn ask(cfg: &Config, req: &Request) -> Result<Option<Value>> {
+    match control::call(&cfg.daemon.control_socket, req) {
+        Ok(Response::Ok(v)) => Ok(Some(v)),
+        Ok(Response::Error(e)) => bail!("{e}"),
+        Err(ControlError::NotRunning(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Prints rows as aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn config_check(file: &Path, json: bool) -> Result<()> {
+    match Config::load(file) {
+        Ok(cfg) => {
+            let mut warnings = Vec::new();
+            for iface in cfg.interfaces() {
+                if cfg.filter.enabled && !Path::new("/sys/class/net").join(&iface).exists() {
+                    warnings.push(format!("interface `{iface}` does not exist on this host"));
+                }
+            }
+            if json {
+                print_json(&serde_json::json!({"ok": true, "warnings": warnings}))?;
+            } else {
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!(
+                    "{}: ok ({} static allowlist entries, ports {:?}, mode {:?})",
+                    file.display(),
+                    cfg.static_entries.len(),
+                    cfg.ports,
+                    cfg.filter.mode
+                );
+            }
+            Ok(())
+        }
+        Err(errors) => {
+            if json {
+                let list: Vec<Value> = errors
+                    .0
+                    .iter()
+                    .map(|e| serde_json::json!({"file": e.file, "line": e.line, "column": e.column, "message": e.message}))
+                    .collect();
+                print_json(&serde_json::json!({"ok": false, "errors": list}))?;
+            }
+            bail!("{} error(s):\n{errors}", errors.0.len())
+        }
+    }
+}
+
+fn state_dir(cfg: &Config) -> Result<StateDir> {
+    Ok(StateDir::open(&cfg.daemon.state_dir)?)
+}
+
+fn allow(cli: &Cli, cmd: &AllowCmd) -> Result<()> {
+    let cfg = load_config(&cli.config)?;
+    match cmd {
+        AllowCmd::Add { source, comment } => {
+            let req = Request::AllowAdd {
+                source: source.clone(),
+                comment: comment.clone(),
+            };
+            match ask(&cfg, &req)? {
+                Some(v) => println!(
+                    "added {} (in force now)",
+                    v["added"].as_str().unwrap_or(source)
+                ),
+                None => {
+                    let c = daemon::add_cli_entry(&state_dir(&cfg)?, source, comment)
+                        .map_err(|e| anyhow!(e))?;
+                    println!(
+                        "added {c} to {}; the daemon is not running, it takes effect when it starts",
+                        cfg.daemon.state_dir.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        AllowCmd::Remove { source } => {
+            match ask(
+                &cfg,
+                &Request::AllowRemove {
+                    source: source.clone(),
+                },
+            )? {
+                Some(v) => println!(
+                    "removed {} (in force now)",
+                    v["removed"].as_str().unwrap_or(source)
+                ),
+                None => {
+                    let c = daemon::remove_cli_entry(&cfg, &state_dir(&cfg)?, source)
+                        .map_err(|e| anyhow!(e))?;
+                    println!(
+                        "removed {c}; the daemon is not running, it takes effect when it starts"
+                    );
+                }
+            }
+            Ok(())
+        }
+        AllowCmd::List => {
+            let stats = read_stats(&cfg, &Request::AllowList).or_else(|_| -> Result<Stats> {
+                // No daemon and no pinned gate: list what the next start would load.
+                let entries =
+                    daemon::desired_entries(&cfg, &state_dir(&cfg)?).map_err(|e| anyhow!("{e}"))?;
+                let compiled =
+                    smtp_edge::allowlist::compile(&entries, &Default::default(), u32::MAX)?;
+                Ok(Stats {
+                    counters: Vec::new(),
+                    entries: compiled
+                        .entries
+                        .into_iter()
+                        .map(|entry| view::EntryStats { entry, hits: 0 })
+                        .collect(),
+                })
+            })?;
+            if cli.json {
+                return print_json(&stats.entries);
+            }
+            let rows: Vec<Vec<String>> = stats
+                .entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.entry.id.to_string(),
+                        e.entry.entry.origin.to_string(),
+                        e.entry.entry.source.clone(),
+                        e.hits.to_string(),
+                        e.entry.entry.comment.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "ORIGIN", "SOURCE", "HITS", "COMMENT"], &rows);
+            Ok(())
+        }
+    }
+}
+
+/// Stats from the daemon, or from the pinned maps when it is down.
+fn read_stats(cfg: &Config, req: &Request) -> Result<Stats> {
+    if let Some(v) = ask(cfg, req)? {
+        return Ok(serde_json::from_value(v)?);
+    }
+    let maps = Maps::open(&cfg.filter.pin_dir, false)?;
+    let fs = state_dir(cfg)?.filter()?.unwrap_or_default();
+    Ok(view::stats(&maps, &fs)?)
+}
+
+fn check(cli: &Cli, address: IpAddr, port: u16) -> Result<()> {
+    let cfg = load_config(&cli.config)?;
+    let c: Check = match ask(&cfg, &Request::Check { address, port })? {
+        Some(v) => serde_json::from_value(v)?,
+        None => {
+            let maps = Maps::open(&cfg.filter.pin_dir, false)?;
+            let fs = state_dir(&cfg)?.filter()?.unwrap_or_default();
+            view::check(&maps, &fs, address, port)?
+        }
+    };
+    if cli.json {
+        return print_json(&c);
+    }
+    println!(
+        "{} → port {}: {} ({})",
+        c.address,
+        c.port,
+        c.verdict.to_uppercase(),
+        c.reason
+    );
+    if let Some(e) = &c.entry {
+        println!(
+            "  entry #{} {} {}{}",
+            e.id,
+            e.entry.origin,
+            e.entry.source,
+            if e.entry.comment.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", e.entry.comment)
+            }
+        );
+    }
+    println!("  mode: {}", c.mode);
+    Ok(())
+}
+
+fn print_stats(s: &Stats, previous: Option<&Stats>, interval: f64) {
+    let rows: Vec<Vec<String>> = s
+        .counters
+        .iter()
+        .map(|(n, v)| {
+            let mut row = vec![n.clone(), v.to_string()];
+            if let Some(p) = previous.and_then(|p| view::counter(p, n)) {
+                row.push(format!("{:.1}/s", v.saturating_sub(*p) as f64 / interval));
+            }
+            row
+        })
+        .collect();
+    let header: &[&str] = if previous.is_some() {
+        &["COUNTER", "PACKETS", "RATE"]
+    } else {
+        &["COUNTER", "PACKETS"]
+    };
+    table(header, &rows);
+    println!();
+    let rows: Vec<Vec<String>> = s
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.entry.id.to_string(),
+                e.entry.entry.source.clone(),
+                e.entry.entry.origin.to_string(),
+                e.hits.to_string(),
+                e.entry.entry.comment.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "ENTRY", "ORIGIN", "HITS", "COMMENT"], &rows);
+}
+
+fn stats(cli: &Cli, watch: Option<u64>) -> Result<()> {
+    let cfg = load_config(&cli.config)?;
+    let mut previous: Option<Stats> = None;
+    loop {
+        let s = read_stats(&cfg, &Request::Stats)?;
+        if cli.json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            if watch.is_some() {
+                println!("--- {}", humantime_now());
+            }
+            print_stats(&s, previous.as_ref(), watch.unwrap_or(1).max(1) as f64);
+        }
+        let Some(secs) = watch else { return Ok(()) };
+        previous = Some(s);
+        std::thread::sleep(Duration::from_secs(secs.max(1)));
+    }
+}
+
+fn humantime_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+fn status(cli: &Cli) -> Result<()> {
+    let cfg = load_config(&cli.config)?;
+    let s: Status = match ask(&cfg, &Request::Status)? {
+        Some(v) => serde_json::from_value(v)?,
+        None => {
+            let maps = Maps::open(&cfg.filter.pin_dir, false)?;
+            let fs = state_dir(&cfg)?.filter()?.unwrap_or_default();
+            let blocks = maps.read_v4()?.blocks_used();
+            view::status(&maps, &cfg.filter.pin_dir, &fs, blocks)?
+        }
+    };
+    if cli.json {
+        return print_json(&s);
+    }
+    println!(
+        "daemon:      {}",
+        if s.daemon_running {
+            "running"
+        } else {
+            "not running (read from the pinned maps)"
+        }
+    );
+    println!("pinned at:   {}", s.pin_dir);
+    let ifaces: Vec<String> = s
+        .interfaces
+        .iter()
+        .map(|i| match s.attach_modes.get(i) {
+            Some(m) => format!("{i} ({m})"),
+            None => i.clone(),
+        })
+        .collect();
+    println!(
+        "attached to: {}",
+        if ifaces.is_empty() {
+            "nothing".into()
+        } else {
+            ifaces.join(", ")
+        }
+    );
+    println!("mode:        {}", s.mode);
+    println!("ports:       {:?}", s.ports);
+    println!("entries:     {} of {}", s.entries, s.entry_capacity);
+    println!(
+        "IPv4 blocks: {}/{} second level, {}/{} third level",
+        s.v4_blocks[0].0, s.v4_blocks[0].1, s.v4_blocks[1].0, s.v4_blocks[1].1
+    );
+    Ok(())
+}
+
+fn detach(cli: &Cli) -> Result<()> {
+    let cfg = load_config(&cli.config)?;
+    let ifaces: Vec<String> = match ask(&cfg, &Request::Detach)? {
+        Some(v) => serde_json::from_value(v["detached"].clone())?,
+        None => filter::detach_all(&cfg.filter.pin_dir)?,
+    };
+    if cli.json {
+        return print_json(&serde_json::json!({ "detached": ifaces }));
+    }
+    println!(
+        "gate removed from: {}",
+        if ifaces.is_empty() {
+            "no interface".into()
+        } else {
+            ifaces.join(", ")
+        }
+    );
+    Ok(())
+}
+
+fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
+    match cmd {
+        RangesCmd::Import { file, dry_run } => {
+            let sel = exchange::import(file)?;
+            if cli.json {
+                print_json(&sel)?;
+            } else {
+                println!("endpoint sets: {:?} ({})", sel.sets, sel.urls.join(", "));
+                for r in &sel.ranges {
+                    println!("  {r}");
+                }
+            }
+            if *dry_run {
+                return Ok(());
+            }
+            let cfg = load_config(&cli.config)?;
+            state_dir(&cfg)?.set_exchange(&sel)?;
+            match ask(&cfg, &Request::Reload)? {
+                Some(_) => eprintln!("imported {} ranges; in force now", sel.ranges.len()),
+                None => eprintln!(
+                    "imported {} ranges; they take effect when the daemon starts",
+                    sel.ranges.len()
+                ),
+            }
+            Ok(())
+        }
+        RangesCmd::List => {
+            let cfg = load_config(&cli.config)?;
+            let imported = state_dir(&cfg)?.exchange()?;
+            let entries = cfg.exchange_entries(imported.as_ref());
+            if cli.json {
+                return print_json(&entries);
+            }
+            if !cfg.allowlist.exchange_online {
+                println!(
+                    "allowlist.exchange_online is false: no Exchange Online ranges are allowed"
+                );
+            }
+            for e in entries {
+                println!("{:<22} {}", e.source, e.comment);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The daemon's state directory: allowlist entries added with the CLI, imported
+//! Exchange Online ranges, and the entry table behind the kernel counters.
+//!
+//! Every file is JSON, replaced atomically (write, fsync, rename, fsync dir), so
+//! a crash leaves either the old or the new version.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::allowlist::{NumberedEntry, exchange::Selection};
+
+/// Errors reading or writing state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// I/O on a state file.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A state file that is not what we wrote.
+    #[error("{path}: corrupt state file: {source}")]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: serde_json::Error,
+    },
+}
+
+/// An entry added with `smtp-edge allow add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CliEntry {
+    /// Canonical source text.
+    pub source: String,
+    /// Comment.
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// What the daemon last put into the kernel (read by the CLI when the daemon is
+/// down, and by the daemon when it adopts pinned maps after a restart).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterState {
+    /// Entries with their counter ids.
+    pub entries: Vec<NumberedEntry>,
+    /// Interfaces the gate is attached to.
+    pub interfaces: Vec<String>,
+    /// Protected ports.
+    pub ports: Vec<u16>,
+    /// "enforce" or "monitor".
+    pub mode: String,
+}
+
+impl FilterState {
+    /// Key → id map for the next compile.
+    pub fn ids(&self) -> BTreeMap<String, u32> {
+        self.entries.iter().map(|e| (e.entry.key(), e.id)).collect()
+    }
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+const CLI_ENTRIES: &str = "allowlist.json";
+const EXCHANGE: &str = "exchange-online.json";
+/// File name of the filter state (kept next to the config's state_dir).
+pub const FILTER: &str = "filter.json";
+
+impl StateDir {
+    /// Uses `dir`, creating it when missing.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        let path = self.dir.join(name);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
+            path: self.dir.join(name),
+            source,
+        })?;
+        write_atomic(&self.dir.join(name), &bytes)
+    }
+
+    /// Entries added with the CLI.
+    pub fn cli_entries(&self) -> Result<Vec<CliEntry>, StateError> {
+        Ok(self.read(CLI_ENTRIES)?.unwrap_or_default())
+    }
+
+    /// Replaces the CLI entries.
+    pub fn set_cli_entries(&self, entries: &[CliEntry]) -> Result<(), StateError> {
+        self.write(CLI_ENTRIES, &entries)
+    }
+
+    /// The imported Exchange Online selection, if any.
+    pub fn exchange(&self) -> Result<Option<Selection>, StateError> {
+        self.read(EXCHANGE)
+    }
+
+    /// Stores an imported Exchange Online selection.
+    pub fn set_exchange(&self, sel: &Selection) -> Result<(), StateError> {
+        self.write(EXCHANGE, sel)
+    }
+
+    /// What is in the kernel.
+    pub fn filter(&self) -> Result<Option<FilterState>, StateError> {
+        self.read(FILTER)
+    }
+
+    /// Records what is in the kernel.
+    pub fn set_filter(&self, state: &FilterState) -> Result<(), StateError> {
+        self.write(FILTER, state)
+    }
+}
+
+/// Replaces `path` with `bytes` durably: temporary file, write, fsync, rename,
+/// fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io)?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_missing_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateDir::open(&tmp.path().join("state")).unwrap();
+        assert!(s.cli_entries().unwrap().is_empty());
+        assert!(s.exchange().unwrap().is_none());
+        let e = vec![CliEntry {
+            source: "192.0.2.1/32".into(),
+            comment: "printer".into(),
+        }];
+        s.set_cli_entries(&e).unwrap();
+        assert_eq!(s.cli_entries().unwrap(), e);
+        // No temporary files left behind.
+        let names: Vec<_> = fs::read_dir(s.path())
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![CLI_ENTRIES]);
+    }
+
+    #[test]
+    fn corrupt_files_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateDir::open(tmp.path()).unwrap();
+        fs::write(tmp.path().join(CLI_ENTRIES), b"{broken").unwrap();
+        let e = s.cli_entries().unwrap_err();
+        assert!(e.to_string().contains("corrupt state file"), "{e}");
+    }
+}
