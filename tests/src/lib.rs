@@ -1,1 +1,191 @@
+//! Shared support for smtp-edge's root-only tests, the lab and the benchmarks:
+//! network namespaces that clean up after themselves, crafted frames for
+//! BPF_PROG_TEST_RUN, and a guard around a running daemon.
+//!
+//! Network rule: everything here uses loopback or addresses inside namespaces
+//! created (and deleted) by the caller, from the documentation ranges only.
 
+pub mod frames;
+pub mod netns;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Path of the `smtp-edge` binary under test: `SMTP_EDGE_BIN`, else the one
+/// next to this test executable's target directory.
+pub fn smtp_edge_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SMTP_EDGE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    for dir in exe.ancestors().skip(1) {
+        let candidate = dir.join("smtp-edge");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("smtp-edge binary not found; run through `cargo xtask test` or set SMTP_EDGE_BIN");
+}
+
+/// A name unique to this process and call, short enough for interfaces (≤ 15).
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id() % 100_000;
+    let tag: String = tag.chars().take(3).collect();
+    format!("{tag}{pid}x{n}")
+}
+
+/// A bpffs pin directory removed on drop (with any links and maps in it).
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    /// A fresh directory name under /sys/fs/bpf (created by the daemon).
+    pub fn new(tag: &str) -> Self {
+        PinDir(PathBuf::from(format!("/sys/fs/bpf/smtp-edge-test-{}", unique(tag))))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(&self.0) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Runs a command, returning its output (panics if it cannot be spawned).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `smtp-edge ARGS` (inside namespace `ns` when given).
+pub fn cli(ns: Option<&str>, args: &[&str]) -> Output {
+    let bin = smtp_edge_bin();
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    cmd.args(args);
+    run(&mut cmd)
+}
+
+/// A running `smtp-edge run` process, killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon (inside `ns` when given) and waits until its control
+    /// socket answers, at most 20 s.
+    pub fn start(ns: Option<&str>, config: &Path, socket: &Path, log: &Path) -> Daemon {
+        let bin = smtp_edge_bin();
+        let logf = std::fs::File::create(log).expect("daemon log");
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf);
+        let child = cmd.spawn().expect("spawn smtp-edge run");
+        let mut d = Daemon {
+            child: Some(child),
+            log: log.to_path_buf(),
+            socket: socket.to_path_buf(),
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(c) = &mut self.child
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("smtp-edge run exited with {status}:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "daemon not ready:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL (a crash) and wait.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// True when running as root (the integration tests need it).
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

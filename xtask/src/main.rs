@@ -1,1 +1,245 @@
-fn main() {}
+//! `cargo xtask`: set up a fresh machine, build (eBPF with nightly, the rest with
+//! stable), test, run the lab and the benchmarks.
+//!
+//! - `cargo xtask setup`  install what is missing (Debian packages as root,
+//!   nightly rust-src, bpf-linker built against Debian's LLVM 22)
+//! - `cargo xtask build`  the eBPF objects and the `smtp-edge` binary
+//! - `cargo xtask test`   fmt, clippy, every unit and integration test
+//! - `cargo xtask run [--duration SECS]`  the lab
+//! - `cargo xtask bench xdp`  the gate's benchmarks (last line: JSON)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing prerequisites.
+    Setup,
+    /// Build the eBPF objects and the workspace.
+    Build {
+        /// Release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run formatting and lint checks and every test.
+    Test,
+    /// Bring up the lab (namespaces, gate, senders, on-prem server).
+    Run {
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// Benchmarks.
+    Bench {
+        /// Which one: xdp.
+        which: String,
+        /// Extra arguments passed to the benchmark.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages a fresh machine needs: bpf-linker's LLVM, network tools,
+/// and the real SMTP peers used by tests and the lab.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "iproute2",
+    "nftables",
+    "postfix",
+    "swaks",
+    "openssl",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn cargo_home_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin").join(name)
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn setup() -> Result<()> {
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        let list = missing.join(" ");
+        if !is_root() {
+            bail!(
+                "missing Debian packages: {list}\nrun as root: apt-get update && apt-get install -y {list}"
+            );
+        }
+        // Postfix asks how to configure itself; the tests and the lab run their
+        // own instances, so the system one stays unconfigured.
+        let preseed = "postfix postfix/main_mailer_type select No configuration\n";
+        let mut child = Command::new("debconf-set-selections")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("debconf-set-selections")?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .context("debconf stdin")?
+            .write_all(preseed.as_bytes())?;
+        child.wait()?;
+        status(Command::new("apt-get").args(["update", "-qq"]))?;
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("rustup (the nightly toolchain builds the eBPF program)")?;
+    if !components.status.success() {
+        bail!("the nightly toolchain is missing: rustup toolchain install nightly");
+    }
+    if !String::from_utf8_lossy(&components.stdout).contains("rust-src") {
+        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let have_linker = Command::new("bpf-linker").arg("--version").output().is_ok()
+        || cargo_home_bin("bpf-linker").is_file();
+    if !have_linker {
+        status(
+            Command::new("cargo")
+                .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )?;
+    }
+    mount_bpffs()?;
+    Ok(())
+}
+
+fn mount_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if is_root() && !mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+        status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
+/// Builds the eBPF objects (nightly) into target/ebpf; smtp-edge's build script
+/// would do the same, this just shows the step and fails early.
+fn build_ebpf() -> Result<PathBuf> {
+    let root = root();
+    let target_dir = root.join("target").join("ebpf");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "build", "--release", "--package", "smtp-edge-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(&root)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    status(&mut cmd)?;
+    Ok(target_dir.join("bpfel-unknown-none").join("release"))
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(args).current_dir(root());
+    c
+}
+
+fn build(release: bool) -> Result<PathBuf> {
+    setup()?;
+    let objects = build_ebpf()?;
+    let mut args = vec!["build", "--workspace", "--exclude", "smtp-edge-ebpf", "--bins"];
+    if release {
+        args.push("--release");
+    }
+    status(cargo(&args).env("SMTP_EDGE_EBPF_DIR", &objects))?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(root().join("target").join(profile))
+}
+
+fn test() -> Result<()> {
+    let bin_dir = build(false)?;
+    let objects = root().join("target/ebpf/bpfel-unknown-none/release");
+    status(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
+    status(cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]).env("SMTP_EDGE_EBPF_DIR", &objects))?;
+    status(
+        cargo(&["test", "--workspace", "--exclude", "smtp-edge-ebpf"])
+            .env("SMTP_EDGE_EBPF_DIR", &objects)
+            .env("SMTP_EDGE_BIN", bin_dir.join("smtp-edge")),
+    )
+}
+
+fn run_tool(bin: &str, release: bool, args: &[String]) -> Result<()> {
+    let dir = build(release)?;
+    status(
+        Command::new(dir.join(bin))
+            .args(args)
+            .env("SMTP_EDGE_BIN", dir.join("smtp-edge")),
+    )
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build { release } => build(release).map(|_| ()),
+        Cmd::Test => test(),
+        Cmd::Run { duration } => {
+            let args: Vec<String> = duration
+                .map(|d| vec!["--duration".to_string(), d.to_string()])
+                .unwrap_or_default();
+            run_tool("smtp-edge-lab", false, &args)
+        }
+        Cmd::Bench { which, args } => match which.as_str() {
+            "xdp" => run_tool("smtp-edge-bench-xdp", true, &args),
+            other => bail!("unknown benchmark `{other}` (known: xdp)"),
+        },
+    }
+}

@@ -1,0 +1,1 @@
+fn main() { eprintln!("bench: being written"); std::process::exit(2) }

@@ -1,0 +1,1 @@
+fn main() { eprintln!("lab: being written"); std::process::exit(2) }
