@@ -577,7 +577,8 @@ impl Gate {
         })
     }
 
-    fn program(&mut self) -> Result<&mut Xdp, FilterError> {
+    /// The loaded program (for BPF_PROG_TEST_RUN in tests and benchmarks).
+    pub fn xdp(&mut self) -> Result<&mut Xdp, FilterError> {
         self.ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| FilterError::Bpf {
@@ -607,7 +608,7 @@ impl Gate {
                 }
             }
         }
-        let prog = self.program()?;
+        let prog = self.xdp()?;
         let attempts: &[(XdpMode, &str)] = match how {
             XdpAttach::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "skb")],
             XdpAttach::Native => &[(XdpMode::Driver, "native")],
@@ -654,7 +655,7 @@ impl Gate {
         let pinned = PinnedLink::from_pin(pin).map_err(|e| bpf_err("open pinned link", e))?;
         let fd: FdLink = pinned.into();
         let link = XdpLink::try_from(fd).map_err(|e| bpf_err("pinned link", e))?;
-        let prog = self.program()?;
+        let prog = self.xdp()?;
         let id = prog
             .attach_to_link(link)
             .map_err(|e| bpf_err("replace the program in the pinned link", e))?;
