@@ -140,7 +140,7 @@ impl Daemon {
         };
         // Check interfaces before touching anything.
         for iface in self.config.interfaces() {
-            if !Path::new("/sys/class/net").join(&iface).exists() {
+            if !filter::interface_exists(&iface) {
                 return Err(FilterError::UnknownInterface(iface).into());
             }
         }
@@ -249,7 +249,7 @@ impl Daemon {
         let next = Config::load(&self.config.path)
             .map_err(|e| format!("configuration refused, the running one stays in force:\n{e}"))?;
         for iface in next.interfaces() {
-            if next.filter.enabled && !Path::new("/sys/class/net").join(&iface).exists() {
+            if next.filter.enabled && !filter::interface_exists(&iface) {
                 return Err(format!(
                     "configuration refused, the running one stays in force: unknown interface `{iface}`"
                 ));
@@ -418,9 +418,6 @@ fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(err("another smtp-edge daemon is answering there".into()));
-    }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
     use std::os::unix::fs::PermissionsExt;
@@ -433,7 +430,12 @@ fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
 /// On exit the gate stays pinned and enforcing.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let socket = config.daemon.control_socket.clone();
-    let listener = bind_control(&socket)?;
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(DaemonError::Control {
+            path: socket,
+            message: "another smtp-edge daemon is answering there".into(),
+        });
+    }
     let pin_dir = config.filter.pin_dir.clone();
     let filter_on = config.filter.enabled;
     let daemon = tokio::task::spawn_blocking(move || Daemon::start(config))
@@ -442,13 +444,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             path: socket.clone(),
             message: format!("start-up task failed: {e}"),
         });
+    // The socket answers only once the gate is in force, so `smtp-edge` commands
+    // (and scripts waiting for the socket) never see a half-started daemon.
     let daemon = match daemon {
         Ok(Ok(d)) => Arc::new(Mutex::new(d)),
-        Ok(Err(e)) | Err(e) => {
-            let _ = std::fs::remove_file(&socket);
-            return Err(e);
-        }
+        Ok(Err(e)) | Err(e) => return Err(e),
     };
+    let listener = bind_control(&socket)?;
     tracing::info!(socket = %socket.display(), "smtp-edge running");
     let events = filter_on.then(|| {
         tokio::spawn(async move {

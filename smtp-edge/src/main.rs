@@ -145,7 +145,10 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Filter(FilterCmd::Detach) => detach(&cli),
         Cmd::Ranges(r) => ranges(&cli, r),
         Cmd::Reload => {
-            let cfg = load_config(&cli.config)?;
+            // A file with errors is never sent: the daemon keeps what it runs.
+            let cfg = Config::load(&cli.config).map_err(|e| {
+                anyhow!("{e}\nconfiguration refused; the running configuration stays in force")
+            })?;
             let v =
                 ask(&cfg, &Request::Reload)?.ok_or_else(|| anyhow!("the daemon is not running"))?;
             println!("{}", v["message"].as_str().unwrap_or("reloaded"));
@@ -222,7 +225,7 @@ fn config_check(file: &Path, json: bool) -> Result<()> {
         Ok(cfg) => {
             let mut warnings = Vec::new();
             for iface in cfg.interfaces() {
-                if cfg.filter.enabled && !Path::new("/sys/class/net").join(&iface).exists() {
+                if cfg.filter.enabled && !filter::interface_exists(&iface) {
                     warnings.push(format!("interface `{iface}` does not exist on this host"));
                 }
             }

@@ -44,7 +44,10 @@ pub struct PinDir(pub PathBuf);
 impl PinDir {
     /// A fresh directory name under /sys/fs/bpf (created by the daemon).
     pub fn new(tag: &str) -> Self {
-        PinDir(PathBuf::from(format!("/sys/fs/bpf/smtp-edge-test-{}", unique(tag))))
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/smtp-edge-test-{}",
+            unique(tag)
+        )))
     }
 }
 
@@ -77,17 +80,28 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// `smtp-edge ARGS` (inside namespace `ns` when given).
-pub fn cli(ns: Option<&str>, args: &[&str]) -> Output {
-    let bin = smtp_edge_bin();
-    let mut cmd = match ns {
+/// A command running `program` in network namespace `ns` (when given).
+///
+/// This uses `nsenter --net` rather than `ip netns exec`: the latter also
+/// gives the process a private mount namespace with a fresh /sys, where
+/// /sys/fs/bpf is not the host's bpffs, so pins made there would vanish with
+/// the process. The daemon must pin where the host (and its restart) sees it.
+pub fn in_netns(ns: Option<&str>, program: &Path) -> Command {
+    match ns {
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(&bin);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{ns}"))
+                .arg("--")
+                .arg(program);
             c
         }
-        None => Command::new(&bin),
-    };
+        None => Command::new(program),
+    }
+}
+
+/// `smtp-edge ARGS` (inside network namespace `ns` when given).
+pub fn cli(ns: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = in_netns(ns, &smtp_edge_bin());
     cmd.args(args);
     run(&mut cmd)
 }
@@ -106,14 +120,7 @@ impl Daemon {
     pub fn start(ns: Option<&str>, config: &Path, socket: &Path, log: &Path) -> Daemon {
         let bin = smtp_edge_bin();
         let logf = std::fs::File::create(log).expect("daemon log");
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        let mut cmd = in_netns(ns, &bin);
         cmd.arg("--config")
             .arg(config)
             .arg("run")
@@ -142,8 +149,20 @@ impl Daemon {
             {
                 panic!("smtp-edge run exited with {status}:\n{}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "daemon not ready:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
         }
     }
 

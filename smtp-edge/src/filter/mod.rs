@@ -665,6 +665,12 @@ impl Gate {
     }
 }
 
+/// Whether a network interface of this name exists in the current network
+/// namespace (asks the kernel, not /sys, which may belong to another namespace).
+pub fn interface_exists(iface: &str) -> bool {
+    if_index(iface).is_ok()
+}
+
 fn if_index(iface: &str) -> Result<u32, FilterError> {
     let c = std::ffi::CString::new(iface)
         .map_err(|_| FilterError::UnknownInterface(iface.to_string()))?;
