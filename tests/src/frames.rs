@@ -183,5 +183,9 @@ pub fn tcp4(src: Ipv4Addr, dport: u16) -> Vec<u8> {
 
 /// Ethernet + IPv6 + TCP SYN from `src` to `dport`.
 pub fn tcp6(src: Ipv6Addr, dport: u16) -> Vec<u8> {
-    ethernet(&[], ETH_IPV6, &V6::from(src).packet(TCP, &tcp(40000, dport)))
+    ethernet(
+        &[],
+        ETH_IPV6,
+        &V6::from(src).packet(TCP, &tcp(40000, dport)),
+    )
 }

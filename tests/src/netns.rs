@@ -65,9 +65,7 @@ impl Netns {
 
     /// Binds a TCP listener inside the namespace.
     pub fn listen(&self, addr: SocketAddr) -> TcpListener {
-        self.within(move || {
-            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
-        })
+        self.within(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
     }
 
     /// Connects from `src` (bound, port 0) to `dst` inside the namespace and
@@ -114,7 +112,8 @@ impl Drop for Netns {
 /// Creates a veth pair with one end in each namespace, both up.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     run_ok(Command::new("ip").args([
-        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
     ]));
     a.ip(&["link", "set", a_if, "up"]);
     b.ip(&["link", "set", b_if, "up"]);

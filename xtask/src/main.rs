@@ -80,7 +80,9 @@ fn cargo_home_bin(name: &str) -> PathBuf {
 
 fn status(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
-    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed with {st}");
     }
@@ -148,14 +150,26 @@ fn setup() -> Result<()> {
         bail!("the nightly toolchain is missing: rustup toolchain install nightly");
     }
     if !String::from_utf8_lossy(&components.stdout).contains("rust-src") {
-        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let have_linker = Command::new("bpf-linker").arg("--version").output().is_ok()
         || cargo_home_bin("bpf-linker").is_file();
     if !have_linker {
         status(
             Command::new("cargo")
-                .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
         )?;
     }
@@ -165,7 +179,11 @@ fn setup() -> Result<()> {
 
 fn mount_bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if is_root() && !mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+    if is_root()
+        && !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
         status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
     Ok(())
@@ -177,12 +195,26 @@ fn build_ebpf() -> Result<PathBuf> {
     let root = root();
     let target_dir = root.join("target").join("ebpf");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--package", "smtp-edge-ebpf"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
-        .arg(&target_dir)
-        .current_dir(&root)
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "--package",
+        "smtp-edge-ebpf",
+    ])
+    .args([
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+    ])
+    .arg(&target_dir)
+    .current_dir(&root)
+    .env_remove("RUSTUP_TOOLCHAIN")
+    .env_remove("CARGO");
     status(&mut cmd)?;
     Ok(target_dir.join("bpfel-unknown-none").join("release"))
 }
@@ -196,7 +228,13 @@ fn cargo(args: &[&str]) -> Command {
 fn build(release: bool) -> Result<PathBuf> {
     setup()?;
     let objects = build_ebpf()?;
-    let mut args = vec!["build", "--workspace", "--exclude", "smtp-edge-ebpf", "--bins"];
+    let mut args = vec![
+        "build",
+        "--workspace",
+        "--exclude",
+        "smtp-edge-ebpf",
+        "--bins",
+    ];
     if release {
         args.push("--release");
     }
@@ -209,7 +247,10 @@ fn test() -> Result<()> {
     let bin_dir = build(false)?;
     let objects = root().join("target/ebpf/bpfel-unknown-none/release");
     status(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
-    status(cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]).env("SMTP_EDGE_EBPF_DIR", &objects))?;
+    status(
+        cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+            .env("SMTP_EDGE_EBPF_DIR", &objects),
+    )?;
     status(
         cargo(&["test", "--workspace", "--exclude", "smtp-edge-ebpf"])
             .env("SMTP_EDGE_EBPF_DIR", &objects)
