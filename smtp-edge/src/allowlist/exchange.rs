@@ -45,7 +45,7 @@ pub enum ImportError {
         /// Text.
         ip: String,
         /// Cause.
-        source: super::spec::SpecError,
+        source: Box<super::spec::SpecError>,
     },
     /// No endpoint set matched.
     #[error("{0}: no endpoint set has serviceArea Exchange and TCP port 25")]
@@ -127,7 +127,7 @@ pub fn select(text: &str, origin: &str) -> Result<Selection, ImportError> {
                     path: origin.to_string(),
                     id: set.id,
                     ip: ip.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             if !sel.ranges.contains(&canonical) {
                 sel.ranges.push(canonical);

@@ -112,8 +112,8 @@ pub fn compile(
     let mut keys: BTreeMap<String, u32> = BTreeMap::new();
     let mut unique: Vec<&Entry> = Vec::new();
     for e in entries {
-        if !keys.contains_key(&e.key()) {
-            keys.insert(e.key(), u32::MAX);
+        if let std::collections::btree_map::Entry::Vacant(v) = keys.entry(e.key()) {
+            v.insert(u32::MAX);
             unique.push(e);
         }
     }

@@ -7,8 +7,8 @@
 //! prefixes are expanded shortest first, so a longer prefix always overwrites
 //! the slots of a shorter one it lies inside.
 //!
-//! Level 1 has 65,536 slots (one per /16). A slot holds nothing, a leaf (entry id
-//! + 1) or a pointer to a 256-slot block of the next level. Blocks are numbered
+//! Level 1 has 65,536 slots (one per /16). A slot holds nothing, a leaf (the
+//! entry id plus one) or a pointer to a 256-slot block of the next level. Blocks are numbered
 //! ("physical" numbers in the kernel arrays); a block keeps its number from one
 //! build to the next while its place in the trie exists, and a number freed by a
 //! build is reused only by a later build. [`V4Table::apply_diff`] orders writes
@@ -502,7 +502,7 @@ mod tests {
     fn an_address_allowed_before_and_after_is_never_refused_mid_update() {
         // Apply the diff one write at a time and look up after each write.
         let mut rng = StdRng::seed_from_u64(587);
-        let stable = vec![
+        let stable = [
             (net("198.51.100.0/24"), 1u32),
             (net("203.0.113.77/32"), 2),
             (net("192.0.2.0/25"), 3),
