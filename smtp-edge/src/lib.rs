@@ -12,5 +12,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod filter;
+pub mod spool;
 pub mod state;
 pub mod view;

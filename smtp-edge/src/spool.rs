@@ -1,0 +1,359 @@
+//! The spool: where the receiving side puts every accepted message before it
+//! says 250, and where the queue picks messages up.
+//!
+//! Layout under the spool directory:
+//!
+//! - `tmp/` — messages being written. Anything here after a crash is garbage
+//!   (the client never got 250) and is removed at start.
+//! - `incoming/` — complete messages, one file each, named by queue id.
+//!
+//! Accepting a message is: write `tmp/ID`, fsync it, rename it to
+//! `incoming/ID`, fsync `incoming/`. Only then does the client get 250. A
+//! rename is atomic, so `incoming/` never holds a half-written message.
+//!
+//! File format (version 1), documented for the queue and the CLI:
+//!
+//! ```text
+//! SMTP-EDGE-SPOOL 1\n
+//! <envelope as one line of JSON>\n
+//! <message bytes exactly as accepted (CRLF line ends, dot-unstuffed)>
+//! ```
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// First line of every spool file.
+pub const MAGIC: &str = "SMTP-EDGE-SPOOL 1";
+
+/// Errors of the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// I/O on a spool path.
+    #[error("spool {path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A file in `incoming/` that is not a spool file.
+    #[error("spool {path}: not a smtp-edge spool file ({reason})")]
+    Format {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// TLS facts about the session a message came in on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// "TLSv1.3" or "TLSv1.2".
+    pub version: String,
+    /// Cipher suite name.
+    pub cipher: String,
+    /// Verified client certificate subject, if one was presented and verified.
+    pub client_cert: Option<String>,
+}
+
+/// One recipient and its DSN parameters (RFC 3461).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// Forward path (without angle brackets).
+    pub address: String,
+    /// ORCPT, as given.
+    pub orcpt: Option<String>,
+    /// NOTIFY, as given.
+    pub notify: Option<String>,
+}
+
+/// Everything about a message except its content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Queue id (also the file name).
+    pub id: String,
+    /// Seconds since the epoch when it was accepted.
+    pub received_at: u64,
+    /// Reverse path ("" for the null sender).
+    pub mail_from: String,
+    /// Recipients.
+    pub recipients: Vec<Recipient>,
+    /// BODY parameter.
+    pub body: Option<String>,
+    /// SMTPUTF8 was requested.
+    pub smtputf8: bool,
+    /// RET parameter.
+    pub ret: Option<String>,
+    /// ENVID parameter.
+    pub envid: Option<String>,
+    /// Client address.
+    pub client_ip: Option<IpAddr>,
+    /// EHLO/HELO name.
+    pub helo: String,
+    /// Inbound connector that accepted it.
+    pub connector: String,
+    /// TLS details, when the session used TLS.
+    pub tls: Option<TlsInfo>,
+}
+
+/// A spooled message as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spooled {
+    /// Envelope.
+    pub envelope: Envelope,
+    /// Content.
+    pub content: Vec<u8>,
+}
+
+/// The spool directory.
+#[derive(Debug)]
+pub struct Spool {
+    tmp: PathBuf,
+    incoming: PathBuf,
+    fsync: bool,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A new queue id: time in microseconds, process id and a counter, in hex;
+/// unique on this host and sortable by arrival.
+pub fn new_id() -> String {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{micros:013x}{:05x}{:04x}", std::process::id() & 0xfffff, seq & 0xffff)
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+impl Spool {
+    /// Opens (creating) the spool and cleans up after a crash: files left in
+    /// `tmp/` were never acknowledged and are removed. Returns the spool and
+    /// how many leftovers were removed.
+    pub fn open(dir: &Path, fsync: bool) -> Result<(Spool, usize), SpoolError> {
+        let tmp = dir.join("tmp");
+        let incoming = dir.join("incoming");
+        for d in [&tmp, &incoming] {
+            fs::create_dir_all(d).map_err(io(d))?;
+        }
+        let mut removed = 0;
+        for e in fs::read_dir(&tmp).map_err(io(&tmp))? {
+            let e = e.map_err(io(&tmp))?;
+            fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&tmp)?;
+        }
+        Ok((
+            Spool {
+                tmp,
+                incoming,
+                fsync,
+            },
+            removed,
+        ))
+    }
+
+    /// Where complete messages are.
+    pub fn incoming(&self) -> &Path {
+        &self.incoming
+    }
+
+    /// Starts writing a message.
+    pub fn create(&self, id: &str) -> Result<SpoolWriter, SpoolError> {
+        let path = self.tmp.join(id);
+        let file = File::create(&path).map_err(io(&path))?;
+        Ok(SpoolWriter {
+            file: std::io::BufWriter::with_capacity(64 * 1024, file),
+            path,
+            final_path: self.incoming.join(id),
+            incoming: self.incoming.clone(),
+            fsync: self.fsync,
+            done: false,
+        })
+    }
+
+    /// Ids of complete messages, oldest first.
+    pub fn list(&self) -> Result<Vec<String>, SpoolError> {
+        let mut ids: Vec<String> = fs::read_dir(&self.incoming)
+            .map_err(io(&self.incoming))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads one complete message.
+    pub fn read(&self, id: &str) -> Result<Spooled, SpoolError> {
+        read_file(&self.incoming.join(id))
+    }
+}
+
+/// Reads a spool file.
+pub fn read_file(path: &Path) -> Result<Spooled, SpoolError> {
+    let bad = |reason: &str| SpoolError::Format {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let mut r = BufReader::new(File::open(path).map_err(io(path))?);
+    let mut magic = String::new();
+    r.read_line(&mut magic).map_err(io(path))?;
+    if magic.trim_end_matches('\n') != MAGIC {
+        return Err(bad("bad first line"));
+    }
+    let mut env = String::new();
+    r.read_line(&mut env).map_err(io(path))?;
+    let envelope: Envelope =
+        serde_json::from_str(env.trim_end_matches('\n')).map_err(|e| bad(&e.to_string()))?;
+    let mut content = Vec::new();
+    r.read_to_end(&mut content).map_err(io(path))?;
+    Ok(Spooled { envelope, content })
+}
+
+/// A message being written; [`SpoolWriter::commit`] makes it durable and
+/// visible. Dropped without commit, the temporary file is removed.
+pub struct SpoolWriter {
+    file: std::io::BufWriter<File>,
+    path: PathBuf,
+    final_path: PathBuf,
+    incoming: PathBuf,
+    fsync: bool,
+    done: bool,
+}
+
+impl SpoolWriter {
+    /// Writes the header and envelope; call once, before the content.
+    pub fn write_envelope(&mut self, env: &Envelope) -> Result<(), SpoolError> {
+        let line = serde_json::to_string(env).map_err(|e| SpoolError::Format {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        let w = &mut self.file;
+        w.write_all(MAGIC.as_bytes())
+            .and_then(|()| w.write_all(b"\n"))
+            .and_then(|()| w.write_all(line.as_bytes()))
+            .and_then(|()| w.write_all(b"\n"))
+            .map_err(io(&self.path))
+    }
+
+    /// Appends content bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        self.file.write_all(bytes).map_err(io(&self.path))
+    }
+
+    /// Flush, fsync, rename into `incoming/`, fsync the directory.
+    pub fn commit(mut self) -> Result<(), SpoolError> {
+        self.file.flush().map_err(io(&self.path))?;
+        if self.fsync {
+            self.file.get_ref().sync_all().map_err(io(&self.path))?;
+        }
+        fs::rename(&self.path, &self.final_path).map_err(io(&self.path))?;
+        self.done = true;
+        if self.fsync {
+            sync_dir(&self.incoming)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(id: &str) -> Envelope {
+        Envelope {
+            id: id.into(),
+            received_at: 1,
+            mail_from: "a@example.com".into(),
+            recipients: vec![Recipient {
+                address: "b@example.org".into(),
+                ..Recipient::default()
+            }],
+            connector: "test".into(),
+            ..Envelope::default()
+        }
+    }
+
+    #[test]
+    fn commit_makes_a_message_visible_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, removed) = Spool::open(dir.path(), true).unwrap();
+        assert_eq!(removed, 0);
+        let id = new_id();
+        let mut w = spool.create(&id).unwrap();
+        w.write_envelope(&env(&id)).unwrap();
+        w.write(b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        assert!(spool.list().unwrap().is_empty(), "not visible before commit");
+        w.commit().unwrap();
+        assert_eq!(spool.list().unwrap(), vec![id.clone()]);
+        let m = spool.read(&id).unwrap();
+        assert_eq!(m.envelope, env(&id));
+        assert_eq!(m.content, b"Subject: hi\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn abandoned_and_crashed_writes_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), false).unwrap();
+        let mut w = spool.create("abandoned").unwrap();
+        w.write(b"partial").unwrap();
+        drop(w);
+        assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+        // A crash mid-write leaves a file in tmp/: removed at the next open.
+        fs::write(dir.path().join("tmp/crashed"), b"half").unwrap();
+        let (spool, removed) = Spool::open(dir.path(), false).unwrap();
+        assert_eq!(removed, 1);
+        assert!(spool.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ids_are_unique_and_ordered() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 22);
+    }
+
+    #[test]
+    fn foreign_files_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), false).unwrap();
+        fs::write(dir.path().join("incoming/x"), b"hello\n").unwrap();
+        assert!(matches!(spool.read("x"), Err(SpoolError::Format { .. })));
+    }
+}
