@@ -457,7 +457,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             let r = filter::events::run(&pin_dir, |d| {
                 tracing::warn!(
                     target: "smtp_edge::drop",
-                    source = ?d.source,
+                    source = %d.source.map_or_else(|| "unreadable".to_string(), |s| s.to_string()),
                     port = d.port,
                     reason = d.reason,
                     ifindex = d.ifindex,

@@ -57,6 +57,7 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "libzstd-dev",
     "iproute2",
+    "iputils-ping",
     "nftables",
     "postfix",
     "swaks",
