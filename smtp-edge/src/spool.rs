@@ -137,7 +137,11 @@ pub fn new_id() -> String {
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("{micros:013x}{:05x}{:04x}", std::process::id() & 0xfffff, seq & 0xffff)
+    format!(
+        "{micros:013x}{:05x}{:04x}",
+        std::process::id() & 0xfffff,
+        seq & 0xffff
+    )
 }
 
 /// Seconds since the epoch.
@@ -318,7 +322,10 @@ mod tests {
         let mut w = spool.create(&id).unwrap();
         w.write_envelope(&env(&id)).unwrap();
         w.write(b"Subject: hi\r\n\r\nbody\r\n").unwrap();
-        assert!(spool.list().unwrap().is_empty(), "not visible before commit");
+        assert!(
+            spool.list().unwrap().is_empty(),
+            "not visible before commit"
+        );
         w.commit().unwrap();
         assert_eq!(spool.list().unwrap(), vec![id.clone()]);
         let m = spool.read(&id).unwrap();
@@ -333,7 +340,12 @@ mod tests {
         let mut w = spool.create("abandoned").unwrap();
         w.write(b"partial").unwrap();
         drop(w);
-        assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+        assert!(
+            fs::read_dir(dir.path().join("tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
         // A crash mid-write leaves a file in tmp/: removed at the next open.
         fs::write(dir.path().join("tmp/crashed"), b"half").unwrap();
         let (spool, removed) = Spool::open(dir.path(), false).unwrap();

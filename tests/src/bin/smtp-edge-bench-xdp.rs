@@ -1,1 +1,4 @@
-fn main() { eprintln!("bench: being written"); std::process::exit(2) }
+fn main() {
+    eprintln!("bench: being written");
+    std::process::exit(2)
+}
