@@ -3,6 +3,8 @@
 //! Every error names the file, line and column of the value at fault, and all
 //! semantic errors are reported at once, so an admin fixes a file in one pass.
 
+pub mod smtp;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -212,6 +214,10 @@ struct Raw {
     filter: Filter,
     #[serde(default)]
     allowlist: Allowlist,
+    #[serde(default)]
+    smtp: smtp::RawSmtp,
+    #[serde(default)]
+    inbound_connectors: Vec<smtp::RawInbound>,
 }
 
 /// A validated configuration.
@@ -229,6 +235,8 @@ pub struct Config {
     pub allowlist: Allowlist,
     /// Static entries, parsed.
     pub static_entries: Vec<Entry>,
+    /// `[smtp]` and `[[inbound_connectors]]`.
+    pub smtp: smtp::Smtp,
 }
 
 /// Maps a byte offset to 1-based line and column (columns count characters).
@@ -338,10 +346,12 @@ impl Config {
                 Err(err) => errors.push(at(e.source.span(), err.to_string())),
             }
         }
+        let smtp = smtp::validate(raw.smtp, raw.inbound_connectors, &at, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(Config {
+            smtp,
             path: path.to_path_buf(),
             daemon: raw.daemon,
             filter: raw.filter,
@@ -443,6 +453,62 @@ comment = "scanners and line-of-business apps"
 [[allowlist.entries]]
 source = "203.0.113.10-203.0.113.20"
 comment = "partner relay"
+
+[smtp]
+# The receiving side (ESMTP + STARTTLS). Off unless enabled.
+enabled = false
+listen = ["0.0.0.0:25", "[::]:25"]
+# Name in the banner, the EHLO reply and Received headers (default: host name).
+hostname = "edge.contoso.com"
+# Domains this host accepts mail for; `*.contoso.com` also covers contoso.com.
+accepted_domains = ["contoso.com"]
+# Accepted messages are written here (and fsync'd) before the client gets 250.
+spool_dir = "/var/spool/smtp-edge"
+fsync = true
+# A bare CR or LF in a command or in message data: "reject" (the default,
+# closes SMTP smuggling) or "normalize" (Postfix-style: turn it into CRLF; such
+# a line end never ends the message).
+bare_line_endings = "reject"
+max_message_size = 37748736        # 36 MB, as Exchange
+max_recipients = 200               # then 452 4.5.3
+max_connections = 1000
+max_connections_per_source = 20
+max_errors = 10                    # protocol errors before disconnect
+max_received_headers = 50          # above: mail loop, 554 5.4.14
+command_line_limit = 512           # octets, CRLF included (RFC 5321 4.5.3.1.4)
+text_line_limit = 1000             # octets, CRLF included (RFC 5321 4.5.3.1.6)
+
+[smtp.timeouts]
+command = 300      # seconds waiting for a command (inactivity limit)
+data_block = 180   # seconds waiting for the next block of message data
+
+[smtp.tls]
+# TLS 1.2 and 1.3 only. Clients may present a certificate; connectors decide.
+certificate = "/etc/smtp-edge/tls/edge.contoso.com.pem"
+key = "/etc/smtp-edge/tls/edge.contoso.com.key"
+
+# Inbound connectors: a connection gets the connector whose sources match its
+# address most specifically; one without sources takes everyone else. With no
+# match the connection is refused (554 5.7.1).
+[[inbound_connectors]]
+name = "from-exchange-online"
+sources = ["exchange-online"]          # the Exchange Online port-25 ranges
+require_tls = true
+client_cert_names = ["mail.protection.outlook.com"]
+client_cert_trust = "system"           # or a CA file path
+recipient_domains = ["accepted"]       # any tenant sends from these ranges:
+relay = false                          # never relay on the strength of the IP alone
+trusted_headers = true                 # keep X-MS-Exchange-Organization-* headers
+
+[[inbound_connectors]]
+name = "from-on-prem"
+sources = ["198.51.100.25", "198.51.100.64/26"]
+sender_domains = ["accepted"]
+relay = true                           # devices and apps may send anywhere
+
+[[inbound_connectors]]
+name = "internet"                      # no sources: everyone else
+recipient_domains = ["accepted"]
 "#;
 
 #[cfg(test)]

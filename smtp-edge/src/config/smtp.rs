@@ -1,0 +1,345 @@
+//! `[smtp]` and `[[inbound_connectors]]`: the receiving side's settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::allowlist::{exchange, spec};
+use crate::policy::{DomainPattern, Inbound};
+
+/// What to do with a bare CR or LF in a command or in message data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// Refuse the command or the message (the default; closes SMTP smuggling).
+    #[default]
+    Reject,
+    /// Postfix-style: turn a bare LF or CR in message data into CRLF. Such a
+    /// line end never ends the message.
+    Normalize,
+}
+
+/// `[smtp.timeouts]` in seconds (RFC 5321 §4.5.3.2 server side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Waiting for a command (also the connection inactivity limit).
+    pub command: u64,
+    /// Waiting for the next block of message data.
+    pub data_block: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            command: 300,
+            data_block: 180,
+        }
+    }
+}
+
+/// `[smtp.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM, leaf first).
+    pub certificate: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `[smtp]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSmtp {
+    /// Accept mail at all.
+    pub enabled: bool,
+    /// Listening addresses.
+    pub listen: Vec<Spanned<String>>,
+    /// Name in the banner, EHLO reply and Received headers.
+    pub hostname: String,
+    /// Domains this host accepts mail for (`contoso.com`, `*.contoso.com`).
+    pub accepted_domains: Vec<Spanned<String>>,
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// fsync before 250 (only a benchmark turns this off).
+    pub fsync: bool,
+    /// reject or normalize.
+    pub bare_line_endings: BareLineEndings,
+    /// Octets (default 36 MB, Exchange's default).
+    pub max_message_size: u64,
+    /// Recipients per message.
+    pub max_recipients: u32,
+    /// Connections in total.
+    pub max_connections: u32,
+    /// Connections per source address.
+    pub max_connections_per_source: u32,
+    /// Protocol errors before the connection is closed.
+    pub max_errors: u32,
+    /// Received headers above which a message is a loop.
+    pub max_received_headers: u32,
+    /// Octets per command line, CRLF included.
+    pub command_line_limit: usize,
+    /// Octets per text line, CRLF included.
+    pub text_line_limit: usize,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Server certificate for STARTTLS.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for RawSmtp {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: Vec::new(),
+            hostname: String::new(),
+            accepted_domains: Vec::new(),
+            spool_dir: PathBuf::from("/var/spool/smtp-edge"),
+            fsync: true,
+            bare_line_endings: BareLineEndings::Reject,
+            max_message_size: 36 * 1024 * 1024,
+            max_recipients: 200,
+            max_connections: 1000,
+            max_connections_per_source: 20,
+            max_errors: 10,
+            max_received_headers: 50,
+            command_line_limit: 512,
+            text_line_limit: 1000,
+            timeouts: Timeouts::default(),
+            tls: None,
+        }
+    }
+}
+
+/// Where a connector's client certificate chain must lead.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(untagged)]
+pub enum Trust {
+    /// The system's root store.
+    #[default]
+    System,
+    /// A PEM file of CA certificates.
+    File(PathBuf),
+}
+
+/// One `[[inbound_connectors]]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInbound {
+    /// Name.
+    pub name: Spanned<String>,
+    /// Source ranges (address forms of the allowlist, or `exchange-online`);
+    /// none: the default connector.
+    #[serde(default)]
+    pub sources: Vec<Spanned<String>>,
+    /// STARTTLS before MAIL.
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Certificate names (`mail.protection.outlook.com`, `*.contoso.com`).
+    #[serde(default)]
+    pub client_cert_names: Vec<Spanned<String>>,
+    /// Trust for the client chain: "system" or a CA file path.
+    #[serde(default)]
+    pub client_cert_trust: Option<Spanned<String>>,
+    /// Sender domains allowed.
+    #[serde(default)]
+    pub sender_domains: Vec<Spanned<String>>,
+    /// Recipient domains accepted without relay.
+    #[serde(default = "accepted_only")]
+    pub recipient_domains: Vec<Spanned<String>>,
+    /// Relay to any domain.
+    #[serde(default)]
+    pub relay: bool,
+    /// Keep Exchange-internal headers.
+    #[serde(default)]
+    pub trusted_headers: bool,
+}
+
+fn accepted_only() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "accepted".to_string())]
+}
+
+/// A validated inbound connector and the trust of its certificate rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundConnector {
+    /// Policy.
+    pub policy: Inbound,
+    /// Trust for client certificates.
+    pub trust: Trust,
+}
+
+/// Validated `[smtp]` and connectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Smtp {
+    /// As written (limits, timeouts, paths).
+    pub raw: RawSmtp,
+    /// Listening addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Host name.
+    pub hostname: String,
+    /// Accepted domains.
+    pub accepted: Vec<DomainPattern>,
+    /// Connectors.
+    pub connectors: Vec<InboundConnector>,
+}
+
+/// Validates the section; `at(span, message)` builds located errors.
+pub(super) fn validate(
+    raw: RawSmtp,
+    connectors: Vec<RawInbound>,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
+    errors: &mut Vec<super::ConfigError>,
+) -> Smtp {
+    let mut listen = Vec::new();
+    for l in &raw.listen {
+        match l.get_ref().parse::<SocketAddr>() {
+            Ok(a) => listen.push(a),
+            Err(_) => errors.push(at(
+                l.span(),
+                format!(
+                    "`{}` is not an address:port (use [::]:25 for IPv6)",
+                    l.get_ref()
+                ),
+            )),
+        }
+    }
+    if raw.enabled && listen.is_empty() {
+        errors.push(at(
+            0..0,
+            "smtp.listen: at least one address is needed when smtp.enabled is true".into(),
+        ));
+    }
+    let hostname = if raw.hostname.is_empty() {
+        hostname_of_host()
+    } else {
+        raw.hostname.clone()
+    };
+    let mut accepted = Vec::new();
+    for d in &raw.accepted_domains {
+        match DomainPattern::parse(d.get_ref()) {
+            Ok(DomainPattern::Any | DomainPattern::Accepted) => errors.push(at(
+                d.span(),
+                "accepted domains are domains or *.domain".into(),
+            )),
+            Ok(p) => accepted.push(p),
+            Err(e) => errors.push(at(d.span(), e)),
+        }
+    }
+    for (name, value, min) in [
+        ("max_message_size", raw.max_message_size, 1024),
+        ("max_recipients", u64::from(raw.max_recipients), 1),
+        ("max_connections", u64::from(raw.max_connections), 1),
+        (
+            "max_connections_per_source",
+            u64::from(raw.max_connections_per_source),
+            1,
+        ),
+        ("max_errors", u64::from(raw.max_errors), 1),
+        (
+            "max_received_headers",
+            u64::from(raw.max_received_headers),
+            1,
+        ),
+        ("command_line_limit", raw.command_line_limit as u64, 512),
+        ("text_line_limit", raw.text_line_limit as u64, 1000),
+        ("timeouts.command", raw.timeouts.command, 1),
+        ("timeouts.data_block", raw.timeouts.data_block, 1),
+    ] {
+        if value < min {
+            errors.push(at(
+                0..0,
+                format!("smtp.{name} = {value} is below the minimum {min}"),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for c in connectors {
+        let name = c.name.get_ref().clone();
+        if names.contains(&name) {
+            errors.push(at(
+                c.name.span(),
+                format!("a connector named `{name}` already exists"),
+            ));
+        }
+        names.push(name.clone());
+        let mut sources: Vec<IpNet> = Vec::new();
+        for s in &c.sources {
+            if s.get_ref() == "exchange-online" {
+                for r in exchange::BUNDLED {
+                    if let Ok(n) = spec::parse(r) {
+                        sources.extend(n);
+                    }
+                }
+                continue;
+            }
+            match spec::parse(s.get_ref()) {
+                Ok(n) => sources.extend(n),
+                Err(e) => errors.push(at(s.span(), e.to_string())),
+            }
+        }
+        let mut patterns = |list: &[Spanned<String>], what: &str| -> Vec<DomainPattern> {
+            let mut v = Vec::new();
+            for d in list {
+                match DomainPattern::parse(d.get_ref()) {
+                    Ok(p) => v.push(p),
+                    Err(e) => errors.push(at(d.span(), format!("{what}: {e}"))),
+                }
+            }
+            v
+        };
+        let client_cert_names = patterns(&c.client_cert_names, "client_cert_names");
+        let sender_domains = patterns(&c.sender_domains, "sender_domains");
+        let recipient_domains = patterns(&c.recipient_domains, "recipient_domains");
+        let trust = match &c.client_cert_trust {
+            None => Trust::System,
+            Some(t) if t.get_ref() == "system" => Trust::System,
+            Some(t) => {
+                let p = PathBuf::from(t.get_ref());
+                if !p.is_file() {
+                    errors.push(at(
+                        t.span(),
+                        format!("CA file {} does not exist", p.display()),
+                    ));
+                }
+                Trust::File(p)
+            }
+        };
+        if !client_cert_names.is_empty() && raw.tls.is_none() && raw.enabled {
+            errors.push(at(
+                c.name.span(),
+                "client certificates need TLS: set [smtp.tls]".into(),
+            ));
+        }
+        out.push(InboundConnector {
+            policy: Inbound {
+                name,
+                sources,
+                require_tls: c.require_tls,
+                client_cert_names,
+                sender_domains,
+                recipient_domains,
+                relay: c.relay,
+                trusted_headers: c.trusted_headers,
+            },
+            trust,
+        });
+    }
+    Smtp {
+        listen,
+        hostname,
+        accepted,
+        connectors: out,
+        raw,
+    }
+}
+
+fn hostname_of_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,459 @@
+//! Inbound connectors: which one applies to a connection, and what it may do.
+//!
+//! Pure decisions, no I/O: the session asks, the policy answers with a reply.
+//! Exchange's vocabulary is kept: a connector has source ranges
+//! (`RemoteIPRanges` / `SenderIPAddresses`), may require TLS and a client
+//! certificate whose name matches (`TlsSenderCertificateName`, where
+//! `*.contoso.com` means contoso.com and every subdomain), may restrict sender
+//! domains, limits recipients to the accepted domains unless it grants relay.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::smtp::reply::Reply;
+
+/// A domain pattern: `contoso.com`, `*.contoso.com` (the domain and every
+/// subdomain), `*` (anything), or `accepted` (the accepted domains).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum DomainPattern {
+    /// Exactly this domain.
+    Exact(String),
+    /// This domain and every subdomain.
+    Subtree(String),
+    /// Any domain.
+    Any,
+    /// Any accepted domain.
+    Accepted,
+}
+
+fn normalize(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl DomainPattern {
+    /// Parses a pattern.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = normalize(text.trim());
+        if t == "*" {
+            return Ok(DomainPattern::Any);
+        }
+        if t == "accepted" {
+            return Ok(DomainPattern::Accepted);
+        }
+        let (subtree, name) = match t.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, t.clone()),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80)
+            });
+        if !valid {
+            return Err(format!(
+                "`{text}` is not a domain, `*.domain`, `*` or `accepted`"
+            ));
+        }
+        Ok(if subtree {
+            DomainPattern::Subtree(name)
+        } else {
+            DomainPattern::Exact(name)
+        })
+    }
+
+    /// Whether `domain` matches (accepted domains given for `accepted`).
+    pub fn matches(&self, domain: &str, accepted: &[DomainPattern]) -> bool {
+        let d = normalize(domain);
+        match self {
+            DomainPattern::Exact(n) => d == *n,
+            DomainPattern::Subtree(n) => {
+                d == *n
+                    || (d.len() > n.len()
+                        && d.ends_with(n.as_str())
+                        && d.as_bytes()[d.len() - n.len() - 1] == b'.')
+            }
+            DomainPattern::Any => true,
+            DomainPattern::Accepted => accepted
+                .iter()
+                .any(|a| !matches!(a, DomainPattern::Accepted) && a.matches(&d, &[])),
+        }
+    }
+}
+
+/// Whether any pattern in `list` matches.
+pub fn any_matches(list: &[DomainPattern], domain: &str, accepted: &[DomainPattern]) -> bool {
+    list.iter().any(|p| p.matches(domain, accepted))
+}
+
+/// Certificate name rule of a connector: the subject CN or a SAN DNS name
+/// must match one of `names` (Exchange's TlsSenderCertificateName meaning).
+pub fn certificate_matches(names: &[DomainPattern], cert_names: &[String]) -> bool {
+    cert_names
+        .iter()
+        .any(|c| names.iter().any(|n| n.matches(c, &[])))
+}
+
+/// One inbound connector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inbound {
+    /// Name used in logs and Received headers.
+    pub name: String,
+    /// Source ranges; empty means any source (a default connector).
+    pub sources: Vec<IpNet>,
+    /// STARTTLS required before MAIL.
+    pub require_tls: bool,
+    /// Client certificate names required (empty: no certificate needed).
+    pub client_cert_names: Vec<DomainPattern>,
+    /// Sender domains allowed (empty: any).
+    pub sender_domains: Vec<DomainPattern>,
+    /// Recipient domains accepted without relay (usually `accepted`).
+    pub recipient_domains: Vec<DomainPattern>,
+    /// May relay to any domain.
+    pub relay: bool,
+    /// Keep Exchange-internal headers (X-MS-Exchange-Organization-*).
+    pub trusted_headers: bool,
+}
+
+/// How specific a connector is for an address: the longest matching prefix,
+/// or -1 for a connector without sources (the default).
+fn specificity(c: &Inbound, ip: IpAddr) -> Option<i16> {
+    if c.sources.is_empty() {
+        return Some(-1);
+    }
+    c.sources
+        .iter()
+        .filter(|n| n.contains(&ip))
+        .map(|n| i16::from(n.prefix_len()))
+        .max()
+}
+
+/// The connector for a connection from `ip`: the one whose source ranges
+/// match most specifically; a connector without sources applies to everyone
+/// else. `None`: refuse the connection (554 5.7.1).
+pub fn select(connectors: &[Inbound], ip: IpAddr) -> Option<&Inbound> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    connectors
+        .iter()
+        .filter_map(|c| specificity(c, ip).map(|s| (s, c)))
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, c)| c)
+}
+
+/// The domain of a mailbox (after the last `@`), if any.
+pub fn domain_of(mailbox: &str) -> Option<&str> {
+    mailbox.rsplit_once('@').map(|(_, d)| d)
+}
+
+/// Why a connection or transaction step is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What to send.
+    pub reply: Reply,
+    /// For the log.
+    pub reason: &'static str,
+}
+
+fn refuse(code: u16, status: (u8, u16, u16), text: &str, reason: &'static str) -> Refusal {
+    Refusal {
+        reply: Reply::new(code, status, text),
+        reason,
+    }
+}
+
+/// TLS state of the session, as far as policy cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsState {
+    /// The session is encrypted.
+    pub active: bool,
+    /// Names (subject CN and SAN DNS names) of a client certificate whose
+    /// chain verified against the connector's trust; empty when none.
+    pub verified_names: Vec<String>,
+    /// A certificate was presented but did not verify (why).
+    pub verify_error: Option<String>,
+}
+
+impl Inbound {
+    /// Checks before MAIL FROM: TLS and the client certificate.
+    pub fn check_session(&self, tls: &TlsState) -> Result<(), Refusal> {
+        if (self.require_tls || !self.client_cert_names.is_empty()) && !tls.active {
+            return Err(refuse(
+                530,
+                (5, 7, 0),
+                "Must issue a STARTTLS command first",
+                "tls required",
+            ));
+        }
+        if !self.client_cert_names.is_empty() {
+            if let Some(e) = &tls.verify_error {
+                return Err(Refusal {
+                    reply: Reply::new(
+                        550,
+                        (5, 7, 1),
+                        &format!("Client certificate not trusted: {e}"),
+                    ),
+                    reason: "certificate not trusted",
+                });
+            }
+            if tls.verified_names.is_empty() {
+                return Err(refuse(
+                    550,
+                    (5, 7, 1),
+                    "A client certificate is required",
+                    "no certificate",
+                ));
+            }
+            if !certificate_matches(&self.client_cert_names, &tls.verified_names) {
+                return Err(refuse(
+                    550,
+                    (5, 7, 1),
+                    "Client certificate does not match this connector",
+                    "certificate name mismatch",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the sender domain (null sender always passes: bounces).
+    pub fn check_sender(&self, mail_from: &str, accepted: &[DomainPattern]) -> Result<(), Refusal> {
+        if mail_from.is_empty() || self.sender_domains.is_empty() {
+            return Ok(());
+        }
+        match domain_of(mail_from) {
+            Some(d) if any_matches(&self.sender_domains, d, accepted) => Ok(()),
+            _ => Err(refuse(
+                550,
+                (5, 7, 1),
+                "Sender domain not allowed through this connector",
+                "sender domain",
+            )),
+        }
+    }
+
+    /// Checks one recipient: accepted domains always (unless restricted),
+    /// anything else only with relay. Routing tricks (percent hack, bang paths,
+    /// `@` in the local part, source routes, IP literals) are relay attempts.
+    pub fn check_recipient(
+        &self,
+        rcpt: &str,
+        had_source_route: bool,
+        accepted: &[DomainPattern],
+    ) -> Result<(), Refusal> {
+        let denied = || refuse(550, (5, 7, 1), "Relaying denied", "relay denied");
+        let Some((local, domain)) = rcpt.rsplit_once('@') else {
+            return Err(refuse(
+                550,
+                (5, 1, 3),
+                "Recipient must be a full address",
+                "no domain",
+            ));
+        };
+        if self.relay {
+            return Ok(());
+        }
+        let local = local.trim_matches('"');
+        if had_source_route || local.contains(['%', '!', '@']) || domain.starts_with('[') {
+            return Err(denied());
+        }
+        if any_matches(&self.recipient_domains, domain, accepted) {
+            Ok(())
+        } else {
+            Err(denied())
+        }
+    }
+}
+
+/// Whether a header name is Exchange-internal (removed from messages arriving
+/// through connectors not trusted for them).
+pub fn is_exchange_internal(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with("x-ms-exchange-organization-")
+        || n.starts_with("x-ms-exchange-crosstenant-")
+        || n.starts_with("x-ms-exchange-transport-")
+        || n.starts_with("x-ms-exchange-processed-")
+        || n == "x-ms-exchange-forest-rulesexecuted"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pats(list: &[&str]) -> Vec<DomainPattern> {
+        list.iter()
+            .map(|p| DomainPattern::parse(p).unwrap())
+            .collect()
+    }
+
+    fn conn(name: &str, sources: &[&str]) -> Inbound {
+        Inbound {
+            name: name.into(),
+            sources: sources.iter().map(|s| s.parse().unwrap()).collect(),
+            require_tls: false,
+            client_cert_names: vec![],
+            sender_domains: vec![],
+            recipient_domains: pats(&["accepted"]),
+            relay: false,
+            trusted_headers: false,
+        }
+    }
+
+    #[test]
+    fn wildcard_means_domain_and_every_subdomain() {
+        let p = DomainPattern::parse("*.contoso.com").unwrap();
+        for d in [
+            "contoso.com",
+            "mail.contoso.com",
+            "a.b.contoso.com",
+            "CONTOSO.COM.",
+        ] {
+            assert!(p.matches(d, &[]), "{d}");
+        }
+        for d in ["notcontoso.com", "contoso.com.evil", "com"] {
+            assert!(!p.matches(d, &[]), "{d}");
+        }
+        assert!(certificate_matches(
+            &pats(&["mail.protection.outlook.com"]),
+            &["mail.protection.outlook.com".into()]
+        ));
+        assert!(!certificate_matches(
+            &pats(&["mail.protection.outlook.com"]),
+            &["evil.outlook.com".into()]
+        ));
+        assert!(DomainPattern::parse("bad domain").is_err());
+        assert!(DomainPattern::parse("-x.com").is_err());
+    }
+
+    #[test]
+    fn most_specific_source_wins_and_default_catches_the_rest() {
+        let cs = vec![
+            conn("eo", &["40.92.0.0/15"]),
+            conn("onprem", &["40.92.1.0/24"]),
+            conn("default", &[]),
+        ];
+        assert_eq!(
+            select(&cs, "40.92.1.5".parse().unwrap()).unwrap().name,
+            "onprem"
+        );
+        assert_eq!(
+            select(&cs, "40.93.1.5".parse().unwrap()).unwrap().name,
+            "eo"
+        );
+        assert_eq!(
+            select(&cs, "::ffff:40.93.1.5".parse().unwrap())
+                .unwrap()
+                .name,
+            "eo"
+        );
+        assert_eq!(
+            select(&cs, "192.0.2.1".parse().unwrap()).unwrap().name,
+            "default"
+        );
+        assert!(select(&cs[..2], "192.0.2.1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn tls_and_certificate_rules() {
+        let mut c = conn("eo", &[]);
+        c.client_cert_names = pats(&["mail.protection.outlook.com"]);
+        let none = TlsState::default();
+        assert_eq!(c.check_session(&none).unwrap_err().reply.code, 530);
+        let tls = TlsState {
+            active: true,
+            ..TlsState::default()
+        };
+        assert_eq!(c.check_session(&tls).unwrap_err().reason, "no certificate");
+        let wrong = TlsState {
+            active: true,
+            verified_names: vec!["mail.fabrikam.com".into()],
+            verify_error: None,
+        };
+        assert_eq!(
+            c.check_session(&wrong).unwrap_err().reason,
+            "certificate name mismatch"
+        );
+        let untrusted = TlsState {
+            active: true,
+            verified_names: vec![],
+            verify_error: Some("unknown issuer".into()),
+        };
+        assert_eq!(
+            c.check_session(&untrusted).unwrap_err().reason,
+            "certificate not trusted"
+        );
+        let good = TlsState {
+            active: true,
+            verified_names: vec!["mail.protection.outlook.com".into()],
+            verify_error: None,
+        };
+        assert!(c.check_session(&good).is_ok());
+    }
+
+    #[test]
+    fn open_relay_probes_are_refused_without_relay() {
+        let c = conn("inbound", &[]);
+        let accepted = pats(&["contoso.com"]);
+        assert!(
+            c.check_recipient("user@contoso.com", false, &accepted)
+                .is_ok()
+        );
+        assert!(
+            c.check_recipient("user@CONTOSO.com", false, &accepted)
+                .is_ok()
+        );
+        for (rcpt, route) in [
+            ("victim@fabrikam.com", false),
+            ("victim%fabrikam.com@contoso.com", false),
+            ("fabrikam.com!victim@contoso.com", false),
+            ("\"victim@fabrikam.com\"@contoso.com", false),
+            ("victim@fabrikam.com@contoso.com", false),
+            ("user@contoso.com", true),
+            ("victim@[192.0.2.1]", false),
+            ("victim@[IPv6:2001:db8::1]", false),
+            ("victim@sub.contoso.com", false),
+        ] {
+            let e = c.check_recipient(rcpt, route, &accepted).unwrap_err();
+            assert_eq!((e.reply.code, e.reason), (550, "relay denied"), "{rcpt}");
+        }
+        let mut relay = conn("onprem", &[]);
+        relay.relay = true;
+        assert!(
+            relay
+                .check_recipient("victim@fabrikam.com", false, &accepted)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn sender_domains() {
+        let mut c = conn("onprem", &[]);
+        c.sender_domains = pats(&["accepted"]);
+        let accepted = pats(&["contoso.com", "*.fabrikam.com"]);
+        assert!(c.check_sender("a@contoso.com", &accepted).is_ok());
+        assert!(c.check_sender("a@sales.fabrikam.com", &accepted).is_ok());
+        assert!(c.check_sender("", &accepted).is_ok());
+        assert_eq!(
+            c.check_sender("a@evil.example", &accepted)
+                .unwrap_err()
+                .reason,
+            "sender domain"
+        );
+    }
+
+    #[test]
+    fn exchange_internal_headers() {
+        assert!(is_exchange_internal("X-MS-Exchange-Organization-AuthAs"));
+        assert!(is_exchange_internal("x-ms-exchange-crosstenant-id"));
+        assert!(!is_exchange_internal("X-MS-Has-Attach"));
+        assert!(!is_exchange_internal("Subject"));
+    }
+}

@@ -1,0 +1,303 @@
+//! TLS for the receiving side: rustls, TLS 1.2 and 1.3 only.
+//!
+//! The server asks every client for a certificate but lets the handshake
+//! finish without one: connectors decide. During the handshake a client
+//! certificate is only checked for possession of its key (the handshake
+//! signature); its chain is verified afterwards against the trust of the
+//! connector that applies ([`ClientTrust::verify`]), since connectors may trust
+//! different CAs (the system roots for Exchange Online, the organisation's CA
+//! for on-prem servers).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+
+use crate::config::smtp::Trust;
+
+/// TLS set-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file that cannot be read or holds nothing usable.
+    #[error("{path}: {message}")]
+    File {
+        /// File.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the material.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A trust store that cannot be built.
+    #[error("client certificate trust: {0}")]
+    Trust(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a certificate chain (leaf first) from a PEM file.
+pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |message: String| TlsError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let chain: Vec<_> = iter
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("bad PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(err("no certificate in the file".into()));
+    }
+    Ok(chain)
+}
+
+/// Reads a private key (PKCS#8, PKCS#1 or SEC1) from a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
+        path: path.display().to_string(),
+        message: format!("no usable private key: {e}"),
+    })
+}
+
+/// Accepts any client certificate whose holder proves possession of its key;
+/// the chain is verified later per connector.
+#[derive(Debug)]
+struct RequestAnyClientCert {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for RequestAnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The server side TLS configuration from the certificate and key files.
+pub fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = load_chain(certificate)?;
+    let key = load_key(key)?;
+    let provider = provider();
+    let verifier = Arc::new(RequestAnyClientCert {
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// A connector's trust for client certificate chains.
+#[derive(Debug, Clone)]
+pub struct ClientTrust {
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientTrust {
+    /// Builds the trust: the system roots or the CA certificates of a file.
+    pub fn new(trust: &Trust) -> Result<ClientTrust, TlsError> {
+        let mut roots = RootCertStore::empty();
+        match trust {
+            Trust::System => {
+                let found = rustls_native_certs::load_native_certs();
+                for c in found.certs {
+                    let _ = roots.add(c);
+                }
+            }
+            Trust::File(path) => {
+                for c in load_chain(path)? {
+                    roots
+                        .add(c)
+                        .map_err(|e| TlsError::Trust(format!("{}: {e}", path.display())))?;
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Trust("no trusted CA certificates found".into()));
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Trust(e.to_string()))?;
+        Ok(ClientTrust { verifier })
+    }
+
+    /// Verifies a presented chain (leaf first) now; on success returns the
+    /// names a connector matches against: subject CN and SAN DNS names.
+    pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<Vec<String>, String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("no certificate presented")?;
+        self.verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| describe(&e))?;
+        Ok(certificate_names(leaf))
+    }
+}
+
+fn describe(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "unknown issuer (the chain does not lead to a trusted CA)".into(),
+            C::Expired | C::ExpiredContext { .. } => "certificate expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => "certificate not valid yet".into(),
+            C::BadSignature => "bad signature".into(),
+            C::Revoked => "certificate revoked".into(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "certificate not valid for client authentication".into()
+            }
+            other => format!("invalid certificate ({other:?})"),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Subject common names and SAN DNS names of a certificate.
+pub fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok((_, x)) = x509_parser::parse_x509_certificate(cert.as_ref()) {
+        for cn in x.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_string());
+            }
+        }
+        if let Ok(Some(san)) = x.subject_alternative_name() {
+            for n in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                    names.push(d.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Subject line for logs and Received headers.
+pub fn certificate_subject(cert: &CertificateDer<'_>) -> String {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .map(|(_, x)| x.subject().to_string())
+        .unwrap_or_else(|_| "(unparsable certificate)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        issuer: rcgen::Issuer<'static, KeyPair>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            cert,
+            issuer: rcgen::Issuer::new(p, key),
+        }
+    }
+
+    fn leaf(ca: &Ca, cn: &str, sans: &[&str]) -> CertificateDer<'static> {
+        let mut p =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        p.signed_by(&key, &ca.issuer).unwrap().der().clone()
+    }
+
+    #[test]
+    fn verifies_chains_against_the_connector_trust_and_extracts_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let org = ca("Contoso CA");
+        let other = ca("Other CA");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, org.cert.pem()).unwrap();
+        let trust = ClientTrust::new(&Trust::File(ca_file)).unwrap();
+        let good = leaf(
+            &org,
+            "mail.contoso.com",
+            &["mail.contoso.com", "smtp.contoso.com"],
+        );
+        let names = trust.verify(&[good]).unwrap();
+        assert!(names.contains(&"mail.contoso.com".to_string()));
+        assert!(names.contains(&"smtp.contoso.com".to_string()));
+        let foreign = leaf(&other, "mail.contoso.com", &["mail.contoso.com"]);
+        let e = trust.verify(&[foreign]).unwrap_err();
+        assert!(e.contains("unknown issuer"), "{e}");
+        assert!(trust.verify(&[]).is_err());
+    }
+
+    #[test]
+    fn unreadable_files_get_clear_errors() {
+        let e = load_chain(Path::new("/nonexistent/cert.pem")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/cert.pem: cannot read"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not pem").unwrap();
+        assert!(
+            load_chain(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("no certificate")
+        );
+        assert!(load_key(&empty).is_err());
+    }
+}
