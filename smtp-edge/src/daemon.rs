@@ -36,6 +36,9 @@ pub enum DaemonError {
     /// Allowlist does not fit.
     #[error(transparent)]
     Compile(#[from] allowlist::CompileError),
+    /// The receiving side could not start.
+    #[error(transparent)]
+    Smtp(#[from] crate::smtp::server::SetupError),
     /// Control socket.
     #[error("control socket {path}: {message}")]
     Control {
@@ -426,6 +429,26 @@ fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// Starts the receiving side when `[smtp]` is enabled.
+async fn start_smtp(
+    daemon: &Arc<Mutex<Daemon>>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    let cfg = {
+        let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+        d.config.smtp.clone()
+    };
+    if !cfg.raw.enabled {
+        return Ok(None);
+    }
+    let server = crate::smtp::server::ServerConfig::from_config(&cfg)?;
+    let listeners = crate::smtp::server::bind(&cfg.listen).await?;
+    tracing::info!(listen = ?cfg.listen, hostname = %cfg.hostname, "SMTP listening");
+    Ok(Some(tokio::spawn(crate::smtp::server::serve(
+        listeners,
+        Arc::new(server),
+    ))))
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. SIGHUP reloads the configuration.
 /// On exit the gate stays pinned and enforcing.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
@@ -451,6 +474,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Ok(Err(e)) | Err(e) => return Err(e),
     };
     let listener = bind_control(&socket)?;
+    let smtp = match start_smtp(&daemon).await {
+        Ok(task) => task,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
     tracing::info!(socket = %socket.display(), "smtp-edge running");
     let events = filter_on.then(|| {
         tokio::spawn(async move {
@@ -507,6 +537,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     if let Some(e) = events {
         e.abort();
+    }
+    if let Some(s) = smtp {
+        s.abort();
     }
     let _ = std::fs::remove_file(&socket);
     tracing::info!("smtp-edge stopped; the gate stays pinned and enforcing");

@@ -138,15 +138,23 @@ fn specificity(c: &Inbound, ip: IpAddr) -> Option<i16> {
 /// match most specifically; a connector without sources applies to everyone
 /// else. `None`: refuse the connection (554 5.7.1).
 pub fn select(connectors: &[Inbound], ip: IpAddr) -> Option<&Inbound> {
+    select_index(connectors.iter(), ip).and_then(|i| connectors.get(i))
+}
+
+/// Like [`select`], over any sequence of connectors; returns the position.
+pub fn select_index<'a>(
+    connectors: impl Iterator<Item = &'a Inbound>,
+    ip: IpAddr,
+) -> Option<usize> {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     };
     connectors
-        .iter()
-        .filter_map(|c| specificity(c, ip).map(|s| (s, c)))
-        .max_by_key(|(s, _)| *s)
-        .map(|(_, c)| c)
+        .enumerate()
+        .filter_map(|(i, c)| specificity(c, ip).map(|s| (s, i)))
+        .max_by_key(|(s, i)| (*s, std::cmp::Reverse(*i)))
+        .map(|(_, i)| i)
 }
 
 /// The domain of a mailbox (after the last `@`), if any.

@@ -17,4 +17,5 @@
 pub mod command;
 pub mod data;
 pub mod reply;
+pub mod server;
 pub mod session;

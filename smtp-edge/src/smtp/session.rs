@@ -44,12 +44,16 @@ pub enum Action {
     StartTls(Reply),
     /// Send the reply (354), then read message data until `<CRLF>.<CRLF>`.
     Data(Reply),
-    /// Read `size` octets of a BDAT chunk (no reply before it).
+    /// Read `size` octets of a BDAT chunk (no reply before it). With
+    /// `refuse`, the chunk is read and thrown away, then the reply is sent:
+    /// its octets must never be taken for commands.
     Bdat {
         /// Chunk size.
         size: u64,
         /// Last chunk.
         last: bool,
+        /// The refusal to send after discarding the chunk.
+        refuse: Option<Reply>,
     },
 }
 
@@ -319,16 +323,26 @@ impl Session {
                 Some(t) if t.bdat => self.error(Reply::bad_sequence("DATA after BDAT")),
                 Some(_) => Action::Data(Reply::start_data()),
             },
-            Command::Bdat { size, last } => match self.txn.as_mut() {
-                None => self.error(Reply::bad_sequence("Send MAIL first")),
-                Some(t) if t.recipients.is_empty() => {
-                    self.error(Reply::new(554, (5, 5, 1), "No valid recipients"))
-                }
-                Some(t) => {
-                    t.bdat = true;
-                    Action::Bdat { size, last }
-                }
-            },
+            Command::Bdat { size, last } => {
+                let refusal = match self.txn.as_mut() {
+                    None => Some(Reply::bad_sequence("Send MAIL first")),
+                    Some(t) if t.recipients.is_empty() => {
+                        Some(Reply::new(554, (5, 5, 1), "No valid recipients"))
+                    }
+                    Some(t) => {
+                        t.bdat = true;
+                        None
+                    }
+                };
+                let refuse = match refusal {
+                    Some(r) => match self.error(r) {
+                        Action::Reply(r) | Action::Close(r) => Some(r),
+                        _ => None,
+                    },
+                    None => None,
+                };
+                Action::Bdat { size, last, refuse }
+            }
             Command::Rset => {
                 self.txn = None;
                 Action::Reply(Reply::ok())
