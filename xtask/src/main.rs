@@ -252,6 +252,24 @@ fn test() -> Result<()> {
         cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
             .env("SMTP_EDGE_EBPF_DIR", &objects),
     )?;
+    // The fuzz targets (their own workspace) must keep building; running them
+    // is `cargo +nightly fuzz run command|data` in smtp-edge/fuzz.
+    status(
+        Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "build",
+                "--manifest-path",
+                "smtp-edge/fuzz/Cargo.toml",
+                "--bins",
+            ])
+            .current_dir(root())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .env("SMTP_EDGE_EBPF_DIR", &objects),
+    )?;
     status(
         cargo(&["test", "--workspace", "--exclude", "smtp-edge-ebpf"])
             .env("SMTP_EDGE_EBPF_DIR", &objects)
