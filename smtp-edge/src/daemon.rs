@@ -112,6 +112,7 @@ pub struct Daemon {
     sync: Option<Sync>,
     compiled: Compiled,
     attachments: Vec<Attachment>,
+    smtp: Option<crate::smtp::server::Shared>,
 }
 
 impl Daemon {
@@ -126,6 +127,7 @@ impl Daemon {
             sync: None,
             compiled: Compiled::default(),
             attachments: Vec::new(),
+            smtp: None,
         };
         if d.config.filter.enabled {
             d.bring_up_filter()?;
@@ -267,6 +269,36 @@ impl Daemon {
                     .into(),
             );
         }
+        // The receiving side: listening addresses need a restart; everything
+        // else (connectors, certificates, limits) is rebuilt here, and a
+        // certificate that cannot be read refuses the whole reload.
+        let next_smtp = match &self.smtp {
+            Some(_)
+                if !next.smtp.raw.enabled
+                    || next.smtp.listen != self.config.smtp.listen
+                    || next.smtp.raw.spool_dir != self.config.smtp.raw.spool_dir =>
+            {
+                return Err("smtp.enabled, smtp.listen and smtp.spool_dir change only with a restart; configuration not applied".into());
+            }
+            Some(shared) => {
+                let spool = shared
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .spool
+                    .clone();
+                Some(
+                    crate::smtp::server::ServerConfig::from_config(&next.smtp, spool).map_err(
+                        |e| format!("configuration refused, the running one stays in force: {e}"),
+                    )?,
+                )
+            }
+            None if next.smtp.raw.enabled => {
+                return Err(
+                    "smtp.enabled changes only with a restart; configuration not applied".into(),
+                );
+            }
+            None => None,
+        };
         // Validate the allowlist against capacity before switching.
         let state = StateDir::open(&next.daemon.state_dir).map_err(|e| e.to_string())?;
         let entries = desired_entries(&next, &state).map_err(|e| e.to_string())?;
@@ -278,10 +310,15 @@ impl Daemon {
             .and_then(|()| self.resync())
             .and_then(|()| self.reconcile_interfaces());
         match result {
-            Ok(()) => Ok(format!(
-                "configuration {} applied",
-                self.config.path.display()
-            )),
+            Ok(()) => {
+                if let (Some(shared), Some(server)) = (&self.smtp, next_smtp) {
+                    *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(server);
+                }
+                Ok(format!(
+                    "configuration {} applied",
+                    self.config.path.display()
+                ))
+            }
             Err(e) => {
                 self.config = previous;
                 let _ = self.apply_settings().and_then(|()| self.resync());
@@ -440,12 +477,14 @@ async fn start_smtp(
     if !cfg.raw.enabled {
         return Ok(None);
     }
-    let server = crate::smtp::server::ServerConfig::from_config(&cfg)?;
+    let spool = crate::smtp::server::ServerConfig::open_spool(&cfg)?;
+    let server = crate::smtp::server::ServerConfig::from_config(&cfg, spool)?;
     let listeners = crate::smtp::server::bind(&cfg.listen).await?;
     tracing::info!(listen = ?cfg.listen, hostname = %cfg.hostname, "SMTP listening");
+    let shared: crate::smtp::server::Shared = Arc::new(std::sync::RwLock::new(Arc::new(server)));
+    daemon.lock().unwrap_or_else(|p| p.into_inner()).smtp = Some(shared.clone());
     Ok(Some(tokio::spawn(crate::smtp::server::serve(
-        listeners,
-        Arc::new(server),
+        listeners, shared,
     ))))
 }
 

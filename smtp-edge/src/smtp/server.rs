@@ -78,9 +78,25 @@ pub enum SetupError {
 }
 
 impl ServerConfig {
+    /// Opens the spool once at start, removing what a crash left in `tmp/`
+    /// (never acknowledged). A reload keeps the open spool.
+    pub fn open_spool(c: &crate::config::smtp::Smtp) -> Result<Arc<Spool>, SetupError> {
+        let (spool, removed) = Spool::open(&c.raw.spool_dir, c.raw.fsync)?;
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                "removed unacknowledged partial messages from the spool"
+            );
+        }
+        Ok(Arc::new(spool))
+    }
+
     /// Builds the server from the configuration: loads the certificate and
-    /// key, each connector's trust, and opens (and cleans) the spool.
-    pub fn from_config(c: &crate::config::smtp::Smtp) -> Result<ServerConfig, SetupError> {
+    /// key and each connector's trust.
+    pub fn from_config(
+        c: &crate::config::smtp::Smtp,
+        spool: Arc<Spool>,
+    ) -> Result<ServerConfig, SetupError> {
         use crate::config::smtp::BareLineEndings as B;
         let tls = match &c.raw.tls {
             Some(t) => Some(crate::tls::server_config(&t.certificate, &t.key)?),
@@ -97,13 +113,6 @@ impl ServerConfig {
                 policy: Arc::new(ic.policy.clone()),
                 trust,
             });
-        }
-        let (spool, removed) = Spool::open(&c.raw.spool_dir, c.raw.fsync)?;
-        if removed > 0 {
-            tracing::warn!(
-                removed,
-                "removed unacknowledged partial messages from the spool"
-            );
         }
         Ok(ServerConfig {
             session: Arc::new(SessionConfig {
@@ -131,7 +140,7 @@ impl ServerConfig {
             max_received_headers: c.raw.max_received_headers,
             command_timeout: Duration::from_secs(c.raw.timeouts.command),
             data_timeout: Duration::from_secs(c.raw.timeouts.data_block),
-            spool: Arc::new(spool),
+            spool,
         })
     }
 }
@@ -210,12 +219,16 @@ impl Limits {
     }
 }
 
+/// The configuration in force; a reload swaps it, and each new connection
+/// takes the one current when it arrives.
+pub type Shared = Arc<std::sync::RwLock<Arc<ServerConfig>>>;
+
 /// Accepts connections on `listeners` until the task is dropped.
-pub async fn serve(listeners: Vec<TcpListener>, cfg: Arc<ServerConfig>) {
+pub async fn serve(listeners: Vec<TcpListener>, shared: Shared) {
     let limits = Arc::new(Limits::default());
     let mut tasks = Vec::new();
     for l in listeners {
-        let (cfg, limits) = (cfg.clone(), limits.clone());
+        let (shared, limits) = (shared.clone(), limits.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((stream, peer)) = l.accept().await else {
@@ -223,7 +236,8 @@ pub async fn serve(listeners: Vec<TcpListener>, cfg: Arc<ServerConfig>) {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (cfg, limits) = (cfg.clone(), limits.clone());
+                let cfg = shared.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let limits = limits.clone();
                 tokio::spawn(async move {
                     let ip = canonical_ip(peer.ip());
                     match limits.take(ip, cfg.max_connections, cfg.max_connections_per_source) {
