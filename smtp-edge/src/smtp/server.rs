@@ -350,11 +350,9 @@ async fn handle(mut tcp: TcpStream, ip: IpAddr, cfg: Arc<ServerConfig>) {
             }
         }
         let info = TlsInfo {
-            version: c.protocol_version().map_or("TLS".into(), |v| {
-                format!("{v:?}")
-                    .replace("_", ".")
-                    .replace("TLSv1.", "TLSv1.")
-            }),
+            version: c
+                .protocol_version()
+                .map_or("TLS".into(), |v| format!("{v:?}").replace('_', ".")),
             cipher: c
                 .negotiated_cipher_suite()
                 .map_or(String::new(), |s| format!("{:?}", s.suite())),
