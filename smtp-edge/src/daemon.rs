@@ -506,20 +506,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             path: socket.clone(),
             message: format!("start-up task failed: {e}"),
         });
-    // The socket answers only once the gate is in force, so `smtp-edge` commands
-    // (and scripts waiting for the socket) never see a half-started daemon.
+    // The socket answers only once the gate is in force and SMTP listens, so
+    // `smtp-edge` commands (and scripts waiting for the socket) never see a
+    // half-started daemon.
     let daemon = match daemon {
         Ok(Ok(d)) => Arc::new(Mutex::new(d)),
         Ok(Err(e)) | Err(e) => return Err(e),
     };
+    let smtp = start_smtp(&daemon).await?;
     let listener = bind_control(&socket)?;
-    let smtp = match start_smtp(&daemon).await {
-        Ok(task) => task,
-        Err(e) => {
-            let _ = std::fs::remove_file(&socket);
-            return Err(e);
-        }
-    };
     tracing::info!(socket = %socket.display(), "smtp-edge running");
     let events = filter_on.then(|| {
         tokio::spawn(async move {

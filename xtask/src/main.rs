@@ -61,6 +61,7 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "postfix",
     "swaks",
+    "libnet-ssleay-perl",
     "openssl",
 ];
 

@@ -416,7 +416,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             let (parsed, used) = io.splitter.next_command(&io.inbuf[io.start..]);
             io.start += used;
             let Some(parsed) = parsed else { break };
-            match session.command(parsed) {
+            let action = session.command(parsed);
+            if !session.bdat_in_progress() {
+                // Chunks of a transaction that ended (RSET, EHLO, …).
+                io.bdat = None;
+            }
+            match action {
                 Action::Reply(r) => r.write_to(&mut io.out),
                 Action::Close(r) => {
                     r.write_to(&mut io.out);
@@ -430,6 +435,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     io.inbuf.clear();
                     io.start = 0;
                     io.splitter.reset();
+                    io.bdat = None;
                     return Ok(Outcome::StartTls);
                 }
                 Action::Data(r) => {

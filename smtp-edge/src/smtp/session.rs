@@ -403,6 +403,13 @@ impl Session {
             .is_some_and(|t| t.body == Some(Body::BinaryMime))
     }
 
+    /// Whether the current transaction has taken BDAT chunks. The server
+    /// keeps chunks only while this holds: RSET, EHLO, HELO and STARTTLS end
+    /// the transaction, and its chunks must not reach the next message.
+    pub fn bdat_in_progress(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.bdat)
+    }
+
     /// The transaction ended (accepted or refused): a new one may start.
     pub fn end_transaction(&mut self) {
         self.txn = None;
