@@ -146,9 +146,14 @@ pub struct RateState {
     pub window_start_ns: u64,
     /// Events sent in the current window.
     pub sent: u32,
-    /// Padding, always zero.
-    pub _pad: u32,
+    /// Drops seen while over the limit; the clock is read only every
+    /// [`RATE_CLOCK_EVERY`] of them, so a flood costs no helper call per packet.
+    pub over: u32,
 }
+
+/// While over the event limit, the drop path reads the clock once per this
+/// many drops (a power of two) to notice the next one-second window.
+pub const RATE_CLOCK_EVERY: u32 = 64;
 
 /// Address family tags used in [`DropEvent::family`].
 pub mod family {
