@@ -3,6 +3,7 @@
 //! Every error names the file, line and column of the value at fault, and all
 //! semantic errors are reported at once, so an admin fixes a file in one pass.
 
+pub mod outbound;
 pub mod smtp;
 
 use std::path::{Path, PathBuf};
@@ -218,6 +219,10 @@ struct Raw {
     smtp: smtp::RawSmtp,
     #[serde(default)]
     inbound_connectors: Vec<smtp::RawInbound>,
+    #[serde(default)]
+    outbound_connectors: Vec<outbound::RawOutbound>,
+    #[serde(default)]
+    queue: outbound::Queue,
 }
 
 /// A validated configuration.
@@ -237,6 +242,10 @@ pub struct Config {
     pub static_entries: Vec<Entry>,
     /// `[smtp]` and `[[inbound_connectors]]`.
     pub smtp: smtp::Smtp,
+    /// `[[outbound_connectors]]`, validated.
+    pub outbound: Vec<crate::routing::Outbound>,
+    /// `[queue]`.
+    pub queue: outbound::Queue,
 }
 
 /// Maps a byte offset to 1-based line and column (columns count characters).
@@ -347,11 +356,14 @@ impl Config {
             }
         }
         let smtp = smtp::validate(raw.smtp, raw.inbound_connectors, &at, &mut errors);
+        let outbound = outbound::validate(raw.outbound_connectors, &raw.queue, &at, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(Config {
             smtp,
+            outbound,
+            queue: raw.queue,
             path: path.to_path_buf(),
             daemon: raw.daemon,
             filter: raw.filter,
@@ -509,6 +521,37 @@ relay = true                           # devices and apps may send anywhere
 [[inbound_connectors]]
 name = "internet"                      # no sources: everyone else
 recipient_domains = ["accepted"]
+
+# Outbound connectors: each recipient goes through the most specific match —
+# an exact domain, then the longest `*.domain` (subdomains only), then
+# "accepted" (all accepted domains), then "*". Microsoft's page lists "all
+# accepted domains" before wildcards, but its worked example (sales.contoso.com
+# goes to the *.contoso.com connector) shows most-specific-wins: so do we.
+[[outbound_connectors]]
+name = "to-on-prem"
+recipient_domains = ["accepted"]
+smart_hosts = ["exchange.contoso.com", "exchange2.contoso.com:25"]   # in order, with failover
+tls = "domain-validation"             # none, opportunistic, encryption-only,
+tls_domain = "*.contoso.com"          # certificate-validation, domain-validation
+
+[[outbound_connectors]]
+name = "to-microsoft-365"
+recipient_domains = ["*"]
+smart_hosts = ["contoso-com.mail.protection.outlook.com"]
+tls = "domain-validation"
+tls_domain = "mail.protection.outlook.com"
+# Exchange Online's certificate-based inbound connector identifies us by this.
+client_certificate = "/etc/smtp-edge/tls/edge.contoso.com.pem"
+client_key = "/etc/smtp-edge/tls/edge.contoso.com.key"
+ehlo_name = "edge.contoso.com"
+
+[queue]
+retry_schedule = [60, 300, 900, 1800]   # seconds; the last repeats
+max_age = 172800                        # 2 days, then the sender gets a DSN
+delay_notice_after = 14400              # 4 hours: a delay DSN (0: never)
+max_concurrency = 100
+max_per_destination = 20
+postmaster = ""                         # bounces of bounces go here; empty: dropped and logged
 "#;
 
 #[cfg(test)]
@@ -593,6 +636,41 @@ source = "2001:db8::/129"
         assert!(parse("[filter]\nenabled = false\n").is_ok());
         let e = parse("[filter]\ninterfaces = [\"this-name-is-too-long\"]\n").unwrap_err();
         assert!(e.to_string().contains("not a valid interface name"));
+    }
+
+    #[test]
+    fn outbound_connectors_are_validated_with_locations() {
+        let text = r#"[filter]
+enabled = false
+
+[[outbound_connectors]]
+name = "a"
+recipient_domains = ["contoso..com"]
+smart_hosts = ["mx.contoso.com"]
+tls = "maybe"
+
+[[outbound_connectors]]
+name = "b"
+recipient_domains = ["*"]
+use_mx = true
+smart_hosts = ["mx.contoso.com"]
+
+[[outbound_connectors]]
+name = "c"
+recipient_domains = ["*.contoso.com"]
+"#;
+        let e = parse(text).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("edge.toml:6:22:"), "{shown}");
+        assert!(shown.contains("edge.toml:8:7:"), "{shown}");
+        assert!(
+            shown.contains("edge.toml:14:16: use_mx and smart_hosts exclude each other"),
+            "{shown}"
+        );
+        assert!(shown.contains("needs smart_hosts or use_mx"), "{shown}");
+        let ok = parse(EXAMPLE).unwrap();
+        assert_eq!(ok.outbound.len(), 2);
+        assert_eq!(ok.queue.retry_schedule, vec![60, 300, 900, 1800]);
     }
 
     #[test]

@@ -1,0 +1,176 @@
+//! `[[outbound_connectors]]` and `[queue]`: the sending side's settings.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::routing::{ClientCert, NextHop, Outbound, RecipientDomain, SmartHost, TlsLevel};
+
+/// One `[[outbound_connectors]]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbound {
+    /// Name.
+    pub name: Spanned<String>,
+    /// `contoso.com`, `*.contoso.com`, `accepted`, `*`.
+    pub recipient_domains: Vec<Spanned<String>>,
+    /// Smart hosts tried in order (`host`, `host:port`, `[2001:db8::1]:25`);
+    /// empty with `use_mx = true`.
+    #[serde(default)]
+    pub smart_hosts: Vec<Spanned<String>>,
+    /// Route by the recipient domain's MX records.
+    #[serde(default)]
+    pub use_mx: bool,
+    /// none, opportunistic, encryption-only, certificate-validation,
+    /// domain-validation.
+    #[serde(default = "opportunistic")]
+    pub tls: Spanned<String>,
+    /// Name the next hop's certificate must match (domain-validation).
+    #[serde(default)]
+    pub tls_domain: Option<String>,
+    /// Client certificate chain (PEM) to present.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// Its key (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// EHLO name (default: `smtp.hostname`).
+    #[serde(default)]
+    pub ehlo_name: Option<String>,
+}
+
+fn opportunistic() -> Spanned<String> {
+    Spanned::new(0..0, "opportunistic".to_string())
+}
+
+/// `[queue]`: retries and limits of the sending side.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    /// Seconds between attempts, in order; the last repeats. Close to RFC 5321
+    /// §4.5.4.1: first retries within minutes, then at least 30 minutes apart.
+    pub retry_schedule: Vec<u64>,
+    /// Seconds after which an undelivered message bounces (default 2 days).
+    pub max_age: u64,
+    /// Seconds after which the sender gets a delay notice (0: never).
+    pub delay_notice_after: u64,
+    /// Deliveries at once, in total.
+    pub max_concurrency: u32,
+    /// Deliveries at once to one next hop.
+    pub max_per_destination: u32,
+    /// Where bounces of bounces go; empty: dropped with a log line.
+    pub postmaster: String,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            retry_schedule: vec![60, 300, 900, 1800],
+            max_age: 2 * 24 * 3600,
+            delay_notice_after: 4 * 3600,
+            max_concurrency: 100,
+            max_per_destination: 20,
+            postmaster: String::new(),
+        }
+    }
+}
+
+/// Validates the connectors; `at(span, message)` builds located errors.
+pub(super) fn validate(
+    raw: Vec<RawOutbound>,
+    queue: &Queue,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
+    errors: &mut Vec<super::ConfigError>,
+) -> Vec<Outbound> {
+    let mut out = Vec::new();
+    for c in raw {
+        let name = c.name.get_ref().clone();
+        if out.iter().any(|o: &Outbound| o.name == name) {
+            errors.push(at(
+                c.name.span(),
+                format!("an outbound connector named `{name}` already exists"),
+            ));
+        }
+        let mut recipient_domains = Vec::new();
+        for d in &c.recipient_domains {
+            match RecipientDomain::parse(d.get_ref()) {
+                Ok(p) => recipient_domains.push(p),
+                Err(e) => errors.push(at(d.span(), e.to_string())),
+            }
+        }
+        let next_hop = if c.use_mx {
+            if let Some(h) = c.smart_hosts.first() {
+                errors.push(at(
+                    h.span(),
+                    "use_mx and smart_hosts exclude each other".into(),
+                ));
+            }
+            NextHop::Mx
+        } else {
+            let mut hosts = Vec::new();
+            for h in &c.smart_hosts {
+                match SmartHost::parse(h.get_ref()) {
+                    Ok(s) => hosts.push(s),
+                    Err(e) => errors.push(at(h.span(), e.to_string())),
+                }
+            }
+            if c.smart_hosts.is_empty() {
+                errors.push(at(
+                    c.name.span(),
+                    format!("connector `{name}` needs smart_hosts or use_mx = true"),
+                ));
+            }
+            NextHop::SmartHosts(hosts)
+        };
+        let tls = match TlsLevel::parse(c.tls.get_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(at(c.tls.span(), e.to_string()));
+                TlsLevel::Opportunistic
+            }
+        };
+        let client_cert = match (&c.client_certificate, &c.client_key) {
+            (Some(certificate), Some(key)) => Some(ClientCert {
+                certificate: certificate.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                errors.push(at(
+                    c.name.span(),
+                    format!("connector `{name}`: client_certificate and client_key go together"),
+                ));
+                None
+            }
+        };
+        let o = Outbound {
+            name,
+            recipient_domains,
+            next_hop,
+            tls,
+            tls_domain: c.tls_domain.clone(),
+            client_cert,
+            ehlo_name: c.ehlo_name.clone(),
+        };
+        if let Err(e) = o.check()
+            && !matches!(&o.next_hop, NextHop::SmartHosts(h) if h.is_empty())
+        {
+            errors.push(at(c.name.span(), e.to_string()));
+        }
+        out.push(o);
+    }
+    if queue.retry_schedule.is_empty() || queue.retry_schedule.contains(&0) {
+        errors.push(at(
+            0..0,
+            "queue.retry_schedule needs at least one delay, each above 0 seconds".into(),
+        ));
+    }
+    if queue.max_age == 0 || queue.max_concurrency == 0 || queue.max_per_destination == 0 {
+        errors.push(at(
+            0..0,
+            "queue.max_age, max_concurrency and max_per_destination must be above 0".into(),
+        ));
+    }
+    out
+}
