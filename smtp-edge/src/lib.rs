@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dsn;
 pub mod filter;
 pub mod policy;
+pub mod queue;
 pub mod routing;
 pub mod smtp;
 pub mod spool;

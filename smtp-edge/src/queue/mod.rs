@@ -1,0 +1,4 @@
+//! The queue: takes spooled messages to their next hops, retries, expires and
+//! bounces. [`state`] is the per-message delivery state kept on disk.
+
+pub mod state;
