@@ -11,6 +11,7 @@ pub mod allowlist;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod delivery;
 pub mod dsn;
 pub mod filter;
 pub mod policy;
