@@ -16,6 +16,7 @@ pub mod dsn;
 pub mod filter;
 pub mod policy;
 pub mod queue;
+pub mod resolve;
 pub mod routing;
 pub mod smtp;
 pub mod spool;

@@ -63,6 +63,7 @@ const APT_PACKAGES: &[&str] = &[
     "swaks",
     "libnet-ssleay-perl",
     "openssl",
+    "nsd",
 ];
 
 fn root() -> PathBuf {

@@ -3,6 +3,7 @@
 //! Every error names the file, line and column of the value at fault, and all
 //! semantic errors are reported at once, so an admin fixes a file in one pass.
 
+pub mod dns;
 pub mod outbound;
 pub mod smtp;
 
@@ -223,6 +224,8 @@ struct Raw {
     outbound_connectors: Vec<outbound::RawOutbound>,
     #[serde(default)]
     queue: outbound::Queue,
+    #[serde(default)]
+    dns: dns::Dns,
 }
 
 /// A validated configuration.
@@ -246,6 +249,8 @@ pub struct Config {
     pub outbound: Vec<crate::routing::Outbound>,
     /// `[queue]`.
     pub queue: outbound::Queue,
+    /// `[dns]`.
+    pub dns: dns::Dns,
 }
 
 /// Maps a byte offset to 1-based line and column (columns count characters).
@@ -357,6 +362,14 @@ impl Config {
         }
         let smtp = smtp::validate(raw.smtp, raw.inbound_connectors, &at, &mut errors);
         let outbound = outbound::validate(raw.outbound_connectors, &raw.queue, &at, &mut errors);
+        for message in raw.dns.problems() {
+            errors.push(ConfigError {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                message,
+            });
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -364,6 +377,7 @@ impl Config {
             smtp,
             outbound,
             queue: raw.queue,
+            dns: raw.dns,
             path: path.to_path_buf(),
             daemon: raw.daemon,
             filter: raw.filter,
@@ -552,6 +566,11 @@ delay_notice_after = 14400              # 4 hours: a delay DSN (0: never)
 max_concurrency = 100
 max_per_destination = 20
 postmaster = ""                         # bounces of bounces go here; empty: dropped and logged
+
+[dns]
+# Name servers for MX and smart host lookups; empty: those of /etc/resolv.conf.
+nameservers = []
+timeout_seconds = 5
 "#;
 
 #[cfg(test)]
