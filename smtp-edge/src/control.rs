@@ -43,6 +43,38 @@ pub enum Request {
     Reload,
     /// Remove the gate from every interface.
     Detach,
+    /// The queue.
+    QueueList,
+    /// One queued message.
+    QueueShow {
+        /// Queue id.
+        id: String,
+    },
+    /// Retry now (all messages without an id).
+    QueueFlush {
+        /// Queue id.
+        id: Option<String>,
+    },
+    /// Stop trying a message until released.
+    QueueHold {
+        /// Queue id.
+        id: String,
+    },
+    /// Undo a hold.
+    QueueRelease {
+        /// Queue id.
+        id: String,
+    },
+    /// Remove a message without a DSN.
+    QueueDelete {
+        /// Queue id.
+        id: String,
+    },
+    /// Fail a message now; the sender gets a DSN.
+    QueueBounce {
+        /// Queue id.
+        id: String,
+    },
 }
 
 /// The daemon's answer: a JSON value on success, a message on failure.

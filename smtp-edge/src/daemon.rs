@@ -39,6 +39,9 @@ pub enum DaemonError {
     /// The receiving side could not start.
     #[error(transparent)]
     Smtp(#[from] crate::smtp::server::SetupError),
+    /// The queue could not start.
+    #[error("queue: {0}")]
+    Queue(String),
     /// Control socket.
     #[error("control socket {path}: {message}")]
     Control {
@@ -113,6 +116,7 @@ pub struct Daemon {
     compiled: Compiled,
     attachments: Vec<Attachment>,
     smtp: Option<crate::smtp::server::Shared>,
+    queue: Option<Arc<crate::queue::manager::Manager>>,
 }
 
 impl Daemon {
@@ -128,6 +132,7 @@ impl Daemon {
             compiled: Compiled::default(),
             attachments: Vec::new(),
             smtp: None,
+            queue: None,
         };
         if d.config.filter.enabled {
             d.bring_up_filter()?;
@@ -329,8 +334,37 @@ impl Daemon {
         }
     }
 
+    fn queue_command(&self, req: Request) -> Result<serde_json::Value, String> {
+        let q = self.queue.as_ref().ok_or(
+            "the queue is not running: it needs [smtp] enabled and at least one [[outbound_connectors]]",
+        )?;
+        let done = |r: Result<(), crate::queue::manager::QueueError>| {
+            r.map(|()| json!({ "ok": true })).map_err(|e| e.to_string())
+        };
+        match req {
+            Request::QueueList => q
+                .list()
+                .map_err(|e| e.to_string())
+                .and_then(|l| serde_json::to_value(l).map_err(|e| e.to_string())),
+            Request::QueueShow { id } => q
+                .show(&id)
+                .map(|(l, headers)| json!({ "message": l, "headers": headers }))
+                .map_err(|e| e.to_string()),
+            Request::QueueFlush { id } => q
+                .flush(id.as_deref())
+                .map(|n| json!({ "flushed": n }))
+                .map_err(|e| e.to_string()),
+            Request::QueueHold { id } => done(q.hold(&id, true)),
+            Request::QueueRelease { id } => done(q.hold(&id, false)),
+            Request::QueueDelete { id } => done(q.delete(&id)),
+            Request::QueueBounce { id } => done(q.bounce(&id)),
+            _ => Err("not a queue command".into()),
+        }
+    }
+
     /// Answers one control request.
     pub fn handle(&mut self, req: Request) -> Response {
+        let req_clone = req.clone();
         let result: Result<serde_json::Value, String> = match req {
             Request::AllowAdd { source, comment } => {
                 add_cli_entry(&self.state, &source, &comment).and_then(|canonical| {
@@ -380,6 +414,13 @@ impl Daemon {
             },
             Request::Reload => self.reload().map(|m| json!({ "message": m })),
             Request::Detach => self.detach(),
+            Request::QueueList
+            | Request::QueueShow { .. }
+            | Request::QueueFlush { .. }
+            | Request::QueueHold { .. }
+            | Request::QueueRelease { .. }
+            | Request::QueueDelete { .. }
+            | Request::QueueBounce { .. } => self.queue_command(req_clone),
         };
         match result {
             Ok(v) => Response::Ok(v),
@@ -466,6 +507,41 @@ fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// Starts the queue manager over the spool.
+fn start_queue(
+    config: &Config,
+    spool: Arc<crate::spool::Spool>,
+    wake: Arc<tokio::sync::Notify>,
+) -> Result<Arc<crate::queue::manager::Manager>, DaemonError> {
+    use crate::queue::manager::{Manager, QueueConfig};
+    let mut identities = Vec::new();
+    for c in &config.outbound {
+        identities.push(match &c.client_cert {
+            Some(cc) => Some(Arc::new(
+                crate::delivery::client::ClientIdentity::load(cc)
+                    .map_err(crate::smtp::server::SetupError::Tls)?,
+            )),
+            None => None,
+        });
+    }
+    let resolver = crate::resolve::Resolver::new(&config.dns)
+        .map_err(|e| DaemonError::Queue(e.to_string()))?;
+    let cfg = QueueConfig {
+        connectors: config.outbound.clone(),
+        identities,
+        accepted: config.smtp.accepted.clone(),
+        settings: config.queue.clone(),
+        hostname: config.smtp.hostname.clone(),
+        roots: crate::delivery::client::system_roots(),
+        resolver,
+        timeouts: crate::delivery::client::Timeouts::default(),
+    };
+    let manager = Manager::new(spool, cfg, wake).map_err(|e| DaemonError::Queue(e.to_string()))?;
+    tokio::spawn(manager.clone().run());
+    tracing::info!(connectors = config.outbound.len(), "queue running");
+    Ok(manager)
+}
+
 /// Starts the receiving side when `[smtp]` is enabled.
 async fn start_smtp(
     daemon: &Arc<Mutex<Daemon>>,
@@ -478,7 +554,18 @@ async fn start_smtp(
         return Ok(None);
     }
     let spool = crate::smtp::server::ServerConfig::open_spool(&cfg)?;
-    let server = crate::smtp::server::ServerConfig::from_config(&cfg, spool)?;
+    let mut server = crate::smtp::server::ServerConfig::from_config(&cfg, spool.clone())?;
+    let full = daemon
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .config
+        .clone();
+    if !full.outbound.is_empty() {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let manager = start_queue(&full, spool, wake.clone())?;
+        server.wake = Some(wake);
+        daemon.lock().unwrap_or_else(|p| p.into_inner()).queue = Some(manager);
+    }
     let listeners = crate::smtp::server::bind(&cfg.listen).await?;
     tracing::info!(listen = ?cfg.listen, hostname = %cfg.hostname, "SMTP listening");
     let shared: crate::smtp::server::Shared = Arc::new(std::sync::RwLock::new(Arc::new(server)));

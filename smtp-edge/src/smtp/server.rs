@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub data_timeout: Duration,
     /// Where accepted messages go.
     pub spool: Arc<Spool>,
+    /// Woken after each accepted message (the queue manager).
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Errors setting the server up.
@@ -141,6 +143,7 @@ impl ServerConfig {
             command_timeout: Duration::from_secs(c.raw.timeouts.command),
             data_timeout: Duration::from_secs(c.raw.timeouts.data_block),
             spool,
+            wake: None,
         })
     }
 }
@@ -594,6 +597,9 @@ async fn spool_message(session: &Session, cfg: &ServerConfig, msg: Vec<u8>) -> R
                 tls = env.tls.is_some(),
                 "message accepted"
             );
+            if let Some(w) = &cfg.wake {
+                w.notify_one();
+            }
             Reply::queued(&id)
         }
         Ok(Err(e)) => {
