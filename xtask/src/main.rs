@@ -192,36 +192,6 @@ fn mount_bpffs() -> Result<()> {
     Ok(())
 }
 
-/// Builds the eBPF objects (nightly) into target/ebpf; smtp-edge's build script
-/// would do the same, this just shows the step and fails early.
-fn build_ebpf() -> Result<PathBuf> {
-    let root = root();
-    let target_dir = root.join("target").join("ebpf");
-    let mut cmd = Command::new("rustup");
-    cmd.args([
-        "run",
-        "nightly",
-        "cargo",
-        "build",
-        "--release",
-        "--package",
-        "smtp-edge-ebpf",
-    ])
-    .args([
-        "--target",
-        "bpfel-unknown-none",
-        "-Z",
-        "build-std=core",
-        "--target-dir",
-    ])
-    .arg(&target_dir)
-    .current_dir(&root)
-    .env_remove("RUSTUP_TOOLCHAIN")
-    .env_remove("CARGO");
-    status(&mut cmd)?;
-    Ok(target_dir.join("bpfel-unknown-none").join("release"))
-}
-
 fn cargo(args: &[&str]) -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.args(args).current_dir(root());
@@ -230,7 +200,8 @@ fn cargo(args: &[&str]) -> Command {
 
 fn build(release: bool) -> Result<PathBuf> {
     setup()?;
-    let objects = build_ebpf()?;
+    // smtp-edge's build script builds the XDP object with nightly (into
+    // target/ebpf) and embeds it.
     let mut args = vec![
         "build",
         "--workspace",
@@ -241,19 +212,21 @@ fn build(release: bool) -> Result<PathBuf> {
     if release {
         args.push("--release");
     }
-    status(cargo(&args).env("SMTP_EDGE_EBPF_DIR", &objects))?;
+    status(&mut cargo(&args))?;
     let profile = if release { "release" } else { "debug" };
     Ok(root().join("target").join(profile))
 }
 
 fn test() -> Result<()> {
     let bin_dir = build(false)?;
-    let objects = root().join("target/ebpf/bpfel-unknown-none/release");
     status(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
-    status(
-        cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
-            .env("SMTP_EDGE_EBPF_DIR", &objects),
-    )?;
+    status(&mut cargo(&[
+        "clippy",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The fuzz targets (their own workspace) must keep building; running them
     // is `cargo +nightly fuzz run command|data` in smtp-edge/fuzz.
     status(
@@ -269,12 +242,10 @@ fn test() -> Result<()> {
             ])
             .current_dir(root())
             .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("CARGO")
-            .env("SMTP_EDGE_EBPF_DIR", &objects),
+            .env_remove("CARGO"),
     )?;
     status(
         cargo(&["test", "--workspace", "--exclude", "smtp-edge-ebpf"])
-            .env("SMTP_EDGE_EBPF_DIR", &objects)
             .env("SMTP_EDGE_BIN", bin_dir.join("smtp-edge")),
     )
 }
