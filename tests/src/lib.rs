@@ -7,6 +7,7 @@
 
 pub mod frames;
 pub mod netns;
+pub mod nsd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

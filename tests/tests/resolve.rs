@@ -8,14 +8,12 @@
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smtp_edge::config::dns::Dns;
 use smtp_edge::resolve::{MxHost, ResolveError, Resolver};
 use smtp_edge::routing::SmartHost;
+use smtp_edge_tests::nsd::Nsd;
 
 const ZONE: &str = r#"$ORIGIN test.
 $TTL 300
@@ -74,143 +72,13 @@ fn free_port() -> u16 {
     }
 }
 
-/// A DNS query for `test. SOA`, id 0x5eed.
-const PROBE: &[u8] = &[
-    0x5e, 0xed, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, b't', b'e', b's', b't', 0, 0, 6, 0, 1,
-];
-
-/// NSD in the foreground in its own process group, stopped on drop.
-struct Nsd {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Nsd {
-    fn start() -> Nsd {
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Nsd::try_start() {
-                Ok(nsd) => return nsd,
-                Err(e) => last = e,
-            }
-        }
-        panic!("NSD did not start: {last}");
-    }
-
-    fn try_start() -> Result<Nsd, String> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let port = free_port();
-        std::fs::write(d.join("test.zone"), ZONE).expect("write zone");
-        std::fs::write(d.join("nsd.conf"), nsd_conf(d, port)).expect("write nsd.conf");
-        let log = std::fs::File::create(d.join("nsd.log")).expect("create nsd.log");
-        let mut child = Command::new("/usr/sbin/nsd")
-            .arg("-c")
-            .arg(d.join("nsd.conf"))
-            .arg("-d")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("spawn /usr/sbin/nsd (apt-get install nsd)");
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind probe socket");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("read timeout");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut buf = [0u8; 512];
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(d.join("nsd.log")).unwrap_or_default();
-                return Err(format!("nsd exited ({status}): {log}"));
-            }
-            if Instant::now() > deadline {
-                let nsd = Nsd {
-                    child,
-                    addr,
-                    _dir: dir,
-                };
-                drop(nsd);
-                return Err("no answer within 5 s".into());
-            }
-            let _ = sock.send_to(PROBE, addr);
-            if let Ok((n, from)) = sock.recv_from(&mut buf)
-                && from == addr
-                && n >= 12
-                && buf[..2] == PROBE[..2]
-            {
-                return Ok(Nsd {
-                    child,
-                    addr,
-                    _dir: dir,
-                });
-            }
-        }
-    }
-
-    fn resolver(&self) -> Resolver {
-        Resolver::new(&Dns {
-            nameservers: vec![self.addr.to_string()],
-            timeout_seconds: 1,
-        })
-        .expect("resolver")
-    }
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        let group = -(self.child.id() as i32);
-        // SAFETY: signals the process group of the child started above.
-        unsafe { libc::kill(group, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // SAFETY: as above.
-        unsafe { libc::kill(group, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-fn nsd_conf(dir: &Path, port: u16) -> String {
-    let d = dir.display();
-    format!(
-        r#"server:
-    ip-address: 127.0.0.1@{port}
-    port: {port}
-    do-ip4: yes
-    do-ip6: no
-    username: ""
-    chroot: ""
-    zonesdir: "{d}"
-    database: ""
-    zonelistfile: "{d}/zone.list"
-    pidfile: "{d}/nsd.pid"
-    xfrdfile: "{d}/xfrd.state"
-    xfrdir: "{d}"
-    server-count: 1
-    verbosity: 1
-remote-control:
-    control-enable: no
-zone:
-    name: "test."
-    zonefile: "test.zone"
-"#
-    )
-}
-
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
 }
 
 #[tokio::test]
 async fn mx_order_and_shuffle() {
-    let nsd = Nsd::start();
+    let nsd = Nsd::start(ZONE);
     let r = nsd.resolver();
     let mut orders = HashSet::new();
     for i in 0..64 {
@@ -257,7 +125,7 @@ async fn mx_order_and_shuffle() {
 
 #[tokio::test]
 async fn implicit_mx_null_mx_and_errors() {
-    let nsd = Nsd::start();
+    let nsd = Nsd::start(ZONE);
     let r = nsd.resolver();
 
     // No MX: the domain's A and AAAA as preference 0 (RFC 5321 §5.1).
@@ -331,7 +199,7 @@ async fn implicit_mx_null_mx_and_errors() {
 
 #[tokio::test]
 async fn smart_hosts() {
-    let nsd = Nsd::start();
+    let nsd = Nsd::start(ZONE);
     let r = nsd.resolver();
     let host = SmartHost::parse("relay.test:587").expect("smart host");
     assert_eq!(

@@ -142,25 +142,33 @@ impl Manager {
             }
         };
         let now = spool::now();
+        let unmark = |id: &str| {
+            self.busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+        };
         for id in ids {
+            // Checked and marked at once: an admin command (hold, bounce,
+            // delete) marks the message the same way while it works on it.
+            if !self
+                .busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone())
             {
-                let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-                if busy.contains(&id) {
-                    continue;
-                }
+                continue;
             }
             if let Some(st) = state::load(&self.state_path(&id))
                 && (st.held || st.next_attempt > now)
             {
+                unmark(&id);
                 continue;
             }
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                unmark(&id);
                 return;
             };
-            self.busy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone());
             let me = self.clone();
             tokio::spawn(async move {
                 me.attempt(&id).await;
@@ -510,22 +518,40 @@ impl Manager {
         ))
     }
 
-    fn modify(&self, id: &str, f: impl FnOnce(&mut MessageState)) -> Result<(), QueueError> {
-        if self
+    /// Marks `id` busy while `f` runs, so no delivery starts meanwhile (a
+    /// delivery that loaded the state before an admin change would save the
+    /// old state over it); `Busy` when a delivery is running.
+    fn exclusive<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce() -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        if !self
             .busy
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
+            .insert(id.to_string())
         {
             return Err(QueueError::Busy(id.to_string()));
         }
-        let m = self
-            .spool
-            .read(id)
-            .map_err(|_| QueueError::NotFound(id.to_string()))?;
-        let mut st = self.load_state(&m.envelope);
-        f(&mut st);
-        state::save(&self.state_path(id), &st).map_err(|e| QueueError::Io(e.to_string()))?;
+        let r = f();
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        r
+    }
+
+    fn modify(&self, id: &str, f: impl FnOnce(&mut MessageState)) -> Result<(), QueueError> {
+        self.exclusive(id, || {
+            let m = self
+                .spool
+                .read(id)
+                .map_err(|_| QueueError::NotFound(id.to_string()))?;
+            let mut st = self.load_state(&m.envelope);
+            f(&mut st);
+            state::save(&self.state_path(id), &st).map_err(|e| QueueError::Io(e.to_string()))
+        })?;
         self.wake.notify_one();
         Ok(())
     }
@@ -565,17 +591,12 @@ impl Manager {
 
     /// `queue delete ID`: remove without telling anyone.
     pub fn delete(&self, id: &str) -> Result<(), QueueError> {
-        if self
-            .busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
-        {
-            return Err(QueueError::Busy(id.to_string()));
-        }
-        std::fs::remove_file(self.spool.incoming().join(id))
-            .map_err(|_| QueueError::NotFound(id.to_string()))?;
-        let _ = std::fs::remove_file(self.state_path(id));
+        self.exclusive(id, || {
+            std::fs::remove_file(self.spool.incoming().join(id))
+                .map_err(|_| QueueError::NotFound(id.to_string()))?;
+            let _ = std::fs::remove_file(self.state_path(id));
+            Ok(())
+        })?;
         tracing::warn!(id, "message deleted by the administrator");
         Ok(())
     }
