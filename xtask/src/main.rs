@@ -7,6 +7,8 @@
 //! - `cargo xtask test`   fmt, clippy, every unit and integration test
 //! - `cargo xtask run [--duration SECS]`  the lab
 //! - `cargo xtask bench xdp`  the gate's benchmarks (last line: JSON)
+//! - `cargo xtask bench smtp-in`  the receiving side against Postfix (last line: JSON)
+//! - `cargo xtask bench relay`  the whole relay against Postfix (last line: JSON)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,7 +43,7 @@ enum Cmd {
     },
     /// Benchmarks.
     Bench {
-        /// Which one: xdp.
+        /// Which one: xdp, smtp-in or relay.
         which: String,
         /// Extra arguments passed to the benchmark.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -272,7 +274,9 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { which, args } => match which.as_str() {
             "xdp" => run_tool("smtp-edge-bench-xdp", true, &args),
-            other => bail!("unknown benchmark `{other}` (known: xdp)"),
+            "smtp-in" => run_tool("smtp-edge-bench-smtp-in", true, &args),
+            "relay" => run_tool("smtp-edge-bench-relay", true, &args),
+            other => bail!("unknown benchmark `{other}` (known: xdp, smtp-in, relay)"),
         },
     }
 }
