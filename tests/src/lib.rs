@@ -5,6 +5,7 @@
 //! Network rule: everything here uses loopback or addresses inside namespaces
 //! created (and deleted) by the caller, from the documentation ranges only.
 
+pub mod bench;
 pub mod frames;
 pub mod netns;
 pub mod nsd;

@@ -36,23 +36,23 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use clap::Parser;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Map as JsonMap, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use smtp_edge_tests::bench::{
+    self, Certs, Client, IO_TIMEOUT, Outcome, Postfix, PostfixDirs, Tally, certificates,
+    client_config, free_port, interrupted, postfix_version, raise_nofile, round, run_sessions,
+    set_mode, settle, stopped, wait_banner,
+};
 use smtp_edge_tests::{Daemon, is_root};
 
 /// End-to-end relay benchmark: smtp-edge vs Postfix (last line of stdout:
@@ -97,34 +97,13 @@ const TO: &str = "user@example.net";
 const SERVER_NAME: &str = "relay.contoso.com";
 /// The sink's name (differs from the relays': no loop detection).
 const SINK_NAME: &str = "sink.example.net";
-/// The longest wait for one reply.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Name the client gives in EHLO.
+const EHLO: &str = "client.contoso.com";
 /// The sink's longest wait for a client's next bytes.
 const SINK_IDLE: Duration = Duration::from_secs(120);
-/// Failed connections after which a run gives up.
-const MAX_FAILURES: u64 = 50;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn interrupted() -> Result<()> {
-    if STOP.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
 
 fn main() {
-    // Ctrl-C and SIGTERM end the current run and then clean up (the private
-    // Postfix is daemonized outside our process group).
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    bench::install_signal_handlers();
     let args = Args::parse();
     if let Err(e) = run(&args) {
         eprintln!("smtp-edge-bench-relay: error: {e:#}");
@@ -192,7 +171,7 @@ fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("temporary directory in {}", base.display()))?;
     // Postfix's processes run as `postfix` and must reach their queue.
     set_mode(tmp.path(), 0o755)?;
-    let certs = certificates(tmp.path())?;
+    let certs = certificates(tmp.path(), &[SERVER_NAME, SINK_NAME])?;
     let tls_client = client_config(&certs.ca)?;
 
     // The sink on its own thread (one of the two CPUs' worth of work is the
@@ -250,7 +229,7 @@ fn run(args: &Args) -> Result<()> {
             let relay: Box<dyn Relay> = if name == "smtp-edge" {
                 Box::new(Edge::start(&dir, &certs, sink.addr, *mode == "tls", args)?)
             } else {
-                Box::new(Postfix::start(
+                Box::new(start_postfix(
                     &dir,
                     &certs,
                     sink.addr,
@@ -274,7 +253,7 @@ fn run(args: &Args) -> Result<()> {
                     relay.log_tail()
                 );
             }
-            settle();
+            settle(300);
             run_id += 1;
             let f = measure(&rt, &sink, relay.as_ref(), tls, &params, run_id, args)
                 .with_context(|| format!("{name} {mode}"))?;
@@ -701,22 +680,10 @@ struct Load {
     size: usize,
 }
 
-#[derive(Default)]
-struct Outcome {
-    accepted: u64,
-    failures: u64,
-    secs: f64,
-    first_error: Option<String>,
-    cipher: Option<String>,
-}
-
 struct Shared {
     next: AtomicU64,
     total: u64,
-    accepted: AtomicU64,
-    failures: AtomicU64,
-    first_error: Mutex<Option<String>>,
-    cipher: Mutex<Option<String>>,
+    tally: Tally,
     deadline: Instant,
     run: Arc<Run>,
     body: Vec<u8>,
@@ -726,7 +693,7 @@ impl Shared {
     /// Takes one message to send (its sequence number); None when none is
     /// left or time is up.
     fn claim(&self) -> Option<u64> {
-        if STOP.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
+        if stopped() || Instant::now() >= self.deadline {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -757,63 +724,29 @@ async fn load(
     let shared = Arc::new(Shared {
         next: AtomicU64::new(0),
         total: p.messages,
-        accepted: AtomicU64::new(0),
-        failures: AtomicU64::new(0),
-        first_error: Mutex::new(None),
-        cipher: Mutex::new(None),
+        tally: Tally::default(),
         deadline: start + p.max,
         run: run.clone(),
         body: body(p.size),
     });
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..p.sessions {
+    let secs = run_sessions(start, p.sessions, p.max, || {
         let (shared, tls, p) = (shared.clone(), tls.cloned(), p.clone());
-        set.spawn(async move {
+        async move {
             while shared.left() {
                 match connection(addr, tls.as_ref(), &p, &shared).await {
                     Ok(false) => break,
                     Ok(true) => {}
                     Err(e) => {
-                        let n = shared.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                        let mut first =
-                            shared.first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        first.get_or_insert_with(|| format!("{e:#}"));
-                        if n >= MAX_FAILURES {
+                        if shared.tally.fail(&e) {
                             shared.next.store(shared.total, Ordering::Relaxed);
                         }
                     }
                 }
             }
-        });
-    }
-    let all = async {
-        while let Some(r) = set.join_next().await {
-            r.context("client task")?;
         }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(p.max + IO_TIMEOUT * 2, all)
-        .await
-        .map_err(|_| anyhow!("load run did not finish in time"))??;
-    let secs = start.elapsed().as_secs_f64();
-    interrupted()?;
-    let first_error = shared
-        .first_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    let cipher = shared
-        .cipher
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    Ok(Outcome {
-        accepted: shared.accepted.load(Ordering::Relaxed),
-        failures: shared.failures.load(Ordering::Relaxed),
-        secs,
-        first_error,
-        cipher,
     })
+    .await?;
+    Ok(shared.tally.outcome(secs))
 }
 
 /// One connection: EHLO, STARTTLS when `tls`, up to `per_connection`
@@ -827,57 +760,16 @@ async fn connection(
     let Some(first) = shared.claim() else {
         return Ok(false);
     };
-    let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow!("connect timeout"))??;
-    tcp.set_nodelay(true)?;
-    let mut c = Client::new(tcp);
-    c.expect(220).await?;
-    c.send(b"EHLO client.contoso.com\r\n").await?;
-    c.expect(250).await?;
+    let mut c = Client::connect(addr, EHLO, true).await?;
     match tls {
         None => transactions(&mut c, p, shared, first).await?,
         Some(tls) => {
-            let mut c = starttls(c, tls).await?;
-            if shared
-                .cipher
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none()
-            {
-                let (_, conn) = c.s.get_ref();
-                let desc = format!(
-                    "{:?} {:?}",
-                    conn.protocol_version()
-                        .ok_or_else(|| anyhow!("no TLS version"))?,
-                    conn.negotiated_cipher_suite()
-                        .ok_or_else(|| anyhow!("no cipher"))?
-                        .suite()
-                );
-                *shared.cipher.lock().unwrap_or_else(|p| p.into_inner()) = Some(desc);
-            }
+            let mut c = c.starttls(tls, SERVER_NAME, EHLO).await?;
+            shared.tally.note_cipher(&c)?;
             transactions(&mut c, p, shared, first).await?;
         }
     }
     Ok(true)
-}
-
-async fn starttls(
-    mut c: Client<TcpStream>,
-    tls: &TlsConnector,
-) -> Result<Client<tokio_rustls::client::TlsStream<TcpStream>>> {
-    c.send(b"STARTTLS\r\n").await?;
-    c.expect(220).await?;
-    ensure!(c.buf.is_empty(), "data after the STARTTLS reply");
-    let name = ServerName::try_from(SERVER_NAME)?;
-    let s = tokio::time::timeout(IO_TIMEOUT, tls.connect(name, c.s))
-        .await
-        .map_err(|_| anyhow!("TLS handshake timeout"))?
-        .context("TLS handshake")?;
-    let mut c = Client::new(s);
-    c.send(b"EHLO client.contoso.com\r\n").await?;
-    c.expect(250).await?;
-    Ok(c)
 }
 
 /// Sends messages (the first one, `seq`, already claimed), then QUIT.
@@ -898,7 +790,7 @@ async fn transactions<S: AsyncRead + AsyncWrite + Unpin>(
         c.send(&shared.message(seq)).await?;
         c.expect(250).await?;
         shared.run.acked[seq as usize].store(now_ns(), Ordering::SeqCst);
-        shared.accepted.fetch_add(1, Ordering::Relaxed);
+        shared.tally.accepted.fetch_add(1, Ordering::Relaxed);
         sent += 1;
         if sent >= p.per_connection {
             break;
@@ -913,214 +805,25 @@ async fn transactions<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// An SMTP client connection: replies are read line by line.
-struct Client<S> {
-    s: S,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    fn new(s: S) -> Self {
-        Client {
-            s,
-            buf: Vec::with_capacity(1024),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        tokio::time::timeout(IO_TIMEOUT, async {
-            self.s.write_all(bytes).await?;
-            self.s.flush().await
-        })
-        .await
-        .map_err(|_| anyhow!("write timeout"))?
-        .context("write")
-    }
-
-    async fn line(&mut self) -> Result<String> {
-        loop {
-            if let Some(p) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=p).collect();
-                return Ok(String::from_utf8_lossy(&line).trim_end().to_string());
-            }
-            ensure!(self.buf.len() < 64 * 1024, "reply line too long");
-            let mut tmp = [0u8; 4096];
-            let n = tokio::time::timeout(IO_TIMEOUT, self.s.read(&mut tmp))
-                .await
-                .map_err(|_| anyhow!("read timeout"))?
-                .context("read")?;
-            ensure!(n > 0, "connection closed by the server");
-            self.buf.extend_from_slice(&tmp[..n]);
-        }
-    }
-
-    /// Reads one (possibly multi-line) reply and checks its code.
-    async fn expect(&mut self, code: u16) -> Result<()> {
-        let mut text = String::new();
-        loop {
-            let line = self.line().await?;
-            let got: u16 = line
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| anyhow!("not a reply: {line:?}"))?;
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            text.push_str(&line);
-            text.push('\n');
-            if last {
-                ensure!(got == code, "expected {code}, got: {}", text.trim_end());
-                return Ok(());
-            }
-        }
-    }
-}
-
 /// The message after the `X-Bench-Seq` line: about `size` octets in all
 /// (headers included), CRLF line ends, ending with the terminating dot line;
 /// no line starts with a dot.
 fn body(size: usize) -> Vec<u8> {
-    let size = size.saturating_sub(32);
-    let mut m = format!(
-        "From: <{FROM}>\r\nTo: <{TO}>\r\nSubject: smtp-edge relay benchmark\r\n\
-         Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <bench@contoso.com>\r\n\r\n"
+    bench::message(
+        size.saturating_sub(32),
+        FROM,
+        TO,
+        "smtp-edge relay benchmark",
+        "bench@contoso.com",
     )
-    .into_bytes();
-    let line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd";
-    while m.len() + line.len() + 2 <= size {
-        m.extend_from_slice(line);
-        m.extend_from_slice(b"\r\n");
-    }
-    while m.len() + 2 < size {
-        m.push(b'x');
-    }
-    m.extend_from_slice(b"\r\n.\r\n");
-    m
 }
 
 // ---- helpers ---------------------------------------------------------------
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
-}
-
-/// Writes dirty pages out, so a run does not pay for the previous one's.
-fn settle() {
-    // SAFETY: no preconditions.
-    unsafe { libc::sync() };
-    std::thread::sleep(Duration::from_millis(300));
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
-}
-
-/// Raises RLIMIT_NOFILE (soft, and hard when needed) to at least `want`
-/// descriptors; the daemons started later inherit it.
-fn raise_nofile(want: u64) -> Result<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        ensure!(
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0,
-            "getrlimit"
-        );
-        if r.rlim_cur >= want {
-            return Ok(r.rlim_cur);
-        }
-        r.rlim_max = r.rlim_max.max(want);
-        r.rlim_cur = want;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-            bail!(
-                "cannot raise RLIMIT_NOFILE to {want}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(want)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn postfix_version() -> String {
-    Command::new("postconf")
-        .args(["-d", "-h", "mail_version"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "?".into())
-}
 
 /// The last `n` lines of a log.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-// ---- certificates ----------------------------------------------------------
-
-struct Certs {
-    /// Leaf then CA, PEM.
-    chain: PathBuf,
-    key: PathBuf,
-    leaf_der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-    ca: CertificateDer<'static>,
-}
-
-/// A CA and a server certificate (ECDSA P-256) for SERVER_NAME and
-/// SINK_NAME; both relays and the sink present the same one.
-fn certificates(dir: &Path) -> Result<Certs> {
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "smtp-edge bench CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
-    let mut leaf = CertificateParams::new(vec![SERVER_NAME.to_string(), SINK_NAME.to_string()])?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, SERVER_NAME);
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let key = KeyPair::generate()?;
-    let cert = leaf.signed_by(&key, &ca)?;
-    let chain = dir.join("server.pem");
-    let key_path = dir.join("server.key");
-    std::fs::write(&chain, format!("{}{}", cert.pem(), ca.pem()))?;
-    std::fs::write(&key_path, key.serialize_pem())?;
-    set_mode(&key_path, 0o600)?;
-    Ok(Certs {
-        chain,
-        key: key_path,
-        leaf_der: cert.der().clone(),
-        key_der: key.serialize_der(),
-        ca: ca.der().clone(),
-    })
-}
-
-/// The client's TLS: trusts the bench CA, no session resumption (every
-/// connection does a full handshake, on both relays).
-fn client_config(ca: &CertificateDer<'static>) -> Result<TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.resumption = rustls::client::Resumption::disabled();
-    Ok(TlsConnector::from(Arc::new(c)))
 }
 
 // ---- the relays ------------------------------------------------------------
@@ -1216,56 +919,17 @@ impl Relay for Edge {
     }
 }
 
-/// Waits (at most 20 s) until `addr` greets with 220.
-fn wait_banner(addr: SocketAddr) -> Result<()> {
-    use std::io::Read;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        interrupted()?;
-        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let mut b = [0u8; 512];
-            if let Ok(n) = s.read(&mut b)
-                && b[..n].starts_with(b"220")
-            {
-                return Ok(());
-            }
-        }
-        ensure!(Instant::now() < deadline, "no 220 banner on {addr}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A private Postfix instance configured as a relay to the sink. Stopped on
-/// drop (its directory goes with the bench's).
-struct Postfix {
-    conf: PathBuf,
-    queue: PathBuf,
-    addr: SocketAddr,
-    log: PathBuf,
-    master_pid: Option<u32>,
-}
-
-impl Postfix {
-    fn start(
-        dir: &Path,
-        certs: &Certs,
-        sink: SocketAddr,
-        tls: bool,
-        args: &Args,
-    ) -> Result<Postfix> {
-        let conf = dir.join("conf");
-        let queue = dir.join("queue");
-        let data = dir.join("data");
-        for d in [dir, &conf, &queue, &data] {
-            std::fs::create_dir_all(d)?;
-            set_mode(d, 0o755)?;
-        }
-        let (uid, gid) = user_ids("postfix")?;
-        std::os::unix::fs::chown(&data, Some(uid), Some(gid)).context("chown data_directory")?;
-        let port = free_port()?;
-        let log = dir.join("maillog");
-        let main_cf = format!(
+/// Starts a private Postfix instance (see `bench::Postfix`) configured as a
+/// relay to the sink.
+fn start_postfix(
+    dir: &Path,
+    certs: &Certs,
+    sink: SocketAddr,
+    tls: bool,
+    args: &Args,
+) -> Result<Postfix> {
+    let main_cf = |d: &PostfixDirs| {
+        format!(
             r#"# Private instance of smtp-edge-bench-relay; not the system's.
 compatibility_level = 3.6
 queue_directory = {queue}
@@ -1302,20 +966,22 @@ smtpd_tls_loglevel = 0
 maillog_file = {log}
 maillog_file_prefixes = {dir}
 "#,
-            queue = queue.display(),
-            data = data.display(),
+            queue = d.queue.display(),
+            data = d.data.display(),
             sink_port = sink.port(),
             sessions = args.sessions,
             level = if tls { "encrypt" } else { "none" },
             chain = certs.chain.display(),
             key = certs.key.display(),
-            log = log.display(),
+            log = d.log.display(),
             dir = dir.display(),
             procs = args.sessions.max(45) * 2 + 10,
-        );
-        let master_cf = format!(
-            "127.0.0.1:{port} inet n - n - - smtpd\n\
-             cleanup   unix  n - n -     0 cleanup\n\
+        )
+    };
+    Postfix::start(
+        dir,
+        main_cf,
+        "cleanup   unix  n - n -     0 cleanup\n\
              qmgr      unix  n - n 300   1 qmgr\n\
              tlsmgr    unix  - - n 1000? 1 tlsmgr\n\
              rewrite   unix  - - n -     - trivial-rewrite\n\
@@ -1333,49 +999,8 @@ maillog_file_prefixes = {dir}
              relay     unix  - - n -     - smtp\n\
              anvil     unix  - - n -     1 anvil\n\
              scache    unix  - - n -     1 scache\n\
-             postlog   unix-dgram n - n - 1 postlogd\n"
-        );
-        std::fs::write(conf.join("main.cf"), main_cf)?;
-        std::fs::write(conf.join("master.cf"), master_cf)?;
-        let mut p = Postfix {
-            conf,
-            queue,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-            master_pid: None,
-        };
-        p.postfix("check")?;
-        p.postfix("start")?;
-        p.master_pid = std::fs::read_to_string(p.queue.join("pid/master.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        wait_banner(p.addr).with_context(|| format!("Postfix's smtpd\n{}", p.log_text()))?;
-        Ok(p)
-    }
-
-    fn postfix(&self, cmd: &str) -> Result<()> {
-        let out = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg(cmd)
-            .env("MAIL_CONFIG", &self.conf)
-            .stdin(Stdio::null())
-            .output()
-            .context("run postfix")?;
-        ensure!(
-            out.status.success(),
-            "postfix -c {} {cmd}: {}\n{}{}",
-            self.conf.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        Ok(())
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+             postlog   unix-dgram n - n - 1 postlogd\n",
+    )
 }
 
 impl Relay for Postfix {
@@ -1385,34 +1010,4 @@ impl Relay for Postfix {
     fn log_tail(&self) -> String {
         tail(&self.log_text(), 30)
     }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        let _ = self.postfix("stop");
-        let Some(pid) = self.master_pid else { return };
-        let alive = || Path::new(&format!("/proc/{pid}")).exists();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if alive() {
-            let _ = self.postfix("abort");
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if alive() {
-            // SAFETY: kill(2) on the master we started (its children follow).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
-fn user_ids(name: &str) -> Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd")?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() > 3 && f[0] == name)
-        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-        .ok_or_else(|| anyhow!("no user {name} (Debian package postfix)"))
 }

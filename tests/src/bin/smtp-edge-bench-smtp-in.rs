@@ -26,25 +26,25 @@
 //! postfix (`cargo xtask setup`). The private Postfix is stopped and its
 //! directory removed at the end, also on failure or Ctrl-C.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Parser;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Map as JsonMap, Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use smtp_edge_tests::bench::{
+    self, Certs, Client, Outcome, Postfix, PostfixDirs, Tally, certificates, client_config,
+    free_port, interrupted, postfix_version, raise_nofile, round, run_sessions, set_mode, settle,
+    stopped, wait_banner,
+};
 use smtp_edge_tests::{Daemon, is_root};
 
 /// Benchmark of smtp-edge's receiving side against Postfix (last line of
@@ -88,34 +88,13 @@ const FROM: &str = "sender@example.org";
 const TO: &str = "user@contoso.com";
 /// Name in the test certificate (both servers present it).
 const SERVER_NAME: &str = "mx.contoso.com";
-/// The longest wait for one reply.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Name the client gives in EHLO.
+const EHLO: &str = "client.example.org";
 /// Messages sent to each server (and mode) before measuring.
 const WARMUP: u64 = 200;
-/// Failed connections after which a run gives up.
-const MAX_FAILURES: u64 = 50;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn interrupted() -> Result<()> {
-    if STOP.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
 
 fn main() {
-    // Ctrl-C and SIGTERM end the current run and then clean up (the private
-    // Postfix is daemonized outside our process group).
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    bench::install_signal_handlers();
     let args = Args::parse();
     if let Err(e) = run(&args) {
         eprintln!("smtp-edge-bench-smtp-in: error: {e:#}");
@@ -183,7 +162,7 @@ fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("temporary directory in {}", base.display()))?;
     // Postfix's processes run as `postfix` and must reach their queue.
     set_mode(tmp.path(), 0o755)?;
-    let certs = certificates(tmp.path())?;
+    let certs = certificates(tmp.path(), &[SERVER_NAME])?;
     let tls_client = client_config(&certs.ca)?;
 
     let rt = if args.client_threads == 1 {
@@ -196,7 +175,13 @@ fn run(args: &Args) -> Result<()> {
             .enable_all()
             .build()?
     };
-    let message = Arc::new(message(args.size));
+    let message = Arc::new(bench::message(
+        args.size,
+        FROM,
+        TO,
+        "smtp-edge benchmark",
+        "bench@example.org",
+    ));
 
     let mut out = JsonMap::new();
     println!(
@@ -241,7 +226,7 @@ fn run(args: &Args) -> Result<()> {
     }
 
     // 2. and 3. Accept rates.
-    let postfix = Postfix::start(&tmp.path().join("postfix"), &certs, args.sessions)?;
+    let postfix = start_postfix(&tmp.path().join("postfix"), &certs, args.sessions)?;
     let edge = Edge::start(&edge_dir, &certs, max_conn, "load")?;
     let servers: [(&str, &dyn Queue); 2] = [("smtp-edge", &edge), ("postfix", &postfix)];
     let params = Load {
@@ -302,7 +287,7 @@ fn run(args: &Args) -> Result<()> {
                 interrupted()?;
                 let (name, q) = servers[i];
                 let base = q.count()?;
-                settle();
+                settle(200);
                 let r = rt.block_on(load(q.addr(), *tls, &params))?;
                 let stored = q.wait_count(base, r.accepted)?;
                 ensure!(
@@ -372,7 +357,7 @@ fn run(args: &Args) -> Result<()> {
                 interrupted()?;
                 let (name, q) = servers[i];
                 let base = q.count()?;
-                settle();
+                settle(200);
                 let secs = smtp_source(q.addr(), args, tmp.path())?;
                 let stored = q.wait_count(base, args.messages)?;
                 ensure!(
@@ -469,11 +454,6 @@ fn run(args: &Args) -> Result<()> {
 
 // ---- helpers ---------------------------------------------------------------
 
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -481,51 +461,6 @@ fn median(v: &mut [f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
-}
-
-/// Writes dirty pages out, so a run does not pay for the previous one's.
-fn settle() {
-    // SAFETY: no preconditions.
-    unsafe { libc::sync() };
-    std::thread::sleep(Duration::from_millis(200));
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
-}
-
-/// Raises RLIMIT_NOFILE (soft, and hard when needed) to at least `want`
-/// descriptors; the daemons started later inherit it.
-fn raise_nofile(want: u64) -> Result<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        ensure!(
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0,
-            "getrlimit"
-        );
-        if r.rlim_cur >= want {
-            return Ok(r.rlim_cur);
-        }
-        r.rlim_max = r.rlim_max.max(want);
-        r.rlim_cur = want;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-            bail!(
-                "cannot raise RLIMIT_NOFILE to {want}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(want)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn count_files(dir: &Path) -> Result<u64> {
@@ -549,91 +484,6 @@ fn vm_rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
-}
-
-fn postfix_version() -> String {
-    Command::new("postconf")
-        .args(["-d", "-h", "mail_version"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "?".into())
-}
-
-/// A message of `size` octets (headers included), CRLF line ends, ending with
-/// the terminating dot line; no line starts with a dot.
-fn message(size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: <{FROM}>\r\nTo: <{TO}>\r\nSubject: smtp-edge benchmark\r\n\
-         Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <bench@example.org>\r\n\r\n"
-    )
-    .into_bytes();
-    let line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd";
-    while m.len() + line.len() + 2 <= size {
-        m.extend_from_slice(line);
-        m.extend_from_slice(b"\r\n");
-    }
-    while m.len() + 2 < size {
-        m.push(b'x');
-    }
-    m.extend_from_slice(b"\r\n.\r\n");
-    m
-}
-
-// ---- certificates ----------------------------------------------------------
-
-struct Certs {
-    /// Leaf then CA, PEM.
-    chain: PathBuf,
-    key: PathBuf,
-    ca: CertificateDer<'static>,
-}
-
-/// A CA and a server certificate (ECDSA P-256) for SERVER_NAME; both servers
-/// present the same one.
-fn certificates(dir: &Path) -> Result<Certs> {
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "smtp-edge bench CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
-    let mut leaf = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, SERVER_NAME);
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let key = KeyPair::generate()?;
-    let cert = leaf.signed_by(&key, &ca)?;
-    let chain = dir.join("server.pem");
-    let key_path = dir.join("server.key");
-    std::fs::write(&chain, format!("{}{}", cert.pem(), ca.pem()))?;
-    std::fs::write(&key_path, key.serialize_pem())?;
-    set_mode(&key_path, 0o600)?;
-    Ok(Certs {
-        chain,
-        key: key_path,
-        ca: ca.der().clone(),
-    })
-}
-
-/// The client's TLS: trusts the bench CA, no session resumption (every
-/// connection does a full handshake, on both servers).
-fn client_config(ca: &CertificateDer<'static>) -> Result<TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.resumption = rustls::client::Resumption::disabled();
-    Ok(TlsConnector::from(Arc::new(c)))
 }
 
 // ---- the servers -----------------------------------------------------------
@@ -754,51 +604,11 @@ fn pid_of(config: &Path) -> Result<u32> {
     bail!("no process runs with {}", config.display())
 }
 
-/// Waits (at most 20 s) until `addr` greets with 220.
-fn wait_banner(addr: SocketAddr) -> Result<()> {
-    use std::io::Read;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        interrupted()?;
-        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let mut b = [0u8; 512];
-            if let Ok(n) = s.read(&mut b)
-                && b[..n].starts_with(b"220")
-            {
-                return Ok(());
-            }
-        }
-        ensure!(Instant::now() < deadline, "no 220 banner on {addr}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A private Postfix instance: its own configuration, queue and data
-/// directories, smtpd on a loopback port, every message held in the hold
-/// queue. Stopped (and its directory removed with the bench's) on drop.
-struct Postfix {
-    conf: PathBuf,
-    queue: PathBuf,
-    addr: SocketAddr,
-    log: PathBuf,
-    master_pid: Option<u32>,
-}
-
-impl Postfix {
-    fn start(dir: &Path, certs: &Certs, sessions: usize) -> Result<Postfix> {
-        let conf = dir.join("conf");
-        let queue = dir.join("queue");
-        let data = dir.join("data");
-        for d in [dir, &conf, &queue, &data] {
-            std::fs::create_dir_all(d)?;
-            set_mode(d, 0o755)?;
-        }
-        let (uid, gid) = user_ids("postfix")?;
-        std::os::unix::fs::chown(&data, Some(uid), Some(gid)).context("chown data_directory")?;
-        let port = free_port()?;
-        let log = dir.join("maillog");
-        let main_cf = format!(
+/// Starts the private Postfix instance (see `bench::Postfix`), every message
+/// held in the hold queue.
+fn start_postfix(dir: &Path, certs: &Certs, sessions: usize) -> Result<Postfix> {
+    let main_cf = |d: &PostfixDirs| {
+        format!(
             r#"# Private instance of smtp-edge-bench-smtp-in; not the system's.
 compatibility_level = 3.6
 queue_directory = {queue}
@@ -835,17 +645,19 @@ smtpd_tls_loglevel = 0
 maillog_file = {log}
 maillog_file_prefixes = {dir}
 "#,
-            queue = queue.display(),
-            data = data.display(),
+            queue = d.queue.display(),
+            data = d.data.display(),
             chain = certs.chain.display(),
             key = certs.key.display(),
-            log = log.display(),
+            log = d.log.display(),
             dir = dir.display(),
             procs = sessions.max(90) + 10,
-        );
-        let master_cf = format!(
-            "127.0.0.1:{port} inet n - n - - smtpd\n\
-             cleanup   unix  n - n -     0 cleanup\n\
+        )
+    };
+    Postfix::start(
+        dir,
+        main_cf,
+        "cleanup   unix  n - n -     0 cleanup\n\
              qmgr      unix  n - n 300   1 qmgr\n\
              tlsmgr    unix  - - n 1000? 1 tlsmgr\n\
              rewrite   unix  - - n -     - trivial-rewrite\n\
@@ -860,49 +672,8 @@ maillog_file_prefixes = {dir}
              discard   unix  - - n -     - discard\n\
              anvil     unix  - - n -     1 anvil\n\
              scache    unix  - - n -     1 scache\n\
-             postlog   unix-dgram n - n - 1 postlogd\n"
-        );
-        std::fs::write(conf.join("main.cf"), main_cf)?;
-        std::fs::write(conf.join("master.cf"), master_cf)?;
-        let mut p = Postfix {
-            conf,
-            queue,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-            master_pid: None,
-        };
-        p.postfix("check")?;
-        p.postfix("start")?;
-        p.master_pid = std::fs::read_to_string(p.queue.join("pid/master.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        wait_banner(p.addr).with_context(|| format!("Postfix's smtpd\n{}", p.log_text()))?;
-        Ok(p)
-    }
-
-    fn postfix(&self, cmd: &str) -> Result<()> {
-        let out = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg(cmd)
-            .env("MAIL_CONFIG", &self.conf)
-            .stdin(Stdio::null())
-            .output()
-            .context("run postfix")?;
-        ensure!(
-            out.status.success(),
-            "postfix -c {} {cmd}: {}\n{}{}",
-            self.conf.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        Ok(())
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+             postlog   unix-dgram n - n - 1 postlogd\n",
+    )
 }
 
 impl Queue for Postfix {
@@ -917,36 +688,6 @@ impl Queue for Postfix {
     }
 }
 
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        let _ = self.postfix("stop");
-        let Some(pid) = self.master_pid else { return };
-        let alive = || Path::new(&format!("/proc/{pid}")).exists();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if alive() {
-            let _ = self.postfix("abort");
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if alive() {
-            // SAFETY: kill(2) on the master we started (its children follow).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
-
-fn user_ids(name: &str) -> Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd")?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() > 3 && f[0] == name)
-        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-        .ok_or_else(|| anyhow!("no user {name} (Debian package postfix)"))
-}
-
 // ---- the load client -------------------------------------------------------
 
 #[derive(Clone)]
@@ -958,28 +699,16 @@ struct Load {
     message: Arc<Vec<u8>>,
 }
 
-#[derive(Default)]
-struct Outcome {
-    accepted: u64,
-    failures: u64,
-    secs: f64,
-    first_error: Option<String>,
-    cipher: Option<String>,
-}
-
 struct Shared {
     remaining: AtomicI64,
-    accepted: AtomicU64,
-    failures: AtomicU64,
-    first_error: Mutex<Option<String>>,
-    cipher: Mutex<Option<String>>,
+    tally: Tally,
     deadline: Instant,
 }
 
 impl Shared {
     /// Takes one message to send; false when none is left or time is up.
     fn claim(&self) -> bool {
-        !STOP.load(Ordering::Relaxed)
+        !stopped()
             && Instant::now() < self.deadline
             && self.remaining.fetch_sub(1, Ordering::Relaxed) > 0
     }
@@ -990,63 +719,27 @@ async fn load(addr: SocketAddr, tls: Option<&TlsConnector>, p: &Load) -> Result<
     let start = Instant::now();
     let shared = Arc::new(Shared {
         remaining: AtomicI64::new(p.messages as i64),
-        accepted: AtomicU64::new(0),
-        failures: AtomicU64::new(0),
-        first_error: Mutex::new(None),
-        cipher: Mutex::new(None),
+        tally: Tally::default(),
         deadline: start + p.max,
     });
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..p.sessions {
+    let secs = run_sessions(start, p.sessions, p.max, || {
         let (shared, tls, p) = (shared.clone(), tls.cloned(), p.clone());
-        set.spawn(async move {
+        async move {
             while shared.remaining.load(Ordering::Relaxed) > 0 {
                 match connection(addr, tls.as_ref(), &p, &shared).await {
                     Ok(false) => break,
                     Ok(true) => {}
                     Err(e) => {
-                        let n = shared.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                        let mut first =
-                            shared.first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        first.get_or_insert_with(|| format!("{e:#}"));
-                        if n >= MAX_FAILURES {
+                        if shared.tally.fail(&e) {
                             shared.remaining.store(0, Ordering::Relaxed);
                         }
                     }
                 }
             }
-        });
-    }
-    // Each reply is bounded by IO_TIMEOUT and new messages stop at the
-    // deadline; this is the last resort.
-    let all = async {
-        while let Some(r) = set.join_next().await {
-            r.context("client task")?;
         }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(p.max + IO_TIMEOUT * 2, all)
-        .await
-        .map_err(|_| anyhow!("load run did not finish in time"))??;
-    let secs = start.elapsed().as_secs_f64();
-    interrupted()?;
-    let first_error = shared
-        .first_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    let cipher = shared
-        .cipher
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    Ok(Outcome {
-        accepted: shared.accepted.load(Ordering::Relaxed),
-        failures: shared.failures.load(Ordering::Relaxed),
-        secs,
-        first_error,
-        cipher,
     })
+    .await?;
+    Ok(shared.tally.outcome(secs))
 }
 
 /// One connection: EHLO, STARTTLS when `tls`, up to `per_connection`
@@ -1060,57 +753,16 @@ async fn connection(
     if !shared.claim() {
         return Ok(false);
     }
-    let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow!("connect timeout"))??;
-    tcp.set_nodelay(true)?;
-    let mut c = Client::new(tcp);
-    c.expect(220).await?;
-    c.send(b"EHLO client.example.org\r\n").await?;
-    c.expect(250).await?;
+    let mut c = Client::connect(addr, EHLO, true).await?;
     match tls {
         None => transactions(&mut c, p, shared).await?,
         Some(tls) => {
-            let mut c = starttls(c, tls).await?;
-            if shared
-                .cipher
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none()
-            {
-                let (_, conn) = c.s.get_ref();
-                let desc = format!(
-                    "{:?} {:?}",
-                    conn.protocol_version()
-                        .ok_or_else(|| anyhow!("no TLS version"))?,
-                    conn.negotiated_cipher_suite()
-                        .ok_or_else(|| anyhow!("no cipher"))?
-                        .suite()
-                );
-                *shared.cipher.lock().unwrap_or_else(|p| p.into_inner()) = Some(desc);
-            }
+            let mut c = c.starttls(tls, SERVER_NAME, EHLO).await?;
+            shared.tally.note_cipher(&c)?;
             transactions(&mut c, p, shared).await?;
         }
     }
     Ok(true)
-}
-
-async fn starttls(
-    mut c: Client<TcpStream>,
-    tls: &TlsConnector,
-) -> Result<Client<tokio_rustls::client::TlsStream<TcpStream>>> {
-    c.send(b"STARTTLS\r\n").await?;
-    c.expect(220).await?;
-    ensure!(c.buf.is_empty(), "data after the STARTTLS reply");
-    let name = ServerName::try_from(SERVER_NAME)?;
-    let s = tokio::time::timeout(IO_TIMEOUT, tls.connect(name, c.s))
-        .await
-        .map_err(|_| anyhow!("TLS handshake timeout"))?
-        .context("TLS handshake")?;
-    let mut c = Client::new(s);
-    c.send(b"EHLO client.example.org\r\n").await?;
-    c.expect(250).await?;
-    Ok(c)
 }
 
 /// Sends messages (the first one already claimed), then QUIT.
@@ -1129,7 +781,7 @@ async fn transactions<S: AsyncRead + AsyncWrite + Unpin>(
         c.expect(354).await?;
         c.send(&p.message).await?;
         c.expect(250).await?;
-        shared.accepted.fetch_add(1, Ordering::Relaxed);
+        shared.tally.accepted.fetch_add(1, Ordering::Relaxed);
         sent += 1;
         if sent >= p.per_connection || !shared.claim() {
             break;
@@ -1138,67 +790,6 @@ async fn transactions<S: AsyncRead + AsyncWrite + Unpin>(
     c.send(b"QUIT\r\n").await?;
     c.expect(221).await?;
     Ok(())
-}
-
-/// An SMTP client connection: replies are read line by line.
-struct Client<S> {
-    s: S,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    fn new(s: S) -> Self {
-        Client {
-            s,
-            buf: Vec::with_capacity(1024),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        tokio::time::timeout(IO_TIMEOUT, async {
-            self.s.write_all(bytes).await?;
-            self.s.flush().await
-        })
-        .await
-        .map_err(|_| anyhow!("write timeout"))?
-        .context("write")
-    }
-
-    async fn line(&mut self) -> Result<String> {
-        loop {
-            if let Some(p) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=p).collect();
-                return Ok(String::from_utf8_lossy(&line).trim_end().to_string());
-            }
-            ensure!(self.buf.len() < 64 * 1024, "reply line too long");
-            let mut tmp = [0u8; 4096];
-            let n = tokio::time::timeout(IO_TIMEOUT, self.s.read(&mut tmp))
-                .await
-                .map_err(|_| anyhow!("read timeout"))?
-                .context("read")?;
-            ensure!(n > 0, "connection closed by the server");
-            self.buf.extend_from_slice(&tmp[..n]);
-        }
-    }
-
-    /// Reads one (possibly multi-line) reply and checks its code.
-    async fn expect(&mut self, code: u16) -> Result<()> {
-        let mut text = String::new();
-        loop {
-            let line = self.line().await?;
-            let got: u16 = line
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| anyhow!("not a reply: {line:?}"))?;
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            text.push_str(&line);
-            text.push('\n');
-            if last {
-                ensure!(got == code, "expected {code}, got: {}", text.trim_end());
-                return Ok(());
-            }
-        }
-    }
 }
 
 // ---- idle sessions ---------------------------------------------------------
@@ -1216,16 +807,10 @@ async fn idle_rss(pid: u32, addr: SocketAddr, n: usize, tls: Option<&TlsConnecto
         Tls(Box<Client<tokio_rustls::client::TlsStream<TcpStream>>>),
     }
     async fn open(addr: SocketAddr, tls: Option<&TlsConnector>) -> Result<Idle> {
-        let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow!("connect timeout"))??;
-        let mut c = Client::new(tcp);
-        c.expect(220).await?;
-        c.send(b"EHLO client.example.org\r\n").await?;
-        c.expect(250).await?;
+        let c = Client::connect(addr, EHLO, false).await?;
         Ok(match tls {
             None => Idle::Plain(c),
-            Some(tls) => Idle::Tls(Box::new(starttls(c, tls).await?)),
+            Some(tls) => Idle::Tls(Box::new(c.starttls(tls, SERVER_NAME, EHLO).await?)),
         })
     }
     // A few sessions first, so what happens once (TLS setup, thread stacks)
@@ -1309,7 +894,7 @@ fn smtp_source(addr: SocketAddr, args: &Args, dir: &Path) -> Result<f64> {
             );
             return Ok(secs);
         }
-        if Instant::now() >= deadline || STOP.load(Ordering::SeqCst) {
+        if Instant::now() >= deadline || stopped() {
             let _ = child.kill();
             let _ = child.wait();
             interrupted()?;
