@@ -236,12 +236,7 @@ impl Daemon {
         if self.sync.is_none() {
             return Ok(());
         }
-        self.state.set_filter(&FilterState {
-            entries: self.compiled.entries.clone(),
-            interfaces: self.config.interfaces(),
-            ports: self.config.ports.clone(),
-            mode: format!("{:?}", self.config.filter.mode).to_lowercase(),
-        })?;
+        self.state.set_filter(&self.filter_state())?;
         Ok(())
     }
 

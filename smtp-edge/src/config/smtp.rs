@@ -10,17 +10,8 @@ use toml::Spanned;
 use crate::allowlist::{exchange, spec};
 use crate::policy::{DomainPattern, Inbound};
 
-/// What to do with a bare CR or LF in a command or in message data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BareLineEndings {
-    /// Refuse the command or the message (the default; closes SMTP smuggling).
-    #[default]
-    Reject,
-    /// Postfix-style: turn a bare LF or CR in message data into CRLF. Such a
-    /// line end never ends the message.
-    Normalize,
-}
+/// What to do with a bare CR or LF in message data (`reject` or `normalize`).
+pub use crate::smtp::data::BareLineEndings;
 
 /// `[smtp.timeouts]` in seconds (RFC 5321 §4.5.3.2 server side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

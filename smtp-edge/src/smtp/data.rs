@@ -57,7 +57,8 @@ pub const DEFAULT_MAX_LINE: usize = 1000;
 pub const DEFAULT_MAX_SIZE: u64 = 10_240_000;
 
 /// What to do with a bare CR or LF in message content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BareLineEndings {
     /// Fail the transaction ([`DataError::BareLineEnding`]).
     #[default]

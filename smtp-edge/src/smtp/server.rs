@@ -99,7 +99,6 @@ impl ServerConfig {
         c: &crate::config::smtp::Smtp,
         spool: Arc<Spool>,
     ) -> Result<ServerConfig, SetupError> {
-        use crate::config::smtp::BareLineEndings as B;
         let tls = match &c.raw.tls {
             Some(t) => Some(crate::tls::server_config(&t.certificate, &t.key)?),
             None => None,
@@ -128,10 +127,7 @@ impl ServerConfig {
             connectors,
             tls,
             data: DataConfig {
-                bare_line_endings: match c.raw.bare_line_endings {
-                    B::Reject => super::data::BareLineEndings::Reject,
-                    B::Normalize => super::data::BareLineEndings::Normalize,
-                },
+                bare_line_endings: c.raw.bare_line_endings,
                 nul: super::data::NulBytes::Reject,
                 max_size: c.raw.max_message_size,
                 max_line: c.raw.text_line_limit,
