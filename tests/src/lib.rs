@@ -1,14 +1,22 @@
 //! Shared support for smtp-edge's root-only tests, the lab and the benchmarks:
 //! network namespaces that clean up after themselves, crafted frames for
-//! BPF_PROG_TEST_RUN, and a guard around a running daemon.
+//! BPF_PROG_TEST_RUN, a guard around a running daemon ([`Daemon`]) and one
+//! with its SMTP side on loopback ([`edge::Edge`]), certificates
+//! ([`certs`]), a raw SMTP client ([`smtp`]), smtp-sink as a next hop
+//! ([`sink`]), real peers run as programs ([`tools`]), NSD ([`nsd`]).
 //!
 //! Network rule: everything here uses loopback or addresses inside namespaces
 //! created (and deleted) by the caller, from the documentation ranges only.
 
 pub mod bench;
+pub mod certs;
+pub mod edge;
 pub mod frames;
 pub mod netns;
 pub mod nsd;
+pub mod sink;
+pub mod smtp;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -120,6 +128,17 @@ impl Daemon {
     /// Starts the daemon (inside `ns` when given) and waits until its control
     /// socket answers, at most 20 s.
     pub fn start(ns: Option<&str>, config: &Path, socket: &Path, log: &Path) -> Daemon {
+        Daemon::start_with_umask(ns, config, socket, log, None)
+    }
+
+    /// [`Daemon::start`] with the process's umask set to `umask` first.
+    pub fn start_with_umask(
+        ns: Option<&str>,
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+        umask: Option<u32>,
+    ) -> Daemon {
         let bin = smtp_edge_bin();
         let logf = std::fs::File::create(log).expect("daemon log");
         let mut cmd = in_netns(ns, &bin);
@@ -130,6 +149,17 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);
+        if let Some(mask) = umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask(2) is async-signal-safe and touches only the
+            // child between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().expect("spawn smtp-edge run");
         let mut d = Daemon {
             child: Some(child),
@@ -158,6 +188,24 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("daemon running");
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     /// Sends a signal to the daemon.

@@ -9,75 +9,37 @@
 //! killed on drop.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcgen::{CertificateParams, DnType, KeyPair};
-use serde_json::Value;
-use smtp_edge_tests::Daemon;
+use smtp_edge_tests::edge::{Edge, Setup as EdgeSetup};
 use smtp_edge_tests::nsd::Nsd;
+use smtp_edge_tests::sink::{Sink, envelope};
+use smtp_edge_tests::smtp::{
+    Client, READ_TIMEOUT, data_of, free_port, message, send, unfold, wait_for,
+};
 
-/// The longest wait for any one read from a server.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default `[queue]`: retries after 1 s, then every 2 s.
 const QUEUE: &str = "retry_schedule = [1, 2]\n";
 
 // ---------------------------------------------------------------------------
-// Small helpers
+// The daemon under test and next hops
 
-/// A TCP port free on 127.0.0.1 (at the time of asking).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
-
-/// Polls `f` every 100 ms until it gives a value; panics with `what` (and
-/// the last observation from `f`) after `secs` seconds.
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "timed out after {secs} s waiting for {what}; last: {last}"
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Header fields of a message with folded lines joined (for searching).
-fn unfold(text: &str) -> String {
-    text.replace("\r\n", "\n")
-        .replace("\n ", " ")
-        .replace("\n\t", " ")
-}
-
-// ---------------------------------------------------------------------------
-// The daemon under test
-
-/// A self-signed certificate for the receiving side's STARTTLS.
-fn server_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut p = CertificateParams::new(vec!["edge.contoso.com".to_string()]).expect("params");
-    p.distinguished_name
-        .push(DnType::CommonName, "edge.contoso.com");
-    let key = KeyPair::generate().expect("key");
-    let cert = p.self_signed(&key).expect("certificate");
-    let (c, k) = (dir.join("server.pem"), dir.join("server.key"));
-    std::fs::write(&c, cert.pem()).expect("write certificate");
-    std::fs::write(&k, key.serialize_pem()).expect("write key");
-    (c, k)
+/// A daemon that relays for its loopback clients, with the queue running.
+fn relay(setup: Setup) -> Edge {
+    Edge::start(EdgeSetup {
+        smtp: setup.smtp,
+        accepted: "\"contoso.com\", \"fabrikam.com\"",
+        connectors: "# The test's clients on loopback may send anywhere.\n\
+            [[inbound_connectors]]\nname = \"loopback\"\nsources = [\"127.0.0.1\"]\nrelay = true\n",
+        outbound: setup.outbound,
+        queue: setup.queue,
+        tail: setup.tail,
+        umask: None,
+    })
 }
 
 /// What differs between the tests' daemons.
@@ -101,375 +63,6 @@ impl Default for Setup<'_> {
             tail: "",
         }
     }
-}
-
-/// smtp-edge receiving on 127.0.0.1 with the queue running; killed on drop.
-struct Edge {
-    dir: tempfile::TempDir,
-    port: u16,
-    daemon: Daemon,
-    starts: u32,
-}
-
-impl Edge {
-    fn start(setup: Setup) -> Edge {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path().to_path_buf();
-        let (cert, key) = server_cert(&d);
-        let port = free_port();
-        let config = format!(
-            r#"[daemon]
-state_dir = "{d}/state"
-control_socket = "{d}/control.sock"
-
-[filter]
-enabled = false
-
-[smtp]
-enabled = true
-listen = ["127.0.0.1:{port}"]
-hostname = "edge.contoso.com"
-accepted_domains = ["contoso.com", "fabrikam.com"]
-spool_dir = "{d}/spool"
-{smtp}
-
-[smtp.tls]
-certificate = "{cert}"
-key = "{key}"
-
-# The test's clients on loopback may send anywhere.
-[[inbound_connectors]]
-name = "loopback"
-sources = ["127.0.0.1"]
-relay = true
-
-{outbound}
-
-[queue]
-{queue}
-
-{tail}
-"#,
-            d = d.display(),
-            cert = cert.display(),
-            key = key.display(),
-            smtp = setup.smtp,
-            outbound = setup.outbound,
-            queue = setup.queue,
-            tail = setup.tail,
-        );
-        std::fs::write(d.join("smtp-edge.toml"), config).expect("config");
-        let daemon = Daemon::start(
-            None,
-            &d.join("smtp-edge.toml"),
-            &d.join("control.sock"),
-            &d.join("daemon-1.log"),
-        );
-        let edge = Edge {
-            dir,
-            port,
-            daemon,
-            starts: 1,
-        };
-        edge.wait_smtp();
-        edge
-    }
-
-    /// kill -9 and start again on the same configuration and spool.
-    fn restart(&mut self) {
-        self.daemon.kill9();
-        self.starts += 1;
-        let d = self.dir.path();
-        self.daemon = Daemon::start(
-            None,
-            &d.join("smtp-edge.toml"),
-            &d.join("control.sock"),
-            &d.join(format!("daemon-{}.log", self.starts)),
-        );
-        self.wait_smtp();
-    }
-
-    fn wait_smtp(&self) {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        wait_for("the SMTP listener", 10, || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-                .map(drop)
-                .map_err(|e| format!("{e}\n{}", self.logs()))
-        });
-    }
-
-    /// All daemon logs so far.
-    fn logs(&self) -> String {
-        (1..=self.starts)
-            .map(|n| {
-                std::fs::read_to_string(self.dir.path().join(format!("daemon-{n}.log")))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("\n--- restart ---\n")
-    }
-
-    /// `smtp-edge --config F --json ARGS`: the JSON answer, or the error.
-    fn cli(&self, args: &[&str]) -> Result<Value, String> {
-        let config = self.dir.path().join("smtp-edge.toml");
-        let mut all = vec!["--config", config.to_str().expect("utf-8 path"), "--json"];
-        all.extend_from_slice(args);
-        let out = smtp_edge_tests::cli(None, &all);
-        if !out.status.success() {
-            return Err(format!(
-                "{args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
-    }
-
-    /// A queue command that may meet a delivery in flight (`Busy`): retried
-    /// for at most 10 s.
-    fn queue_cmd(&self, args: &[&str]) -> Value {
-        let mut all = vec!["queue"];
-        all.extend_from_slice(args);
-        wait_for(&format!("queue {args:?}"), 10, || self.cli(&all))
-    }
-
-    /// `queue list --json`.
-    fn queue(&self) -> Vec<Value> {
-        self.queue_cmd(&["list"])
-            .as_array()
-            .cloned()
-            .expect("queue list is an array")
-    }
-
-    /// The listed message with this id.
-    fn queued(&self, id: &str) -> Option<Value> {
-        self.queue().into_iter().find(|m| m["id"] == id)
-    }
-
-    fn wait_queue_empty(&self, secs: u64) {
-        wait_for("an empty queue", secs, || {
-            let q = self.queue();
-            if q.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{q:#?}"))
-            }
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A raw SMTP client (records the 250 queue id)
-
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Client {
-    fn connect(port: u16) -> io::Result<Client> {
-        let s = TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            Duration::from_secs(2),
-        )?;
-        s.set_read_timeout(Some(READ_TIMEOUT))?;
-        let mut c = Client {
-            r: BufReader::new(s.try_clone()?),
-            w: s,
-        };
-        c.expect(220)?;
-        Ok(c)
-    }
-
-    /// One reply (all its lines joined).
-    fn reply(&mut self) -> io::Result<(u16, String)> {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            if self.r.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("connection closed after {all:?}"),
-                ));
-            }
-            all.push_str(&line);
-            let b = line.as_bytes();
-            if b.len() < 4 || b[3] != b'-' {
-                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-                return Ok((code, all));
-            }
-        }
-    }
-
-    fn expect(&mut self, code: u16) -> io::Result<String> {
-        let (c, text) = self.reply()?;
-        if c != code {
-            return Err(io::Error::other(format!("expected {code}, got {text:?}")));
-        }
-        Ok(text)
-    }
-
-    fn cmd(&mut self, line: &str, code: u16) -> io::Result<String> {
-        self.w.write_all(format!("{line}\r\n").as_bytes())?;
-        self.expect(code)
-    }
-
-    /// EHLO, MAIL, RCPT..., DATA with `data` sent as is (it must end with
-    /// the terminating `.` line); the queue id of the 250 reply.
-    fn transaction(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> io::Result<String> {
-        self.cmd("EHLO client.fabrikam.com", 250)?;
-        self.cmd(&format!("MAIL FROM:<{from}>"), 250)?;
-        for r in rcpts {
-            self.cmd(&format!("RCPT TO:<{r}>"), 250)?;
-        }
-        self.cmd("DATA", 354)?;
-        self.w.write_all(data)?;
-        let text = self.expect(250)?;
-        let id = text
-            .split_whitespace()
-            .last()
-            .filter(|_| text.contains("queued as"))
-            .ok_or_else(|| io::Error::other(format!("no queue id in {text:?}")))?;
-        Ok(id.to_string())
-    }
-
-    /// Sends QUIT; the very next reply.
-    fn reply_to_quit(&mut self) -> (u16, String) {
-        self.w.write_all(b"QUIT\r\n").expect("QUIT");
-        self.reply().expect("reply to QUIT")
-    }
-}
-
-/// `content` (CRLF line ends) dot-stuffed and terminated.
-fn data_of(content: &str) -> Vec<u8> {
-    let mut out = String::new();
-    for line in content.split_inclusive("\r\n") {
-        if line.starts_with('.') {
-            out.push('.');
-        }
-        out.push_str(line);
-    }
-    out.push_str(".\r\n");
-    out.into_bytes()
-}
-
-/// A simple message.
-fn message(from: &str, to: &str, subject: &str) -> String {
-    format!("From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nHello from the relay tests.\r\n")
-}
-
-/// Sends one message through smtp-edge; its queue id.
-fn send(port: u16, from: &str, rcpts: &[&str], content: &str) -> String {
-    let mut c = Client::connect(port).expect("connect to smtp-edge");
-    let id = c
-        .transaction(from, rcpts, &data_of(content))
-        .expect("message accepted");
-    let _ = c.cmd("QUIT", 221);
-    id
-}
-
-// ---------------------------------------------------------------------------
-// Next hops
-
-/// Postfix's smtp-sink dumping each message (with the envelope as X-Mail-Args
-/// and X-Rcpt-Args header lines) to its own file; killed on drop.
-struct Sink {
-    child: Child,
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-}
-
-impl Sink {
-    fn start(options: &[&str]) -> Sink {
-        Sink::start_at(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
-            options,
-        )
-    }
-
-    fn start_at(addr: SocketAddr, options: &[&str]) -> Sink {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new("/usr/sbin/smtp-sink");
-        if smtp_edge_tests::is_root() {
-            cmd.args(["-u", "root"]);
-        }
-        cmd.arg("-d")
-            .arg(format!("{}/msg.", dir.path().display()))
-            .args(options)
-            .arg(addr.to_string())
-            .arg("10")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().expect("spawn smtp-sink");
-        let sink = Sink { child, dir, addr };
-        wait_for(&format!("smtp-sink on {addr}"), 10, || {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-                .map_err(|e| e.to_string())?;
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = s.write_all(b"QUIT\r\n");
-            let _ = s.read_to_end(&mut Vec::new());
-            Ok(())
-        });
-        sink
-    }
-
-    /// The port, for a smart host.
-    fn host(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// The dumps so far.
-    fn dumps(&self) -> Vec<String> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .expect("dump dir")
-            .filter_map(|e| Some(e.ok()?.path()))
-            .collect();
-        v.sort();
-        v.iter()
-            .filter_map(|p| std::fs::read(p).ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .collect()
-    }
-
-    /// Waits (at most `secs`) for `n` dumps, then for their number to stay
-    /// the same for half a second (a late duplicate would show); the dumps.
-    fn wait(&self, n: usize, secs: u64) -> Vec<String> {
-        wait_for(&format!("{n} message(s) at {}", self.addr), secs, || {
-            let d = self.dumps();
-            if d.len() >= n {
-                Ok(())
-            } else {
-                Err(format!("{} so far: {d:#?}", d.len()))
-            }
-        });
-        std::thread::sleep(Duration::from_millis(500));
-        self.dumps()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The envelope header lines smtp-sink puts at the top of a dump.
-fn envelope(dump: &str) -> (String, Vec<String>) {
-    let mut from = String::new();
-    let mut rcpts = Vec::new();
-    for line in dump.lines() {
-        if let Some(v) = line.strip_prefix("X-Mail-Args: ") {
-            from = v.split_whitespace().next().unwrap_or("").to_string();
-        } else if let Some(v) = line.strip_prefix("X-Rcpt-Args: ") {
-            rcpts.push(v.split_whitespace().next().unwrap_or("").to_string());
-        } else if line.is_empty() {
-            break;
-        }
-    }
-    (from, rcpts)
 }
 
 /// A scripted SMTP server: every RCPT gets `rcpt_reply`; it records the
@@ -617,7 +210,7 @@ fn connector_selection_splits_one_message_three_ways() {
         ),
     ]
     .concat();
-    let edge = Edge::start(Setup {
+    let edge = relay(Setup {
         outbound: &outbound,
         ..Setup::default()
     });
@@ -641,7 +234,7 @@ fn connector_selection_splits_one_message_three_ways() {
         assert_eq!(d.len(), 1, "{want}: {d:#?}");
         let (from, got) = envelope(&d[0]);
         assert_eq!(from, "<alice@fabrikam.com>");
-        assert_eq!(got, [format!("<{want}>")], "{}", edge.logs());
+        assert_eq!(got, [format!("<{want}>")], "{}", edge.log());
         assert!(d[0].contains("Subject: connector selection"));
     }
     edge.wait_queue_empty(10);
@@ -656,7 +249,7 @@ fn connector_selection_splits_one_message_three_ways() {
 fn failover_to_the_second_smart_host() {
     let sink = Sink::start(&[]);
     let closed = format!("127.0.0.1:{}", free_port());
-    let edge = Edge::start(Setup {
+    let edge = relay(Setup {
         outbound: &connector(
             "to-contoso",
             &["contoso.com"],
@@ -676,7 +269,7 @@ fn failover_to_the_second_smart_host() {
     assert_eq!(d.len(), 1);
     assert_eq!(envelope(&d[0]).1, ["<bob@contoso.com>"]);
     edge.wait_queue_empty(5);
-    let logs = edge.logs();
+    let logs = edge.log();
     assert!(
         logs.contains("next hop failed") && logs.contains(&closed),
         "the closed port was tried first:\n{logs}"
@@ -691,7 +284,7 @@ fn failover_to_the_second_smart_host() {
 #[test]
 fn outage_defers_then_delivers_everything() {
     let port = free_port();
-    let edge = Edge::start(Setup {
+    let edge = relay(Setup {
         outbound: &connector(
             "to-contoso",
             &["contoso.com"],
@@ -770,7 +363,7 @@ fn permanent_failure_bounces_to_the_sender() {
         connector("to-fabrikam", &["fabrikam.com"], &[senders.host()]),
     ]
     .concat();
-    let edge = Edge::start(Setup {
+    let edge = relay(Setup {
         outbound: &outbound,
         ..Setup::default()
     });
@@ -849,7 +442,7 @@ fn mx_routing_and_null_mx() {
         "[dns]\nnameservers = [\"{}\"]\ntimeout_seconds = 2\n",
         nsd.addr
     );
-    let edge = Edge::start(Setup {
+    let edge = relay(Setup {
         outbound: &outbound,
         tail: &tail,
         ..Setup::default()
@@ -890,7 +483,7 @@ fn mx_routing_and_null_mx() {
         b[0]
     );
     edge.wait_queue_empty(5);
-    let logs = edge.logs();
+    let logs = edge.log();
     assert!(
         logs.contains("127.0.25.3"),
         "the preferred (down) MX host was tried first:\n{logs}"
@@ -916,7 +509,7 @@ fn hold_release_flush_bounce_delete() {
         connector("to-fabrikam", &["fabrikam.com"], &[senders.host()]),
     ]
     .concat();
-    let edge = Edge::start(Setup {
+    let edge = relay(Setup {
         outbound: &outbound,
         queue: "retry_schedule = [30]\n",
         ..Setup::default()
@@ -1012,7 +605,7 @@ fn hold_release_flush_bounce_delete() {
 fn crash_under_load_loses_nothing() {
     const TOTAL: usize = 1000;
     let sink = Sink::start(&[]);
-    let mut edge = Edge::start(Setup {
+    let mut edge = relay(Setup {
         outbound: &connector("to-contoso", &["contoso.com"], &[sink.host()]),
         ..Setup::default()
     });
@@ -1034,13 +627,13 @@ fn crash_under_load_loses_nothing() {
                     );
                     // Until it gets 250 (the daemon may be down for a moment).
                     while Instant::now() < deadline {
-                        let r = Client::connect(port).and_then(|mut c| {
-                            let id = c.transaction(
+                        let r = Client::greeted(port).and_then(|mut c| {
+                            let id = c.submit(
                                 "alice@fabrikam.com",
                                 &["bob@contoso.com"],
                                 &data_of(&content),
                             )?;
-                            let _ = c.cmd("QUIT", 221);
+                            let _ = c.try_cmd("QUIT", 221);
                             Ok(id)
                         });
                         match r {
@@ -1127,7 +720,7 @@ fn crash_under_load_loses_nothing() {
 #[test]
 fn normalized_bare_line_ends_relay_as_one_message() {
     let sink = Sink::start(&[]);
-    let edge = Edge::start(Setup {
+    let edge = relay(Setup {
         smtp: "bare_line_endings = \"normalize\"",
         outbound: &connector("to-contoso", &["contoso.com"], &[sink.host()]),
         ..Setup::default()
@@ -1148,11 +741,11 @@ DATA\r\n\
 Subject: smuggled two\r\n\
 \r\n\
 last line\r\r\n.\r\n";
-    let mut c = Client::connect(edge.port).expect("connect");
-    c.transaction("alice@fabrikam.com", &["bob@contoso.com"], data)
+    let mut c = Client::greeted(edge.port).expect("connect");
+    c.submit("alice@fabrikam.com", &["bob@contoso.com"], data)
         .expect("accepted with normalized line ends");
-    let (code, text) = c.reply_to_quit();
-    assert_eq!(code, 221, "no further replies before QUIT's: {text}");
+    let a = c.cmd("QUIT");
+    assert_eq!(a.code, 221, "no further replies before QUIT's: {a:?}");
     let d = sink.wait(1, 10);
     edge.wait_queue_empty(10);
     std::thread::sleep(Duration::from_millis(500));

@@ -9,40 +9,27 @@
 //! Everything listens on 127.0.0.1 on ports picked free, and every wait is
 //! bounded.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use smtp_edge::delivery::client::{
-    ClientIdentity, ClientSettings, DeliveryError, Disposition, Outcome, Stage, Timeouts,
+    ClientSettings, DeliveryError, Disposition, Outcome, Stage, Timeouts,
     Transaction, deliver,
 };
 use smtp_edge::routing::TlsLevel;
 use smtp_edge::spool::Recipient;
 use smtp_edge_tests::Daemon;
+use smtp_edge_tests::certs::{Ca, Leaf};
+use smtp_edge_tests::sink::Sink;
+use smtp_edge_tests::smtp::free_port;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 /// Every wait of the client in these tests.
 const LIMIT: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
 
 fn rcpt(address: &str) -> Recipient {
     Recipient {
@@ -89,90 +76,16 @@ fn dispositions(o: &Outcome) -> Vec<Disposition> {
 // ---------------------------------------------------------------------------
 // Certificates
 
-struct Ca {
-    pem: String,
-    der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
 fn ca(name: &str) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().expect("CA key");
-    let cert = p.self_signed(&key).expect("CA certificate");
-    Ca {
-        pem: cert.pem(),
-        der: cert.der().clone(),
-        issuer: Issuer::new(p, key),
-    }
+    Ca::new(name)
 }
 
-/// A certificate and key, as PEM and DER.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-impl Leaf {
-    fn identity(&self) -> ClientIdentity {
-        ClientIdentity {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
-    }
-
-    fn write(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-        let (c, k) = (
-            dir.join(format!("{stem}.pem")),
-            dir.join(format!("{stem}.key")),
-        );
-        std::fs::write(&c, &self.cert_pem).expect("write certificate");
-        std::fs::write(&k, &self.key_pem).expect("write key");
-        (c, k)
-    }
-}
-
-/// A certificate for `names` (the first also as CN), issued by `ca` or
-/// self-signed.
 fn leaf(names: &[&str], ca: Option<&Ca>, expired: bool) -> Leaf {
-    let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("params");
-    p.distinguished_name.push(DnType::CommonName, names[0]);
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let key = KeyPair::generate().expect("key");
-    let cert = match ca {
-        Some(ca) => p.signed_by(&key, &ca.issuer),
-        None => p.self_signed(&key),
-    }
-    .expect("certificate");
-    let key_pem = key.serialize_pem();
-    Leaf {
-        cert_pem: cert.pem(),
-        chain: vec![cert.der().clone()],
-        key: PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key DER"),
-        key_pem,
-    }
+    Leaf::new(names, ca, expired)
 }
 
 fn roots(ca: &Ca) -> Arc<RootCertStore> {
-    let mut r = RootCertStore::empty();
-    r.add(ca.der.clone()).expect("add root");
-    Arc::new(r)
+    ca.roots()
 }
 
 fn acceptor(leaf: &Leaf, tls12_only: bool) -> TlsAcceptor {
@@ -191,85 +104,6 @@ fn acceptor(leaf: &Leaf, tls12_only: bool) -> TlsAcceptor {
     TlsAcceptor::from(Arc::new(config))
 }
 
-// ---------------------------------------------------------------------------
-// Postfix smtp-sink
-
-/// smtp-sink on 127.0.0.1, dumping each message to its own file; killed on
-/// drop.
-struct Sink {
-    child: Child,
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-}
-
-impl Sink {
-    fn start(options: &[&str]) -> Sink {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut cmd = Command::new("/usr/sbin/smtp-sink");
-        if smtp_edge_tests::is_root() {
-            cmd.args(["-u", "root"]);
-        }
-        cmd.arg("-d")
-            .arg(format!("{}/msg.", dir.path().display()))
-            .args(options)
-            .arg(addr.to_string())
-            .arg("10")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().expect("spawn smtp-sink");
-        let sink = Sink { child, dir, addr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = s.write_all(b"QUIT\r\n");
-                let _ = s.read_to_end(&mut Vec::new());
-                break;
-            }
-            assert!(Instant::now() < deadline, "smtp-sink not up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        sink
-    }
-
-    /// The dumped messages, read once their number has been stable for a
-    /// moment.
-    fn messages(&self) -> Vec<String> {
-        let read = || {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-                .expect("dump dir")
-                .filter_map(|e| Some(e.ok()?.path()))
-                .collect();
-            v.sort();
-            v
-        };
-        let mut last = read();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let now = read();
-            if now == last || Instant::now() > deadline {
-                last = now;
-                break;
-            }
-            last = now;
-        }
-        last.iter()
-            .map(|p| String::from_utf8_lossy(&std::fs::read(p).expect("dump file")).into_owned())
-            .collect()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const MESSAGE: &[u8] = b"From: alice@fabrikam.com\r\nTo: bob@contoso.com\r\nSubject: client test\r\n\r\nfirst line\r\n.leading dot\r\n..two dots\r\nlast line\r\n";
 
 #[tokio::test]
@@ -279,7 +113,7 @@ async fn delivers_to_smtp_sink_with_and_without_pipelining() {
         let rcpts = [rcpt("bob@contoso.com"), rcpt("carol@contoso.com")];
         let s = settings(TlsLevel::Opportunistic);
         let o = send(
-            sink.addr,
+            sink.addr(),
             "sink.test",
             &s,
             &txn("alice@fabrikam.com", &rcpts),
@@ -317,7 +151,7 @@ async fn smtp_sink_refusals() {
 
     // MAIL refused with 4xx: transient, for everyone, nothing sent.
     let sink = Sink::start(&["-r", "MAIL"]);
-    let e = send(sink.addr, "sink", &s, &t, MESSAGE).await.unwrap_err();
+    let e = send(sink.addr(), "sink", &s, &t, MESSAGE).await.unwrap_err();
     assert!(
         matches!(&e, DeliveryError::Refused { stage: Stage::Mail, reply } if reply.code == 450),
         "{e}"
@@ -327,7 +161,7 @@ async fn smtp_sink_refusals() {
 
     // Every RCPT refused with 5xx: permanent per recipient, no data.
     let sink = Sink::start(&["-f", "RCPT"]);
-    let o = send(sink.addr, "sink", &s, &t, MESSAGE)
+    let o = send(sink.addr(), "sink", &s, &t, MESSAGE)
         .await
         .expect("outcome");
     assert_eq!(
@@ -340,7 +174,7 @@ async fn smtp_sink_refusals() {
 
     // The final dot refused with 4xx: transient for the accepted ones.
     let sink = Sink::start(&["-r", "."]);
-    let o = send(sink.addr, "sink", &s, &t, MESSAGE)
+    let o = send(sink.addr(), "sink", &s, &t, MESSAGE)
         .await
         .expect("outcome");
     assert_eq!(
@@ -352,7 +186,7 @@ async fn smtp_sink_refusals() {
 
     // EHLO refused with 5xx: HELO, and plain SMTP.
     let sink = Sink::start(&["-f", "EHLO"]);
-    let o = send(sink.addr, "sink", &s, &t, MESSAGE)
+    let o = send(sink.addr(), "sink", &s, &t, MESSAGE)
         .await
         .expect("outcome");
     assert!(o.all_delivered(), "{o:?}");
@@ -376,7 +210,7 @@ async fn smuggling_content_reaches_smtp_sink_as_one_message() {
         let rcpts = [rcpt("bob@contoso.com")];
         let s = settings(TlsLevel::None);
         let o = send(
-            sink.addr,
+            sink.addr(),
             "sink",
             &s,
             &txn("alice@fabrikam.com", &rcpts),

@@ -7,57 +7,25 @@
 //! directory, spool, control socket, port and certificates made for it with
 //! rcgen. Outcomes are checked on the wire and in the spool.
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use serde_json::Value;
-use smtp_edge::spool::{Spooled, read_file};
-use smtp_edge_tests::Daemon;
-
-const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-/// The longest wait for any one read from the server.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// One default connector: everyone, accepted domains only, no relay.
-const INTERNET: &str = "[[inbound_connectors]]\nname = \"internet\"\n";
+use smtp_edge_tests::certs::{Ca, Leaf};
+use smtp_edge_tests::edge::{Edge, INTERNET, Setup, V4, V6, split_received, text};
+use smtp_edge_tests::smtp::{Answer, Client, codes, queued};
+use smtp_edge_tests::tools::{self, Tool, python, run_tool, swaks_reply};
 
 // ---------------------------------------------------------------------------
-// Certificates
-
-/// A certificate authority that can sign.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
+// Adapters over the shared helpers
 
 /// A CA, self-signed or signed by `parent` (an intermediate).
 fn ca(name: &str, parent: Option<&Ca>) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().expect("CA key");
-    let cert = match parent {
-        None => p.self_signed(&key),
-        Some(parent) => p.signed_by(&key, &parent.issuer),
-    }
-    .expect("CA certificate");
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
+    match parent {
+        None => Ca::new(name),
+        Some(p) => p.intermediate(name),
     }
 }
 
@@ -72,483 +40,34 @@ fn leaf(
     expired: bool,
     chain: &[&Ca],
 ) -> (PathBuf, PathBuf) {
-    let mut p = CertificateParams::new(vec![name.to_string()]).expect("params");
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let key = KeyPair::generate().expect("key");
-    let cert = match ca {
-        Some(ca) => p.signed_by(&key, &ca.issuer),
-        None => p.self_signed(&key),
-    }
-    .expect("certificate");
-    let mut pem = cert.pem();
-    for c in chain {
-        pem.push_str(&c.pem);
-    }
-    let (cert_file, key_file) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&cert_file, pem).expect("write certificate");
-    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
-    (cert_file, key_file)
+    Leaf::new(&[name], ca, expired)
+        .with_chain(chain)
+        .write(dir, stem)
 }
 
-// ---------------------------------------------------------------------------
-// The daemon under test
-
-/// A port free on both 127.0.0.1 and ::1 (the daemon binds with SO_REUSEADDR).
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-        let port = v4.local_addr().expect("local address").port();
-        if TcpListener::bind((Ipv6Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free on both 127.0.0.1 and ::1");
-}
-
-/// A daemon with the receiving side on 127.0.0.1 and ::1, killed on drop.
-struct Edge {
-    dir: tempfile::TempDir,
-    port: u16,
-    daemon: Daemon,
-    starts: u32,
-}
-
-impl Edge {
-    fn start(smtp: &str, connectors: &str) -> Edge {
-        Edge::start_in(tempfile::tempdir().expect("tempdir"), smtp, connectors)
-    }
-
-    /// `smtp`: extra keys for `[smtp]`; `connectors`: the
-    /// `[[inbound_connectors]]` tables.
-    fn start_in(dir: tempfile::TempDir, smtp: &str, connectors: &str) -> Edge {
-        let d = dir.path().to_path_buf();
-        let (cert, key) = leaf(&d, "server", "edge.contoso.com", None, false, &[]);
-        let port = free_port();
-        let config = format!(
-            r#"[daemon]
-state_dir = "{d}/state"
-control_socket = "{d}/control.sock"
-
-[filter]
-enabled = false
-
-[smtp]
-enabled = true
-listen = ["127.0.0.1:{port}", "[::1]:{port}"]
-hostname = "edge.contoso.com"
-accepted_domains = ["contoso.com"]
-spool_dir = "{d}/spool"
-{smtp}
-
-[smtp.tls]
-certificate = "{cert}"
-key = "{key}"
-
-{connectors}
-"#,
-            d = d.display(),
-            cert = cert.display(),
-            key = key.display(),
-        );
-        std::fs::write(d.join("smtp-edge.toml"), config).expect("config");
-        let daemon = Daemon::start(
-            None,
-            &d.join("smtp-edge.toml"),
-            &d.join("control.sock"),
-            &d.join("daemon-1.log"),
-        );
-        let edge = Edge {
-            dir,
-            port,
-            daemon,
-            starts: 1,
-        };
-        edge.wait_smtp();
-        edge
-    }
-
-    /// Kills the daemon (if it still runs) and starts it again on the same
-    /// configuration and spool.
-    fn restart(&mut self) {
-        self.daemon.kill9();
-        self.starts += 1;
-        let d = self.dir.path();
-        self.daemon = Daemon::start(
-            None,
-            &d.join("smtp-edge.toml"),
-            &d.join("control.sock"),
-            &d.join(format!("daemon-{}.log", self.starts)),
-        );
-        self.wait_smtp();
-    }
-
-    /// Waits until the SMTP listener answers (the control socket may come
-    /// first).
-    fn wait_smtp(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect_timeout(&self.addr(V4), Duration::from_secs(1)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = s.write_all(b"QUIT\r\n");
-                let _ = s.read_to_end(&mut Vec::new());
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "SMTP listener not up:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn addr(&self, ip: IpAddr) -> SocketAddr {
-        SocketAddr::new(ip, self.port)
-    }
-
-    fn connect(&self, ip: IpAddr) -> Client {
-        Client::connect(self.addr(ip), None).expect("connect")
-    }
-
-    /// Connected and greeted with 220.
-    fn greeted(&self, ip: IpAddr) -> Client {
-        let mut c = self.connect(ip);
-        let a = c.answer();
-        assert_eq!(a.code, 220, "{a:?}");
-        c
-    }
-
-    /// Greeted and after a successful EHLO.
-    fn ehlo(&self, ip: IpAddr) -> Client {
-        let mut c = self.greeted(ip);
-        let a = c.cmd("EHLO client.fabrikam.com");
-        assert_eq!(a.code, 250, "{a:?}");
-        c
-    }
-
-    fn spool_dir(&self, sub: &str) -> PathBuf {
-        self.dir.path().join("spool").join(sub)
-    }
-
-    fn files(&self, sub: &str) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.spool_dir(sub))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    /// Ids of the complete messages.
-    fn incoming(&self) -> Vec<String> {
-        self.files("incoming")
-    }
-
-    fn message(&self, id: &str) -> Spooled {
-        read_file(&self.spool_dir("incoming").join(id))
-            .unwrap_or_else(|e| panic!("message {id}: {e}\n{}", self.log()))
-    }
-
-    fn log(&self) -> String {
-        self.daemon.log_text()
-    }
-
-    fn host_port(&self, ip: IpAddr) -> String {
-        self.addr(ip).to_string()
-    }
-}
-
-/// The `Received:` field the server added (first in the content) and the
-/// message as the client sent it.
-fn split_received(m: &Spooled) -> (String, Vec<u8>) {
-    let c = &m.content;
-    assert!(
-        c.starts_with(b"Received: "),
-        "{}",
-        String::from_utf8_lossy(c)
-    );
-    let mut end = 0;
-    loop {
-        let nl = c[end..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .expect("header line end");
-        end += nl + 1;
-        if c.get(end) != Some(&b'\t') {
-            break;
-        }
-    }
-    (
-        String::from_utf8_lossy(&c[..end]).into_owned(),
-        c[end..].to_vec(),
-    )
-}
-
-fn text(m: &Spooled) -> String {
-    String::from_utf8_lossy(&m.content).into_owned()
-}
-
-// ---------------------------------------------------------------------------
-// A raw SMTP client
-
-/// One server reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Answer {
-    code: u16,
-    /// The text of each line (after `250-` / `250 `).
-    lines: Vec<String>,
-}
-
-impl Answer {
-    fn text(&self) -> String {
-        self.lines.join("\n")
-    }
-
-    /// `code` and the enhanced status code `status` (e.g. "5.7.1").
-    fn is(&self, code: u16, status: &str) -> bool {
-        self.code == code
-            && self
-                .lines
-                .last()
-                .is_some_and(|l| l == status || l.starts_with(&format!("{status} ")))
-    }
-
-    fn queue_id(&self) -> String {
-        assert_eq!(self.code, 250, "{self:?}");
-        queued(&self.text()).unwrap_or_else(|| panic!("no queue id in {self:?}"))
-    }
-}
-
-/// The id after "queued as " in `text`.
-fn queued(text: &str) -> Option<String> {
-    let rest = text.split("queued as ").nth(1)?;
-    let id: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .collect();
-    (!id.is_empty()).then_some(id)
-}
-
-struct Client {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn connect(dst: SocketAddr, src: Option<IpAddr>) -> io::Result<Client> {
-        let s = match src {
-            None => TcpStream::connect_timeout(&dst, Duration::from_secs(5))?,
-            Some(src) => {
-                let sock = socket2::Socket::new(
-                    socket2::Domain::for_address(dst),
-                    socket2::Type::STREAM,
-                    None,
-                )?;
-                sock.bind(&SocketAddr::new(src, 0).into())?;
-                sock.connect_timeout(&dst.into(), Duration::from_secs(5))?;
-                sock.into()
-            }
-        };
-        s.set_read_timeout(Some(READ_TIMEOUT))?;
-        s.set_write_timeout(Some(READ_TIMEOUT))?;
-        Ok(Client { s, buf: Vec::new() })
-    }
-
-    /// The next reply; `None` when the server closed before starting one.
-    fn try_answer(&mut self) -> io::Result<Option<Answer>> {
-        let mut lines = Vec::new();
-        loop {
-            while let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let raw: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                let line = String::from_utf8_lossy(&raw[..pos]).into_owned();
-                let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
-                let Some(code) = code else {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("not a reply line: {line:?}"),
-                    ));
-                };
-                lines.push(line.get(4..).unwrap_or("").to_string());
-                if line.as_bytes().get(3) != Some(&b'-') {
-                    return Ok(Some(Answer { code, lines }));
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.s.read(&mut chunk)?;
-            if n == 0 {
-                if lines.is_empty() && self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn answer(&mut self) -> Answer {
-        match self.try_answer() {
-            Ok(Some(a)) => a,
-            Ok(None) => panic!("the server closed the connection; a reply was expected"),
-            Err(e) => panic!("no reply: {e}"),
-        }
-    }
-
-    fn answers(&mut self, n: usize) -> Vec<Answer> {
-        (0..n).map(|_| self.answer()).collect()
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).expect("send");
-    }
-
-    fn cmd(&mut self, line: &str) -> Answer {
-        self.send(format!("{line}\r\n").as_bytes());
-        self.answer()
-    }
-
-    /// Every reply until the server closes (at most 100).
-    fn rest(&mut self) -> Vec<Answer> {
-        let mut out = Vec::new();
-        while out.len() < 100 {
-            match self.try_answer() {
-                Ok(Some(a)) => out.push(a),
-                _ => break,
-            }
-        }
-        out
-    }
-
-    /// Whether the server closed the connection (EOF or reset, within the
-    /// read timeout, with nothing more said).
-    fn closed(&mut self) -> bool {
-        match self.try_answer() {
-            Ok(None) => true,
-            Ok(Some(_)) => false,
-            Err(e) => matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-            ),
-        }
-    }
-}
-
-fn codes(answers: &[Answer]) -> Vec<u16> {
-    answers.iter().map(|a| a.code).collect()
-}
-
-/// MAIL, RCPT for each recipient, DATA, the message (ending in CRLF), the
-/// end of data; the reply to the end of data.
-fn transaction(c: &mut Client, from: &str, rcpts: &[&str], msg: &str) -> Answer {
-    let a = c.cmd(&format!("MAIL FROM:<{from}>"));
-    assert!(a.is(250, "2.1.0"), "MAIL FROM:<{from}>: {a:?}");
-    for r in rcpts {
-        let a = c.cmd(&format!("RCPT TO:<{r}>"));
-        assert!(a.is(250, "2.1.5"), "RCPT TO:<{r}>: {a:?}");
-    }
-    let a = c.cmd("DATA");
-    assert_eq!(a.code, 354, "{a:?}");
-    c.send(msg.as_bytes());
-    c.send(b".\r\n");
-    c.answer()
-}
-
-// ---------------------------------------------------------------------------
-// Real peers
-
-struct Tool {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Tool {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-/// Runs `program` (at most 60 s) with `input` on its standard input.
-fn run_tool(program: &str, args: &[&str], input: &[u8]) -> Tool {
-    let mut child = Command::new("timeout")
-        .args(["-k", "5", "60", program])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("wait");
-    let _ = writer.join();
-    Tool {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// swaks to the edge on 127.0.0.1 (swaks' IPv6 needs IO::Socket::INET6).
-fn swaks(edge: &Edge, args: &[&str]) -> Tool {
-    let port = edge.port.to_string();
-    let mut all = vec![
-        "--server",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--timeout",
-        "15",
-        "--helo",
-        "client.contoso.com",
-    ];
-    all.extend_from_slice(args);
-    let t = run_tool("swaks", &all, b"");
-    assert!(
-        !t.all().contains("requires Net::SSLeay"),
-        "swaks cannot do TLS here: install libnet-ssleay-perl\n{}",
-        t.all()
-    );
-    t
-}
-
-/// In a swaks transcript, the server's reply to the first command that
-/// starts with `verb` (e.g. "MAIL FROM").
-fn swaks_reply(transcript: &str, verb: &str) -> Option<String> {
-    let mut lines = transcript.lines();
-    lines.by_ref().find(|l| {
-        l.contains("> ")
-            && l.trim_start_matches([' ', '-', '~', '*', '>'])
-                .starts_with(verb)
-    })?;
-    lines.find(|l| l.starts_with('<')).map(|l| {
-        l.trim_start_matches(|c: char| !c.is_ascii_digit())
-            .to_string()
+/// A daemon with extra `[smtp]` keys and these connectors.
+fn start_edge(smtp: &str, connectors: &str) -> Edge {
+    Edge::start(Setup {
+        smtp,
+        connectors,
+        ..Setup::default()
     })
 }
 
-fn python(script: &str, args: &[&str]) -> Value {
-    let mut all = vec!["-c", script];
-    all.extend_from_slice(args);
-    let t = run_tool("python3", &all, b"");
-    assert!(t.ok, "python3 failed:\n{}", t.all());
-    let last = t.stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("python output {last:?}: {e}"))
+/// The same in `dir`.
+fn start_edge_in(dir: tempfile::TempDir, smtp: &str, connectors: &str) -> Edge {
+    Edge::start_in(
+        dir,
+        Setup {
+            smtp,
+            connectors,
+            ..Setup::default()
+        },
+    )
+}
+
+fn swaks(edge: &Edge, args: &[&str]) -> Tool {
+    tools::swaks(edge.port, args)
 }
 
 // ---------------------------------------------------------------------------
@@ -575,7 +94,7 @@ print(json.dumps({"refused": refused, "code": replies[0][0],
 
 #[test]
 fn plain_delivery_with_swaks_and_python_smtplib() {
-    let edge = Edge::start("", INTERNET);
+    let edge = start_edge("", INTERNET);
 
     let t = swaks(
         &edge,
@@ -671,7 +190,7 @@ fn plain_delivery_with_swaks_and_python_smtplib() {
 
 #[test]
 fn starttls_with_swaks_and_openssl_tls12_tls13_and_old_versions_refused() {
-    let edge = Edge::start("", INTERNET);
+    let edge = start_edge("", INTERNET);
 
     let t = swaks(
         &edge,
@@ -859,7 +378,7 @@ client_cert_trust = "{}"
 "#,
         ca_file.display()
     );
-    let edge = Edge::start_in(dir, "", &connectors);
+    let edge = start_edge_in(dir, "", &connectors);
 
     let mail = |cert: Option<&(PathBuf, PathBuf)>, tls: bool| -> (String, Tool) {
         let mut args = vec![
@@ -963,15 +482,13 @@ sources = ["127.0.0.1/32"]
 sender_domains = ["accepted"]
 relay = true
 "#;
-    let edge = Edge::start("", &format!("{onprem}\n{INTERNET}"));
+    let edge = start_edge("", &format!("{onprem}\n{INTERNET}"));
 
     // 127.0.0.1: on-prem, relay allowed, own sender domains only.
     let mut c = edge.ehlo(V4);
     let a = c.cmd("MAIL FROM:<someone@fabrikam.com>");
     assert!(a.is(550, "5.7.1"), "foreign sender via on-prem: {a:?}");
-    let a = transaction(
-        &mut c,
-        "app@contoso.com",
+    let a = c.transaction("app@contoso.com",
         &["partner@fabrikam.com", "bob@contoso.com"],
         "Subject: relayed\r\n\r\nto a partner\r\n",
     );
@@ -1001,7 +518,7 @@ relay = true
     assert_eq!(edge.incoming().len(), 3);
 
     // Without a default connector, other sources are refused at the banner.
-    let only = Edge::start("", onprem);
+    let only = start_edge("", onprem);
     for src in [V6, "127.0.0.2".parse().expect("ip")] {
         let dst = if src.is_ipv6() { V6 } else { V4 };
         let mut c = Client::connect(only.addr(dst), Some(src)).expect("connect");
@@ -1029,7 +546,7 @@ fn received_lines(n: usize) -> String {
 
 #[test]
 fn message_limits_size_recipients_line_length_and_loops() {
-    let edge = Edge::start("max_message_size = 4096\nmax_recipients = 3", INTERNET);
+    let edge = start_edge("max_message_size = 4096\nmax_recipients = 3", INTERNET);
     let mut c = edge.greeted(V4);
     let a = c.cmd("EHLO client.fabrikam.com");
     assert!(a.lines.iter().any(|l| l == "SIZE 4096"), "{a:?}");
@@ -1099,7 +616,7 @@ fn message_limits_size_recipients_line_length_and_loops() {
 
 #[test]
 fn connection_limits_error_limit_and_command_timeout() {
-    let edge = Edge::start(
+    let edge = start_edge(
         "max_connections = 3\nmax_connections_per_source = 2\nmax_errors = 3\ntimeouts = { command = 2 }",
         INTERNET,
     );
@@ -1199,7 +716,7 @@ fn escaped(b: &[u8]) -> String {
 
 #[test]
 fn smtp_smuggling_is_refused_by_default() {
-    let edge = Edge::start("", INTERNET);
+    let edge = start_edge("", INTERNET);
     for v in SMUGGLING {
         let answers = smuggle(&edge, v);
         let status = if v.contains(&0) { "5.6.0" } else { "5.5.2" };
@@ -1224,7 +741,7 @@ fn smtp_smuggling_is_refused_by_default() {
 
 #[test]
 fn smtp_smuggling_is_content_when_normalizing() {
-    let edge = Edge::start("bare_line_endings = \"normalize\"", INTERNET);
+    let edge = start_edge("bare_line_endings = \"normalize\"", INTERNET);
     let mut expected = 0;
     for v in SMUGGLING {
         let answers = smuggle(&edge, v);
@@ -1270,7 +787,7 @@ fn smtp_smuggling_is_content_when_normalizing() {
 
 #[test]
 fn pipelined_transactions_are_answered_in_order() {
-    let edge = Edge::start("", INTERNET);
+    let edge = start_edge("", INTERNET);
     let mut c = edge.greeted(V4);
     c.send(b"EHLO pipe.fabrikam.com\r\nMAIL FROM:<alice@fabrikam.com>\r\nRCPT TO:<bob@contoso.com>\r\nRCPT TO:<carol@contoso.com>\r\nDATA\r\n");
     let a = c.answers(5);
@@ -1358,7 +875,7 @@ print(json.dumps(out))
 
 #[test]
 fn starttls_injection_is_discarded() {
-    let edge = Edge::start("", INTERNET);
+    let edge = start_edge("", INTERNET);
     let port = edge.port.to_string();
     for host in ["127.0.0.1", "::1"] {
         let out = python(PY_STARTTLS_INJECTION, &[host, &port]);
@@ -1387,7 +904,7 @@ fn starttls_injection_is_discarded() {
 
 #[test]
 fn bdat_chunks_make_one_message() {
-    let edge = Edge::start("", INTERNET);
+    let edge = start_edge("", INTERNET);
     let mut c = edge.ehlo(V4);
     assert!(c.cmd("MAIL FROM:<alice@fabrikam.com>").is(250, "2.1.0"));
     assert!(c.cmd("RCPT TO:<bob@contoso.com>").is(250, "2.1.5"));
@@ -1468,7 +985,7 @@ print(json.dumps(out))
 
 #[test]
 fn abandoned_bdat_chunks_never_reach_a_later_message() {
-    let edge = Edge::start("", INTERNET);
+    let edge = start_edge("", INTERNET);
     let stale: &[u8] = b"X-Injected: from an abandoned transaction\r\n";
     let fresh: &[u8] = b"Subject: fresh\r\n\r\nnew transaction\r\n";
     // RSET, EHLO and HELO each end the transaction and its chunks.
@@ -1520,7 +1037,7 @@ fn abandoned_bdat_chunks_never_reach_a_later_message() {
 
 #[test]
 fn open_relay_probes_are_refused() {
-    let edge = Edge::start("", INTERNET);
+    let edge = start_edge("", INTERNET);
     // The forms of nmap's smtp-open-relay and friends.
     let probes = [
         "<victim@fabrikam.com>",
@@ -1580,7 +1097,7 @@ name = "exchange-online"
 sources = ["127.0.0.1/32"]
 trusted_headers = true
 "#;
-    let edge = Edge::start("", &format!("{trusted}\n{INTERNET}"));
+    let edge = start_edge("", &format!("{trusted}\n{INTERNET}"));
     let msg = "X-MS-Exchange-Organization-AuthAs: Internal\r\n\
                X-MS-Exchange-Organization-AuthSource: mail.contoso.com\r\n\
                \tfolded onto a second line\r\n\
@@ -1592,9 +1109,7 @@ trusted_headers = true
                \r\n\
                X-MS-Exchange-Organization-AuthAs: body text stays\r\n";
     let mut outside = edge.ehlo(V6);
-    let a = transaction(
-        &mut outside,
-        "alice@fabrikam.com",
+    let a = outside.transaction("alice@fabrikam.com",
         &["bob@contoso.com"],
         msg,
     );
@@ -1606,7 +1121,7 @@ trusted_headers = true
         "Exchange-internal fields from an untrusted connector must go"
     );
     let mut inside = edge.ehlo(V4);
-    let a = transaction(&mut inside, "alice@fabrikam.com", &["bob@contoso.com"], msg);
+    let a = inside.transaction("alice@fabrikam.com", &["bob@contoso.com"], msg);
     let m = edge.message(&a.queue_id());
     assert_eq!(m.envelope.connector, "exchange-online");
     assert_eq!(String::from_utf8_lossy(&split_received(&m).1), msg);
@@ -1617,7 +1132,7 @@ trusted_headers = true
 
 #[test]
 fn smtp_source_load_is_all_spooled() {
-    let edge = Edge::start("", INTERNET);
+    let edge = start_edge("", INTERNET);
     let target = edge.host_port(V4);
     for (extra, msgs) in [(None, 40), (Some("-d"), 20)] {
         let m = msgs.to_string();
@@ -1689,7 +1204,7 @@ fn crash_sender(
     };
     let ok = |c: &mut Client, want: u16| matches!(c.try_answer(), Ok(Some(a)) if a.code == want);
     if !ok(&mut c, 220)
-        || c.s.write_all(b"EHLO crash.fabrikam.com\r\n").is_err()
+        || c.try_send(b"EHLO crash.fabrikam.com\r\n").is_err()
         || !ok(&mut c, 250)
     {
         return;
@@ -1699,8 +1214,8 @@ fn crash_sender(
             return;
         }
         let body = crash_body(tag, n);
-        if c.s
-            .write_all(b"MAIL FROM:<load@fabrikam.com>\r\nRCPT TO:<bob@contoso.com>\r\nDATA\r\n")
+        if c
+            .try_send(b"MAIL FROM:<load@fabrikam.com>\r\nRCPT TO:<bob@contoso.com>\r\nDATA\r\n")
             .is_err()
             || !ok(&mut c, 250)
             || !ok(&mut c, 250)
@@ -1708,9 +1223,9 @@ fn crash_sender(
         {
             return;
         }
-        if c.s
-            .write_all(&body)
-            .and_then(|()| c.s.write_all(b".\r\n"))
+        if c
+            .try_send(&body)
+            .and_then(|()| c.try_send(b".\r\n"))
             .is_err()
         {
             return;
@@ -1730,7 +1245,7 @@ fn crash_sender(
 
 #[test]
 fn acknowledged_messages_survive_kill_9() {
-    let mut edge = Edge::start("", INTERNET);
+    let mut edge = start_edge("", INTERNET);
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicUsize::new(0));
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -1746,7 +1261,7 @@ fn acknowledged_messages_survive_kill_9() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let at_kill = acked.load(Ordering::Relaxed);
-    edge.daemon.kill9();
+    edge.daemon().kill9();
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         s.join().expect("sender thread");
@@ -1799,9 +1314,7 @@ fn acknowledged_messages_survive_kill_9() {
     }
     // And the restarted daemon takes mail.
     let mut c = edge.ehlo(V4);
-    let a = transaction(
-        &mut c,
-        "alice@fabrikam.com",
+    let a = c.transaction("alice@fabrikam.com",
         &["bob@contoso.com"],
         "Subject: after\r\n\r\nrestart\r\n",
     );

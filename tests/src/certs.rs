@@ -1,0 +1,193 @@
+//! Certificates made per test with rcgen: CAs (roots, intermediates, name
+//! constrained ones), leaves for servers and clients, written as PEM files
+//! the daemon reads or used directly with rustls.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
+};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A certificate authority that can sign.
+pub struct Ca {
+    /// Its certificate, PEM.
+    pub pem: String,
+    /// Its certificate, DER.
+    pub der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca_params(name: &str) -> CertificateParams {
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+impl Ca {
+    fn make(p: CertificateParams, parent: Option<&Ca>) -> Ca {
+        let key = KeyPair::generate().expect("CA key");
+        let cert = match parent {
+            None => p.self_signed(&key),
+            Some(parent) => p.signed_by(&key, &parent.issuer),
+        }
+        .expect("CA certificate");
+        Ca {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    /// A self-signed root.
+    pub fn new(name: &str) -> Ca {
+        Ca::make(ca_params(name), None)
+    }
+
+    /// An intermediate CA issued by this one.
+    pub fn intermediate(&self, name: &str) -> Ca {
+        Ca::make(ca_params(name), Some(self))
+    }
+
+    /// A root that may only issue names below `permitted` DNS subtrees.
+    pub fn name_constrained(name: &str, permitted: &[&str]) -> Ca {
+        let mut p = ca_params(name);
+        p.name_constraints = Some(NameConstraints {
+            permitted_subtrees: permitted
+                .iter()
+                .map(|d| GeneralSubtree::DnsName(d.to_string()))
+                .collect(),
+            excluded_subtrees: Vec::new(),
+        });
+        Ca::make(p, None)
+    }
+
+    /// A root store holding only this CA.
+    pub fn roots(&self) -> Arc<RootCertStore> {
+        let mut r = RootCertStore::empty();
+        r.add(self.der.clone()).expect("add root");
+        Arc::new(r)
+    }
+
+    /// Writes the CA certificate to `path`; returns it.
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, &self.pem).expect("write CA");
+        path.to_path_buf()
+    }
+}
+
+/// A certificate and its key, as PEM and DER.
+pub struct Leaf {
+    /// The certificate, then any chain certificates added, PEM.
+    pub cert_pem: String,
+    /// The key, PEM.
+    pub key_pem: String,
+    /// The certificate (then the chain), DER.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The key, DER.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// What a leaf is made of.
+pub struct LeafSpec<'a> {
+    /// Subject CN (`None`: no CN).
+    pub cn: Option<&'a str>,
+    /// DNS subjectAltNames.
+    pub sans: &'a [&'a str],
+    /// The issuer (`None`: self-signed).
+    pub ca: Option<&'a Ca>,
+    /// Valid only in 2020.
+    pub expired: bool,
+}
+
+impl Leaf {
+    /// A leaf as specified, for server and client authentication.
+    pub fn build(spec: LeafSpec<'_>) -> Leaf {
+        let mut p = CertificateParams::new(
+            spec.sans
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .expect("params");
+        if let Some(cn) = spec.cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
+        }
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        if spec.expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().expect("key");
+        let cert = match spec.ca {
+            Some(ca) => p.signed_by(&key, &ca.issuer),
+            None => p.self_signed(&key),
+        }
+        .expect("certificate");
+        let key_pem = key.serialize_pem();
+        Leaf {
+            cert_pem: cert.pem(),
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key DER"),
+            key_pem,
+        }
+    }
+
+    /// A certificate for `names` (the first also as CN), issued by `ca` or
+    /// self-signed.
+    pub fn new(names: &[&str], ca: Option<&Ca>, expired: bool) -> Leaf {
+        Leaf::build(LeafSpec {
+            cn: names.first().copied(),
+            sans: names,
+            ca,
+            expired,
+        })
+    }
+
+    /// The same leaf presenting `chain` after it.
+    pub fn with_chain(mut self, chain: &[&Ca]) -> Leaf {
+        for c in chain {
+            self.cert_pem.push_str(&c.pem);
+            self.chain.push(c.der.clone());
+        }
+        self
+    }
+
+    /// Writes `dir/stem.pem` (certificate and chain) and `dir/stem.key`.
+    pub fn write(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        let (c, k) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, &self.cert_pem).expect("write certificate");
+        std::fs::write(&k, &self.key_pem).expect("write key");
+        (c, k)
+    }
+
+    /// As the SMTP client's identity.
+    pub fn identity(&self) -> smtp_edge::delivery::client::ClientIdentity {
+        smtp_edge::delivery::client::ClientIdentity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// A self-signed certificate for `name`, written as `dir/stem.pem` and
+/// `dir/stem.key`.
+pub fn self_signed(dir: &Path, stem: &str, name: &str) -> (PathBuf, PathBuf) {
+    Leaf::new(&[name], None, false).write(dir, stem)
+}
