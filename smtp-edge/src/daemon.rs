@@ -253,6 +253,9 @@ impl Daemon {
     pub fn reload(&mut self) -> Result<String, String> {
         let next = Config::load(&self.config.path)
             .map_err(|e| format!("configuration refused, the running one stays in force:\n{e}"))?;
+        for w in &next.warnings {
+            tracing::warn!("configuration: {w}");
+        }
         for iface in next.interfaces() {
             if next.filter.enabled && !filter::interface_exists(&iface) {
                 return Err(format!(
@@ -486,20 +489,33 @@ async fn serve_connection(stream: tokio::net::UnixStream, daemon: Arc<Mutex<Daem
     }
 }
 
+/// Binds the control socket so that it is never reachable with a wider mode
+/// than 0600, not even for a moment: bound inside a private (0700)
+/// directory next to its final path, given its mode there, then renamed
+/// into place.
 fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
     let err = |message: String| DaemonError::Control {
         path: path.to_path_buf(),
         message,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err(e.to_string()))?;
-    Ok(listener)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let private = dir.join(format!(".smtp-edge-bind.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    crate::fsutil::private_dir(&private).map_err(|e| err(e.to_string()))?;
+    let staged = private.join("control.sock");
+    let bound = UnixListener::bind(&staged)
+        .map_err(|e| e.to_string())
+        .and_then(|l| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file(path);
+            std::fs::rename(&staged, path).map_err(|e| e.to_string())?;
+            Ok(l)
+        });
+    let _ = std::fs::remove_dir_all(&private);
+    bound.map_err(err)
 }
 
 /// Starts the queue manager over the spool.
@@ -579,6 +595,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             path: socket,
             message: "another smtp-edge daemon is answering there".into(),
         });
+    }
+    for w in &config.warnings {
+        tracing::warn!("configuration: {w}");
     }
     let pin_dir = config.filter.pin_dir.clone();
     let filter_on = config.filter.enabled;

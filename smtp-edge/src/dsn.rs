@@ -47,7 +47,7 @@
 use std::fmt::Write as _;
 
 use crate::smtp::command::xtext_decode;
-use crate::smtp::session::rfc5322_date;
+use crate::smtp::trace::rfc5322_date;
 use crate::spool::Envelope;
 
 /// The default for [`Reporter::full_limit`]: originals up to 10 MiB are

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod dsn;
 pub mod filter;
+pub mod fsutil;
 pub mod policy;
 pub mod queue;
 pub mod resolve;

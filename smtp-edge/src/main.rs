@@ -263,7 +263,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 fn config_check(file: &Path, json: bool) -> Result<()> {
     match Config::load(file) {
         Ok(cfg) => {
-            let mut warnings = Vec::new();
+            let mut warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
             for iface in cfg.interfaces() {
                 if cfg.filter.enabled && !filter::interface_exists(&iface) {
                     warnings.push(format!("interface `{iface}` does not exist on this host"));

@@ -281,19 +281,6 @@ impl Inbound {
     }
 }
 
-/// Whether a header name is Exchange-internal (removed from messages arriving
-/// through connectors not trusted for them).
-pub fn is_exchange_internal(name: &str) -> bool {
-    // `Name :` (white space before the colon, RFC 5322 obs-field) is the
-    // same field to lenient parsers.
-    let n = name.trim().to_ascii_lowercase();
-    n.starts_with("x-ms-exchange-organization-")
-        || n.starts_with("x-ms-exchange-crosstenant-")
-        || n.starts_with("x-ms-exchange-transport-")
-        || n.starts_with("x-ms-exchange-processed-")
-        || n == "x-ms-exchange-forest-rulesexecuted"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,16 +444,5 @@ mod tests {
                 .reason,
             "sender domain"
         );
-    }
-
-    #[test]
-    fn exchange_internal_headers() {
-        assert!(is_exchange_internal("X-MS-Exchange-Organization-AuthAs"));
-        assert!(is_exchange_internal("x-ms-exchange-crosstenant-id"));
-        assert!(is_exchange_internal(
-            "X-MS-Exchange-Forest-RulesExecuted \t"
-        ));
-        assert!(!is_exchange_internal("X-MS-Has-Attach"));
-        assert!(!is_exchange_internal("Subject"));
     }
 }

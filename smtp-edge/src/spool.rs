@@ -7,9 +7,12 @@
 //!   (the client never got 250) and is removed at start.
 //! - `incoming/` — complete messages, one file each, named by queue id.
 //!
-//! Accepting a message is: write `tmp/ID`, fsync it, rename it to
-//! `incoming/ID`, fsync `incoming/`. Only then does the client get 250. A
-//! rename is atomic, so `incoming/` never holds a half-written message.
+//! Accepting a message is: write `tmp/ID` (created exclusively), fsync it,
+//! rename it to `incoming/ID` (never over an existing file), fsync
+//! `incoming/` (one fsync shared by the messages committed at the same
+//! time). Only then does the client get 250. A rename is atomic, so
+//! `incoming/` never holds a half-written message. Directories are 0700 and
+//! files 0600 whatever the umask.
 //!
 //! File format (version 1), documented for the queue and the CLI:
 //!
@@ -23,10 +26,13 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, GroupSync};
 
 /// First line of every spool file.
 pub const MAGIC: &str = "SMTP-EDGE-SPOOL 1";
@@ -50,6 +56,20 @@ pub enum SpoolError {
         /// What is wrong.
         reason: String,
     },
+    /// Every id drawn was taken (never overwritten).
+    #[error("spool {path}: queue id already in use")]
+    IdTaken {
+        /// The name that exists.
+        path: PathBuf,
+    },
+}
+
+impl SpoolError {
+    /// Whether the file system is full or read-only (452 4.3.1 rather than
+    /// 451 4.3.0).
+    pub fn is_storage(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. } if fsutil::is_storage_error(source))
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -125,12 +145,14 @@ pub struct Spool {
     tmp: PathBuf,
     incoming: PathBuf,
     fsync: bool,
+    incoming_sync: Arc<GroupSync>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A new queue id: time in microseconds, process id and a counter, in hex;
-/// unique on this host and sortable by arrival.
+/// A new queue id: time in microseconds, process id and a counter, in hex
+/// (22 characters); unique on this host and sortable by arrival. Uniqueness
+/// does not rest on it: the spool creates names exclusively.
 pub fn new_id() -> String {
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -144,6 +166,12 @@ pub fn new_id() -> String {
     )
 }
 
+/// Whether `id` has the form of a queue id (lower-case hex, at most 32
+/// characters): anything else is refused before it comes near a path.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     SystemTime::now()
@@ -152,19 +180,18 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
-}
+/// How often [`Spool::create`] draws a new id when the one it drew is taken.
+const ID_ATTEMPTS: usize = 8;
 
 impl Spool {
-    /// Opens (creating) the spool and cleans up after a crash: files left in
-    /// `tmp/` were never acknowledged and are removed. Returns the spool and
-    /// how many leftovers were removed.
+    /// Opens (creating, mode 0700) the spool and cleans up after a crash:
+    /// files left in `tmp/` were never acknowledged and are removed. Returns
+    /// the spool and how many leftovers were removed.
     pub fn open(dir: &Path, fsync: bool) -> Result<(Spool, usize), SpoolError> {
         let tmp = dir.join("tmp");
         let incoming = dir.join("incoming");
-        for d in [&tmp, &incoming] {
-            fs::create_dir_all(d).map_err(io(d))?;
+        for d in [dir, &tmp, &incoming] {
+            fsutil::private_dir(d).map_err(io(d))?;
         }
         let mut removed = 0;
         for e in fs::read_dir(&tmp).map_err(io(&tmp))? {
@@ -173,10 +200,11 @@ impl Spool {
             removed += 1;
         }
         if removed > 0 {
-            sync_dir(&tmp)?;
+            fsutil::sync_dir(&tmp).map_err(io(&tmp))?;
         }
         Ok((
             Spool {
+                incoming_sync: Arc::new(GroupSync::new(&incoming)),
                 tmp,
                 incoming,
                 fsync,
@@ -190,17 +218,37 @@ impl Spool {
         &self.incoming
     }
 
-    /// Starts writing a message.
-    pub fn create(&self, id: &str) -> Result<SpoolWriter, SpoolError> {
-        let path = self.tmp.join(id);
-        let file = File::create(&path).map_err(io(&path))?;
-        Ok(SpoolWriter {
-            file: std::io::BufWriter::with_capacity(64 * 1024, file),
-            path,
-            final_path: self.incoming.join(id),
-            incoming: self.incoming.clone(),
-            fsync: self.fsync,
-            done: false,
+    /// Starts writing a message under a fresh id: `tmp/ID` is created
+    /// exclusively (mode 0600) and no complete message has that id; a taken
+    /// id (a clock step, a reused process id) makes it draw another.
+    pub fn create(&self) -> Result<SpoolWriter, SpoolError> {
+        let mut last = None;
+        for _ in 0..ID_ATTEMPTS {
+            let id = new_id();
+            let path = self.tmp.join(&id);
+            let final_path = self.incoming.join(&id);
+            if final_path.exists() {
+                last = Some(final_path);
+                continue;
+            }
+            match fsutil::create_new(&path) {
+                Ok(file) => {
+                    return Ok(SpoolWriter {
+                        file,
+                        id,
+                        path,
+                        final_path,
+                        fsync: self.fsync,
+                        sync: self.incoming_sync.clone(),
+                        done: false,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(path),
+                Err(e) => return Err(SpoolError::Io { path, source: e }),
+            }
+        }
+        Err(SpoolError::IdTaken {
+            path: last.unwrap_or_else(|| self.tmp.clone()),
         })
     }
 
@@ -209,6 +257,7 @@ impl Spool {
         let mut ids: Vec<String> = fs::read_dir(&self.incoming)
             .map_err(io(&self.incoming))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|id| valid_id(id))
             .collect();
         ids.sort();
         Ok(ids)
@@ -242,29 +291,38 @@ pub fn read_file(path: &Path) -> Result<Spooled, SpoolError> {
 }
 
 /// A message being written; [`SpoolWriter::commit`] makes it durable and
-/// visible. Dropped without commit, the temporary file is removed.
+/// visible. Dropped without commit, the temporary file is removed. Writes go
+/// straight to the file: callers hand over large buffers.
 pub struct SpoolWriter {
-    file: std::io::BufWriter<File>,
+    file: File,
+    id: String,
     path: PathBuf,
     final_path: PathBuf,
-    incoming: PathBuf,
     fsync: bool,
+    sync: Arc<GroupSync>,
     done: bool,
 }
 
 impl SpoolWriter {
-    /// Writes the header and envelope; call once, before the content.
-    pub fn write_envelope(&mut self, env: &Envelope) -> Result<(), SpoolError> {
+    /// The message's queue id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Writes the header and the envelope (its id set to this message's);
+    /// call once, before the content.
+    pub fn write_envelope(&mut self, env: &mut Envelope) -> Result<(), SpoolError> {
+        env.id = self.id.clone();
         let line = serde_json::to_string(env).map_err(|e| SpoolError::Format {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        let w = &mut self.file;
-        w.write_all(MAGIC.as_bytes())
-            .and_then(|()| w.write_all(b"\n"))
-            .and_then(|()| w.write_all(line.as_bytes()))
-            .and_then(|()| w.write_all(b"\n"))
-            .map_err(io(&self.path))
+        let mut head = Vec::with_capacity(MAGIC.len() + line.len() + 2);
+        head.extend_from_slice(MAGIC.as_bytes());
+        head.push(b'\n');
+        head.extend_from_slice(line.as_bytes());
+        head.push(b'\n');
+        self.write(&head)
     }
 
     /// Appends content bytes.
@@ -272,16 +330,36 @@ impl SpoolWriter {
         self.file.write_all(bytes).map_err(io(&self.path))
     }
 
-    /// Flush, fsync, rename into `incoming/`, fsync the directory.
+    /// fsync, rename into `incoming/` (never over an existing message),
+    /// fsync the directory (shared with concurrent commits). On failure
+    /// nothing is left in `incoming/`.
     pub fn commit(mut self) -> Result<(), SpoolError> {
-        self.file.flush().map_err(io(&self.path))?;
         if self.fsync {
-            self.file.get_ref().sync_all().map_err(io(&self.path))?;
+            self.file.sync_all().map_err(io(&self.path))?;
         }
-        fs::rename(&self.path, &self.final_path).map_err(io(&self.path))?;
+        fsutil::rename_noreplace(&self.path, &self.final_path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                SpoolError::IdTaken {
+                    path: self.final_path.clone(),
+                }
+            } else {
+                SpoolError::Io {
+                    path: self.path.clone(),
+                    source,
+                }
+            }
+        })?;
         self.done = true;
-        if self.fsync {
-            sync_dir(&self.incoming)?;
+        if self.fsync
+            && let Err(source) = self.sync.sync()
+        {
+            // Not durable, so not acknowledged: take it back, or the client's
+            // retry would make a duplicate.
+            let _ = fs::remove_file(&self.final_path);
+            return Err(SpoolError::Io {
+                path: self.final_path.clone(),
+                source,
+            });
         }
         Ok(())
     }
@@ -318,9 +396,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, removed) = Spool::open(dir.path(), true).unwrap();
         assert_eq!(removed, 0);
-        let id = new_id();
-        let mut w = spool.create(&id).unwrap();
-        w.write_envelope(&env(&id)).unwrap();
+        let mut w = spool.create().unwrap();
+        let id = w.id().to_string();
+        let mut e = env("");
+        w.write_envelope(&mut e).unwrap();
         w.write(b"Subject: hi\r\n\r\nbody\r\n").unwrap();
         assert!(
             spool.list().unwrap().is_empty(),
@@ -331,13 +410,19 @@ mod tests {
         let m = spool.read(&id).unwrap();
         assert_eq!(m.envelope, env(&id));
         assert_eq!(m.content, b"Subject: hi\r\n\r\nbody\r\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("incoming").join(&id)), 0o600);
+        for d in ["", "tmp", "incoming"] {
+            assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+        }
     }
 
     #[test]
     fn abandoned_and_crashed_writes_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path(), false).unwrap();
-        let mut w = spool.create("abandoned").unwrap();
+        let mut w = spool.create().unwrap();
         w.write(b"partial").unwrap();
         drop(w);
         assert!(
@@ -354,18 +439,47 @@ mod tests {
     }
 
     #[test]
+    fn an_acknowledged_message_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), true).unwrap();
+        let mut w = spool.create().unwrap();
+        let id = w.id().to_string();
+        w.write_envelope(&mut env("")).unwrap();
+        w.write(b"first").unwrap();
+        // Another message claims the same name before this one commits (as
+        // a clock step back with a reused process id would make it).
+        fs::write(dir.path().join("incoming").join(&id), b"acknowledged").unwrap();
+        let e = w.commit().unwrap_err();
+        assert!(matches!(e, SpoolError::IdTaken { .. }), "{e}");
+        assert_eq!(
+            fs::read(dir.path().join("incoming").join(&id)).unwrap(),
+            b"acknowledged"
+        );
+        // A writer never starts under a name that is taken in tmp/ or
+        // incoming/: with every id of this microsecond taken, it draws more.
+        for _ in 0..3 {
+            let w = spool.create().unwrap();
+            assert_ne!(w.id(), id);
+        }
+    }
+
+    #[test]
     fn ids_are_unique_and_ordered() {
         let a = new_id();
         let b = new_id();
         assert_ne!(a, b);
         assert_eq!(a.len(), 22);
+        assert!(valid_id(&a));
+        for bad in ["", "../x", "ABC", "0123/4", "a b", &"a".repeat(33)] {
+            assert!(!valid_id(bad), "{bad}");
+        }
     }
 
     #[test]
     fn foreign_files_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path(), false).unwrap();
-        fs::write(dir.path().join("incoming/x"), b"hello\n").unwrap();
-        assert!(matches!(spool.read("x"), Err(SpoolError::Format { .. })));
+        fs::write(dir.path().join("incoming/abc"), b"hello\n").unwrap();
+        assert!(matches!(spool.read("abc"), Err(SpoolError::Format { .. })));
     }
 }

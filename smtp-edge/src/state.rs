@@ -2,11 +2,11 @@
 //! Exchange Online ranges, and the entry table behind the kernel counters.
 //!
 //! Every file is JSON, replaced atomically (write, fsync, rename, fsync dir), so
-//! a crash leaves either the old or the new version.
+//! a crash leaves either the old or the new version. The directory is 0700 and
+//! its files 0600.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -79,7 +79,7 @@ pub const FILTER: &str = "filter.json";
 impl StateDir {
     /// Uses `dir`, creating it when missing.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError::Io {
+        crate::fsutil::private_dir(dir).map_err(|source| StateError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -143,24 +143,13 @@ impl StateDir {
     }
 }
 
-/// Replaces `path` with `bytes` durably: temporary file, write, fsync, rename,
-/// fsync the directory.
+/// Replaces `path` with `bytes` durably (private mode; see
+/// [`crate::fsutil::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let io = |source| StateError::Io {
+    crate::fsutil::write_atomic(path, bytes).map_err(|source| StateError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let mut f = fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io)?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -141,21 +141,33 @@ pub fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>
 #[derive(Debug, Clone)]
 pub struct ClientTrust {
     verifier: Arc<dyn ClientCertVerifier>,
+    /// A trusted CA carries name constraints.
+    constrained: bool,
+}
+
+/// Whether a certificate has the name constraints extension.
+fn has_name_constraints(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .ok()
+        .is_some_and(|(_, x)| matches!(x.name_constraints(), Ok(Some(_))))
 }
 
 impl ClientTrust {
     /// Builds the trust: the system roots or the CA certificates of a file.
     pub fn new(trust: &Trust) -> Result<ClientTrust, TlsError> {
         let mut roots = RootCertStore::empty();
+        let mut constrained = false;
         match trust {
             Trust::System => {
                 let found = rustls_native_certs::load_native_certs();
                 for c in found.certs {
+                    constrained |= has_name_constraints(&c);
                     let _ = roots.add(c);
                 }
             }
             Trust::File(path) => {
                 for c in load_chain(path)? {
+                    constrained |= has_name_constraints(&c);
                     roots
                         .add(c)
                         .map_err(|e| TlsError::Trust(format!("{}: {e}", path.display())))?;
@@ -169,17 +181,24 @@ impl ClientTrust {
             .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::Trust(e.to_string()))?;
-        Ok(ClientTrust { verifier })
+        Ok(ClientTrust {
+            verifier,
+            constrained,
+        })
     }
 
     /// Verifies a presented chain (leaf first) now; on success returns the
-    /// names a connector matches against: subject CN and SAN DNS names.
+    /// names a connector matches against: the SAN DNS names, or, for a
+    /// certificate without any, its subject CN (RFC 6125 §6.4.4) — unless a
+    /// CA on the way carries name constraints, which the verifier applies
+    /// to SANs only: then a CN counts for nothing.
     pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<Vec<String>, String> {
         let (leaf, intermediates) = chain.split_first().ok_or("no certificate presented")?;
         self.verifier
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map_err(|e| describe(&e))?;
-        Ok(certificate_names(leaf))
+        let constrained = self.constrained || intermediates.iter().any(has_name_constraints);
+        Ok(certificate_names(leaf, !constrained))
     }
 }
 
@@ -201,19 +220,22 @@ fn describe(e: &rustls::Error) -> String {
     }
 }
 
-/// Subject common names and SAN DNS names of a certificate.
-pub fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
+/// The names of a certificate a connector matches against: its SAN DNS
+/// names; only when it has none, and `cn_fallback`, its subject common names.
+pub fn certificate_names(cert: &CertificateDer<'_>, cn_fallback: bool) -> Vec<String> {
     let mut names = Vec::new();
     if let Ok((_, x)) = x509_parser::parse_x509_certificate(cert.as_ref()) {
-        for cn in x.subject().iter_common_name() {
-            if let Ok(s) = cn.as_str() {
-                names.push(s.to_string());
-            }
-        }
         if let Ok(Some(san)) = x.subject_alternative_name() {
             for n in &san.value.general_names {
                 if let x509_parser::extensions::GeneralName::DNSName(d) = n {
                     names.push(d.to_string());
+                }
+            }
+        }
+        if names.is_empty() && cn_fallback {
+            for cn in x.subject().iter_common_name() {
+                if let Ok(s) = cn.as_str() {
+                    names.push(s.to_string());
                 }
             }
         }
@@ -279,6 +301,22 @@ mod tests {
         let e = trust.verify(&[foreign]).unwrap_err();
         assert!(e.contains("unknown issuer"), "{e}");
         assert!(trust.verify(&[]).is_err());
+    }
+
+    #[test]
+    fn the_cn_counts_only_without_dns_sans() {
+        let org = ca("Contoso CA");
+        let both = leaf(&org, "mail.example.test", &["x.evil.test"]);
+        assert_eq!(
+            certificate_names(&both, true),
+            vec!["x.evil.test".to_string()]
+        );
+        let cn_only = leaf(&org, "mail.example.test", &[]);
+        assert_eq!(
+            certificate_names(&cn_only, true),
+            vec!["mail.example.test".to_string()]
+        );
+        assert!(certificate_names(&cn_only, false).is_empty());
     }
 
     #[test]

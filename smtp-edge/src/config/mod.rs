@@ -251,6 +251,9 @@ pub struct Config {
     pub queue: outbound::Queue,
     /// `[dns]`.
     pub dns: dns::Dns,
+    /// Valid settings worth a second look (shown by `config check`, logged
+    /// at start and reload).
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Maps a byte offset to 1-based line and column (columns count characters).
@@ -360,7 +363,14 @@ impl Config {
                 Err(err) => errors.push(at(e.source.span(), err.to_string())),
             }
         }
-        let smtp = smtp::validate(raw.smtp, raw.inbound_connectors, &at, &mut errors);
+        let mut warnings = Vec::new();
+        let smtp = smtp::validate(
+            raw.smtp,
+            raw.inbound_connectors,
+            &at,
+            &mut errors,
+            &mut warnings,
+        );
         let outbound = outbound::validate(raw.outbound_connectors, &raw.queue, &at, &mut errors);
         for message in raw.dns.problems() {
             errors.push(ConfigError {
@@ -384,6 +394,7 @@ impl Config {
             ports,
             allowlist: raw.allowlist,
             static_entries,
+            warnings,
         })
     }
 
@@ -498,15 +509,24 @@ bare_line_endings = "reject"
 max_message_size = 37748736        # 36 MB, as Exchange
 max_recipients = 200               # then 452 4.5.3
 max_connections = 1000
-max_connections_per_source = 20
+max_connections_per_source = 20    # per source network:
+per_source_prefix_v4 = 32          #   an IPv4 /32
+per_source_prefix_v6 = 64          #   an IPv6 /64 (one site's network)
+min_data_rate = 500                # octets/s a client must average in DATA/BDAT (0: off)
 max_errors = 10                    # protocol errors before disconnect
 max_received_headers = 50          # above: mail loop, 554 5.4.14
 command_line_limit = 512           # octets, CRLF included (RFC 5321 4.5.3.1.4)
 text_line_limit = 1000             # octets, CRLF included (RFC 5321 4.5.3.1.6)
+# Header fields removed from messages of connectors without trusted_headers,
+# beyond the Exchange-internal families (X-MS-Exchange-Organization-*,
+# -CrossTenant-*, -Transport-*, X-Forefront-Antispam-Report*, ...).
+# An exact name or a prefix ending in "*".
+strip_headers = []
 
 [smtp.timeouts]
 command = 300      # seconds waiting for a command (inactivity limit)
 data_block = 180   # seconds waiting for the next block of message data
+session = 600      # seconds for a whole session (Exchange's ConnectionTimeout)
 
 [smtp.tls]
 # TLS 1.2 and 1.3 only. Clients may present a certificate; connectors decide.
@@ -524,7 +544,10 @@ client_cert_names = ["mail.protection.outlook.com"]
 client_cert_trust = "system"           # or a CA file path
 recipient_domains = ["accepted"]       # any tenant sends from these ranges:
 relay = false                          # never relay on the strength of the IP alone
-trusted_headers = true                 # keep X-MS-Exchange-Organization-* headers
+# Every Microsoft 365 tenant sends from these ranges with this certificate:
+# they prove "some tenant", not yours. Keep Exchange-internal headers
+# (X-MS-Exchange-Organization-* ...) only from sources that are yours alone.
+trusted_headers = false
 
 [[inbound_connectors]]
 name = "from-on-prem"

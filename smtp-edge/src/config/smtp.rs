@@ -21,6 +21,9 @@ pub struct Timeouts {
     pub command: u64,
     /// Waiting for the next block of message data.
     pub data_block: u64,
+    /// The whole session, whatever the client does (Exchange's
+    /// ConnectionTimeout).
+    pub session: u64,
 }
 
 impl Default for Timeouts {
@@ -28,6 +31,7 @@ impl Default for Timeouts {
         Self {
             command: 300,
             data_block: 180,
+            session: 600,
         }
     }
 }
@@ -66,8 +70,18 @@ pub struct RawSmtp {
     pub max_recipients: u32,
     /// Connections in total.
     pub max_connections: u32,
-    /// Connections per source address.
+    /// Connections per source network.
     pub max_connections_per_source: u32,
+    /// Prefix length of an IPv4 source for that limit.
+    pub per_source_prefix_v4: u8,
+    /// Prefix length of an IPv6 source for that limit.
+    pub per_source_prefix_v6: u8,
+    /// Octets per second a client must average while sending message data
+    /// (0: no minimum).
+    pub min_data_rate: u64,
+    /// Header fields removed from untrusted connectors' messages, beyond the
+    /// Exchange-internal families (`X-Name` or `X-Prefix-*`).
+    pub strip_headers: Vec<Spanned<String>>,
     /// Protocol errors before the connection is closed.
     pub max_errors: u32,
     /// Received headers above which a message is a loop.
@@ -96,6 +110,10 @@ impl Default for RawSmtp {
             max_recipients: 200,
             max_connections: 1000,
             max_connections_per_source: 20,
+            per_source_prefix_v4: 32,
+            per_source_prefix_v6: 64,
+            min_data_rate: 500,
+            strip_headers: Vec::new(),
             max_errors: 10,
             max_received_headers: 50,
             command_line_limit: 512,
@@ -178,12 +196,14 @@ pub struct Smtp {
     pub connectors: Vec<InboundConnector>,
 }
 
-/// Validates the section; `at(span, message)` builds located errors.
+/// Validates the section; `at(span, message)` builds located errors (and
+/// warnings: valid settings an administrator should think twice about).
 pub(super) fn validate(
     raw: RawSmtp,
     connectors: Vec<RawInbound>,
     at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
     errors: &mut Vec<super::ConfigError>,
+    warnings: &mut Vec<super::ConfigError>,
 ) -> Smtp {
     let mut listen = Vec::new();
     for l in &raw.listen {
@@ -239,6 +259,7 @@ pub(super) fn validate(
         ("text_line_limit", raw.text_line_limit as u64, 1000),
         ("timeouts.command", raw.timeouts.command, 1),
         ("timeouts.data_block", raw.timeouts.data_block, 1),
+        ("timeouts.session", raw.timeouts.session, 1),
     ] {
         if value < min {
             errors.push(at(
@@ -247,6 +268,24 @@ pub(super) fn validate(
             ));
         }
     }
+    for (name, value, max) in [
+        ("per_source_prefix_v4", raw.per_source_prefix_v4, 32),
+        ("per_source_prefix_v6", raw.per_source_prefix_v6, 128),
+    ] {
+        if value > max {
+            errors.push(at(0..0, format!("smtp.{name} = {value} is above {max}")));
+        }
+    }
+    for p in &raw.strip_headers {
+        if let Err(e) = crate::smtp::header::Policy::new(std::slice::from_ref(p.get_ref())) {
+            errors.push(at(p.span(), format!("smtp.strip_headers: {e}")));
+        }
+    }
+    let exo: Vec<IpNet> = exchange::BUNDLED
+        .iter()
+        .filter_map(|r| spec::parse(r).ok())
+        .flatten()
+        .collect();
     let mut out = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for c in connectors {
@@ -259,8 +298,10 @@ pub(super) fn validate(
         }
         names.push(name.clone());
         let mut sources: Vec<IpNet> = Vec::new();
+        let mut shared_sources = false;
         for s in &c.sources {
             if s.get_ref() == "exchange-online" {
+                shared_sources = true;
                 for r in exchange::BUNDLED {
                     if let Ok(n) = spec::parse(r) {
                         sources.extend(n);
@@ -300,10 +341,30 @@ pub(super) fn validate(
                 Trust::File(p)
             }
         };
-        if !client_cert_names.is_empty() && raw.tls.is_none() && raw.enabled {
-            errors.push(at(
+        if raw.tls.is_none() && raw.enabled {
+            if !client_cert_names.is_empty() {
+                errors.push(at(
+                    c.name.span(),
+                    "client certificates need TLS: set [smtp.tls]".into(),
+                ));
+            } else if c.require_tls {
+                errors.push(at(
+                    c.name.span(),
+                    "require_tls needs TLS: set [smtp.tls] (no client could ever send)".into(),
+                ));
+            }
+        }
+        shared_sources |= sources
+            .iter()
+            .any(|n| exo.iter().any(|e| e.contains(n) || n.contains(e)));
+        if c.trusted_headers && shared_sources {
+            warnings.push(at(
                 c.name.span(),
-                "client certificates need TLS: set [smtp.tls]".into(),
+                format!(
+                    "connector `{name}` keeps Exchange-internal headers on the strength of the \
+                     Exchange Online ranges: every Microsoft 365 tenant sends from them with the same \
+                     certificate, so any tenant could forge those headers (set trusted_headers = false)"
+                ),
             ));
         }
         out.push(InboundConnector {

@@ -83,6 +83,18 @@ pub enum QueueError {
     /// Spool or state I/O.
     #[error("{0}")]
     Io(String),
+    /// Not a queue id (ids are lower-case hex).
+    #[error("`{0}` is not a queue id")]
+    InvalidId(String),
+}
+
+/// Refuses anything that is not a queue id before it comes near a path.
+fn checked(id: &str) -> Result<&str, QueueError> {
+    if spool::valid_id(id) {
+        Ok(id)
+    } else {
+        Err(QueueError::InvalidId(id.chars().take(64).collect()))
+    }
 }
 
 impl Manager {
@@ -98,7 +110,7 @@ impl Manager {
             .parent()
             .unwrap_or(Path::new("."))
             .join("queue");
-        std::fs::create_dir_all(&states)
+        crate::fsutil::private_dir(&states)
             .map_err(|e| QueueError::Io(format!("{}: {e}", states.display())))?;
         let slots = Arc::new(Semaphore::new(cfg.settings.max_concurrency as usize));
         Ok(Arc::new(Manager {
@@ -281,8 +293,7 @@ impl Manager {
                 return;
             }
         };
-        let env = Envelope {
-            id: unique.clone(),
+        let mut env = Envelope {
             received_at: now,
             mail_from: String::new(),
             recipients: vec![Recipient {
@@ -293,14 +304,15 @@ impl Manager {
             helo: self.cfg.hostname.clone(),
             ..Envelope::default()
         };
-        let written = self.spool.create(&unique).and_then(|mut w| {
-            w.write_envelope(&env)?;
+        let written = self.spool.create().and_then(|mut w| {
+            w.write_envelope(&mut env)?;
             w.write(&to.1)?;
-            w.commit()
+            let id = w.id().to_string();
+            w.commit().map(|()| id)
         });
         match written {
-            Ok(()) => {
-                tracing::info!(id = %msg.envelope.id, dsn = %unique, to = %to.0, "DSN queued");
+            Ok(dsn) => {
+                tracing::info!(id = %msg.envelope.id, %dsn, to = %to.0, "DSN queued");
                 self.wake.notify_one();
             }
             Err(e) => tracing::error!(id = %msg.envelope.id, error = %e, "cannot queue a DSN"),
@@ -502,6 +514,7 @@ impl Manager {
 
     /// `queue show ID`: the listing plus the message headers.
     pub fn show(&self, id: &str) -> Result<(Listed, String), QueueError> {
+        let id = checked(id)?;
         let listed = self
             .list()?
             .into_iter()
@@ -526,6 +539,7 @@ impl Manager {
         id: &str,
         f: impl FnOnce() -> Result<T, QueueError>,
     ) -> Result<T, QueueError> {
+        let id = checked(id)?;
         if !self
             .busy
             .lock()
@@ -559,7 +573,7 @@ impl Manager {
     /// `queue flush [ID]`: retry now.
     pub fn flush(&self, id: Option<&str>) -> Result<usize, QueueError> {
         let ids = match id {
-            Some(id) => vec![id.to_string()],
+            Some(id) => vec![checked(id)?.to_string()],
             None => self
                 .spool
                 .list()

@@ -50,6 +50,11 @@ pub const MAX_PATH: usize = 256;
 pub const MAX_ENVID: usize = 100;
 /// The longest ORCPT value (RFC 3461 §4.2).
 pub const MAX_ORCPT: usize = 500;
+/// How much longer than the command limit a MAIL or RCPT line may be: the
+/// extensions we announce grow them (RFC 5321 §4.5.3.1.4 allows it): ORCPT
+/// and NOTIFY (RFC 3461 §5: 500 and more), ENVID and RET, SIZE, BODY,
+/// SMTPUTF8, AUTH (RFC 4954 §5: 500).
+pub const PARAMETER_ALLOWANCE: usize = 1024;
 
 // ---------------------------------------------------------------------------
 // Line splitting
@@ -77,7 +82,11 @@ pub enum LineEvent<'a> {
 #[derive(Debug, Clone)]
 pub struct LineSplitter {
     limit: usize,
+    /// The limit for verbs other than MAIL and RCPT ([`Self::next_command`]).
+    command_limit: usize,
     skipping: bool,
+    /// The line being skipped (or last reported too long) is a BDAT command.
+    long_bdat: bool,
 }
 
 impl Default for LineSplitter {
@@ -91,7 +100,19 @@ impl LineSplitter {
     pub fn new(limit: usize) -> Self {
         LineSplitter {
             limit: limit.max(1),
+            command_limit: limit.max(1),
             skipping: false,
+            long_bdat: false,
+        }
+    }
+
+    /// A splitter for an SMTP server: command lines of at most `limit`
+    /// octets, MAIL and RCPT lines [`PARAMETER_ALLOWANCE`] more (the DSN,
+    /// SIZE, BODY and AUTH parameters grow them).
+    pub fn for_commands(limit: usize) -> Self {
+        LineSplitter {
+            limit: limit.max(1).saturating_add(PARAMETER_ALLOWANCE),
+            ..LineSplitter::new(limit)
         }
     }
 
@@ -109,6 +130,7 @@ impl LineSplitter {
     /// plaintext buffer is thrown away).
     pub fn reset(&mut self) {
         self.skipping = false;
+        self.long_bdat = false;
     }
 
     /// Looks for the next line at the start of `buf`. Returns the event and
@@ -132,6 +154,7 @@ impl LineSplitter {
             return (LineEvent::NeedMore, 0);
         }
         // No LF within the limit: whatever comes, the line is too long.
+        self.long_bdat = is_bdat(buf);
         match memchr(b'\n', &buf[self.limit..]) {
             Some(j) => (LineEvent::TooLong, self.limit + j + 1),
             None => {
@@ -143,13 +166,44 @@ impl LineSplitter {
 
     /// [`next_line`](Self::next_line) and [`Command::parse`] together:
     /// `None` when more input is needed; always the number of bytes to drop.
+    ///
+    /// Lines of verbs other than MAIL and RCPT over the command limit are
+    /// [`CommandError::LineTooLong`]. A BDAT line that cannot be used, for
+    /// any reason (too long, bare line ends, a bad size…), is
+    /// [`CommandError::BadChunk`]: the chunk's octets follow it and their
+    /// number is unknown, so the session must end.
     pub fn next_command(&mut self, buf: &[u8]) -> (Option<Result<Command, CommandError>>, usize) {
         match self.next_line(buf) {
-            (LineEvent::Line(line), n) => (Some(Command::parse(line)), n),
+            (LineEvent::Line(line), n) => {
+                let parsed = match Command::parse(line) {
+                    Ok(c)
+                        if line.len() > self.command_limit
+                            && !matches!(c, Command::Mail { .. } | Command::Rcpt { .. }) =>
+                    {
+                        Err(CommandError::LineTooLong)
+                    }
+                    other => other,
+                };
+                match parsed {
+                    Err(_) if is_bdat(line) => (Some(Err(CommandError::BadChunk)), n),
+                    other => (Some(other), n),
+                }
+            }
+            (LineEvent::TooLong, n) if self.long_bdat => {
+                self.long_bdat = false;
+                (Some(Err(CommandError::BadChunk)), n)
+            }
             (LineEvent::TooLong, n) => (Some(Err(CommandError::LineTooLong)), n),
             (LineEvent::NeedMore, n) => (None, n),
         }
     }
+}
+
+/// Whether a line starts with the BDAT verb (in any case).
+fn is_bdat(line: &[u8]) -> bool {
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+        && matches!(line.get(4), None | Some(b' ' | b'\t' | b'\r' | b'\n'))
 }
 
 // ---------------------------------------------------------------------------
@@ -494,6 +548,12 @@ pub enum CommandError {
     /// A known parameter is given twice. 501 5.5.4.
     #[error("duplicate {0} parameter")]
     DuplicateParameter(String),
+    /// A BDAT command that cannot be used (bad size, too long, bare line
+    /// ends): the chunk's octets follow and where they end is unknown, so
+    /// none of them may be read as commands. 501 5.5.4, then the session
+    /// closes (RFC 3030 §4.2).
+    #[error("unusable BDAT command; the chunk boundary is unknown")]
+    BadChunk,
 }
 
 impl CommandError {
@@ -541,6 +601,11 @@ impl CommandError {
                 501,
                 (5, 5, 4),
                 &format!("Duplicate {} parameter", printable(name)),
+            ),
+            CommandError::BadChunk => Reply::new(
+                501,
+                (5, 5, 4),
+                "Syntax: BDAT size [LAST]; the chunk boundary is unknown, closing connection",
             ),
         }
     }
@@ -1233,6 +1298,61 @@ mod tests {
         let mut s = LineSplitter::new(5);
         let (cmd, _) = s.next_command(b"NOOP x\r\n");
         assert_eq!(cmd, Some(Err(CommandError::LineTooLong)));
+    }
+
+    #[test]
+    fn mail_and_rcpt_lines_may_grow_with_their_parameters() {
+        let orcpt = format!("rfc822;{}@contoso.com", "a".repeat(480));
+        let rcpt = format!("RCPT TO:<b@contoso.com> NOTIFY=SUCCESS,FAILURE ORCPT={orcpt}\r\n");
+        assert!(rcpt.len() > 512);
+        let mut s = LineSplitter::for_commands(512);
+        let (cmd, n) = s.next_command(rcpt.as_bytes());
+        assert!(matches!(cmd, Some(Ok(Command::Rcpt { .. }))), "{cmd:?}");
+        assert_eq!(n, rcpt.len());
+        // Other verbs keep the command limit.
+        let noop = format!("NOOP {}\r\n", "x".repeat(600));
+        let (cmd, _) = s.next_command(noop.as_bytes());
+        assert_eq!(cmd, Some(Err(CommandError::LineTooLong)));
+        // And MAIL/RCPT have a hard limit too.
+        let huge = format!("RCPT TO:<b@contoso.com> X={}\r\n", "x".repeat(2000));
+        let (cmd, _) = s.next_command(huge.as_bytes());
+        assert_eq!(cmd, Some(Err(CommandError::LineTooLong)));
+    }
+
+    #[test]
+    fn an_unusable_bdat_line_is_its_own_error() {
+        let mut s = LineSplitter::for_commands(512);
+        for line in [
+            &b"BDAT 99999999999999999999 LAST\r\n"[..],
+            b"BDAT 5 LAST\n",
+            b"bdat x\r\n",
+            b"BDAT\r\n",
+            b"BDAT 5 LAST\0\r\n",
+        ] {
+            let (cmd, n) = s.next_command(line);
+            assert_eq!(cmd, Some(Err(CommandError::BadChunk)), "{line:?}");
+            assert_eq!(n, line.len());
+        }
+        let long = format!("BDAT 5 LAST{}\r\n", " ".repeat(600));
+        let (cmd, _) = s.next_command(long.as_bytes());
+        assert_eq!(cmd, Some(Err(CommandError::BadChunk)));
+        // Skipped across reads: still known to be BDAT.
+        let mut s = LineSplitter::for_commands(512);
+        let head = format!("BDAT 1{}", "0".repeat(2000));
+        assert_eq!(s.next_command(head.as_bytes()).0, None);
+        let (cmd, _) = s.next_command(b"00 LAST\r\n");
+        assert_eq!(cmd, Some(Err(CommandError::BadChunk)));
+        // A good BDAT and other verbs are unaffected.
+        let (cmd, _) = s.next_command(b"BDAT 5 LAST\r\n");
+        assert_eq!(
+            cmd,
+            Some(Ok(Command::Bdat {
+                size: 5,
+                last: true
+            }))
+        );
+        let (cmd, _) = s.next_command(b"BDATX\r\n");
+        assert_eq!(cmd, Some(Ok(Command::Unknown("BDATX".into()))));
     }
 
     // --- line checks ---

@@ -31,8 +31,9 @@
 //!
 //! # Other checks, reported when the data ends
 //!
-//! - NUL: [`DataError::Nul`] (554 5.6.0) unless [`NulBytes::Allow`]; BDAT with
-//!   `BODY=BINARYMIME` allows NUL and bare CR/LF (they are binary data).
+//! - NUL: [`DataError::Nul`] (554 5.6.0) unless [`NulBytes::Allow`].
+//!   BINARYMIME is not offered, so BDAT content is text, with the same rules
+//!   as DATA (and without dot-stuffing).
 //! - A line over [`DataConfig::max_line`] octets, CRLF included, after
 //!   dot-unstuffing (1000 by default, RFC 5321 §4.5.3.1.6):
 //!   [`DataError::LineTooLong`], 554 5.6.0 — a content error answered at the
@@ -41,10 +42,9 @@
 //!   [`DataError::SizeExceeded`], 552 5.3.4.
 //!
 //! After the first error nothing more is written to the output (the caller
-//! discards the message) and only the end is looked for. The number of
-//! `Received:` fields in the header section (up to the first empty line) is
-//! counted for loop detection: see [`DataStats::received_headers`] and
-//! [`Reply::too_many_hops`].
+//! discards the message) and only the end is looked for. What the header
+//! section holds (trace fields, Exchange-internal fields) is judged by
+//! [`super::header`], on this reader's output.
 
 use memchr::{memchr2, memchr3};
 use thiserror::Error;
@@ -155,8 +155,6 @@ impl DataError {
 pub struct DataStats {
     /// Octets written to the output (after dot-unstuffing and normalization).
     pub size: u64,
-    /// `Received:` fields in the header section.
-    pub received_headers: u32,
 }
 
 /// The outcome of one `feed` call.
@@ -192,45 +190,30 @@ enum State {
     Done,
 }
 
-const RECEIVED: &[u8] = b"received";
-/// `header_match`: this line is not a `Received:` field.
-const NO_MATCH: u8 = u8::MAX;
-
 #[derive(Debug, Clone)]
 struct Core {
     cfg: DataConfig,
     dot_stuffed: bool,
-    binary: bool,
     state: State,
     size: u64,
     line_len: usize,
     error: Option<DataError>,
-    in_headers: bool,
-    header_match: u8,
-    received: u32,
 }
 
 impl Core {
-    fn new(cfg: DataConfig, dot_stuffed: bool, binary: bool) -> Self {
+    fn new(cfg: DataConfig, dot_stuffed: bool) -> Self {
         Core {
             cfg,
             dot_stuffed,
-            binary,
             state: State::Start,
             size: 0,
             line_len: 0,
             error: None,
-            in_headers: true,
-            header_match: 0,
-            received: 0,
         }
     }
 
     fn stats(&self) -> DataStats {
-        DataStats {
-            size: self.size,
-            received_headers: self.received,
-        }
+        DataStats { size: self.size }
     }
 
     fn fail(&mut self, e: DataError) {
@@ -240,7 +223,7 @@ impl Core {
     }
 
     fn check_nul(&self) -> bool {
-        !self.binary && self.cfg.nul == NulBytes::Reject
+        self.cfg.nul == NulBytes::Reject
     }
 
     /// Runs the machine over `input`; returns the bytes used and whether the
@@ -330,11 +313,6 @@ impl Core {
 
     /// The pending CR was not followed by LF.
     fn bare_cr(&mut self, out: &mut Vec<u8>) {
-        if self.binary {
-            self.text(b"\r", out);
-            self.state = State::Text;
-            return;
-        }
         match self.cfg.bare_line_endings {
             BareLineEndings::Reject => self.fail(DataError::BareLineEnding),
             BareLineEndings::Normalize => self.eol(out),
@@ -344,11 +322,6 @@ impl Core {
 
     /// An LF without CR before it.
     fn bare_lf(&mut self, out: &mut Vec<u8>) {
-        if self.binary {
-            self.text(b"\n", out);
-            self.state = State::Text;
-            return;
-        }
         match self.cfg.bare_line_endings {
             BareLineEndings::Reject => self.fail(DataError::BareLineEnding),
             BareLineEndings::Normalize => self.eol(out),
@@ -356,51 +329,37 @@ impl Core {
         self.state = State::SoftStart;
     }
 
-    /// Checks line content (no CR or LF in it, except in binary mode) and
-    /// counts `Received:`; false once the message has failed.
+    /// Checks line content (no CR or LF in it) against the line limit;
+    /// false once the message has failed. When the content crosses both
+    /// limits, the one it crosses first (in octets) is the error, so the
+    /// verdict does not depend on how the input was cut.
     fn account(&mut self, content: &[u8]) -> bool {
         if self.error.is_some() {
             return false;
         }
+        let line_room = self
+            .cfg
+            .max_line
+            .saturating_sub(2)
+            .saturating_sub(self.line_len);
         self.line_len = self.line_len.saturating_add(content.len());
-        if !self.binary && self.line_len > self.cfg.max_line.saturating_sub(2) {
-            self.fail(DataError::LineTooLong {
-                limit: self.cfg.max_line,
-            });
+        if content.len() > line_room {
+            let size_room = self.cfg.max_size.saturating_sub(self.size);
+            if size_room < line_room as u64 + 1 {
+                self.fail(DataError::SizeExceeded {
+                    limit: self.cfg.max_size,
+                });
+            } else {
+                self.fail(DataError::LineTooLong {
+                    limit: self.cfg.max_line,
+                });
+            }
             return false;
-        }
-        if self.in_headers && self.header_match != NO_MATCH {
-            self.scan_header(content);
         }
         true
     }
 
-    /// Matches `Received` WSP* `:` at the start of a header line.
-    fn scan_header(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            let m = usize::from(self.header_match);
-            if let Some(&want) = RECEIVED.get(m) {
-                if b.to_ascii_lowercase() != want {
-                    self.header_match = NO_MATCH;
-                    return;
-                }
-                self.header_match += 1;
-            } else if b == b':' {
-                self.received = self.received.saturating_add(1);
-                self.header_match = NO_MATCH;
-                return;
-            } else if b != b' ' && b != b'\t' {
-                self.header_match = NO_MATCH;
-                return;
-            }
-        }
-    }
-
     fn end_line(&mut self) {
-        if self.in_headers && self.line_len == 0 {
-            self.in_headers = false;
-        }
-        self.header_match = 0;
         self.line_len = 0;
     }
 
@@ -454,7 +413,7 @@ impl DataReader {
     /// A reader for one message.
     pub fn new(cfg: DataConfig) -> Self {
         DataReader {
-            core: Core::new(cfg, true, false),
+            core: Core::new(cfg, true),
         }
     }
 
@@ -498,8 +457,7 @@ impl DataReader {
 /// Reads the chunks of one message sent with `BDAT` (RFC 3030): raw octets,
 /// no dot-stuffing, with the same checks as DATA. Line state carries over
 /// between chunks, so a CR ending one chunk and an LF starting the next make
-/// a proper CRLF. With `binary` (`BODY=BINARYMIME`) bare CR/LF and NUL are
-/// data and lines have no length limit; the size limit still holds.
+/// a proper CRLF.
 #[derive(Debug, Clone)]
 pub struct BdatReader {
     core: Core,
@@ -511,9 +469,9 @@ pub struct BdatReader {
 
 impl BdatReader {
     /// A reader for one message.
-    pub fn new(cfg: DataConfig, binary: bool) -> Self {
+    pub fn new(cfg: DataConfig) -> Self {
         BdatReader {
-            core: Core::new(cfg, false, binary),
+            core: Core::new(cfg, false),
             remaining: 0,
             open: false,
             last: false,
@@ -979,30 +937,10 @@ mod tests {
         assert_eq!((reply.code, reply.status), (554, Some((5, 6, 0))));
     }
 
-    #[test]
-    fn received_headers_counted_in_header_section_only() {
-        let input = b"Received: from a\r\n\tby b\r\nRECEIVED : from c\r\nX-Received: no\r\n\
-received:x\r\nReceivedX: no\r\nSubject: Received: no\r\n\r\nReceived: body\r\n.\r\n";
-        let r = run_all_splits(DataConfig::default(), input);
-        assert_eq!(r.result.map(|s| s.received_headers), Ok(3));
-        // No header section: the body starts at once.
-        let r = run_all_splits(DataConfig::default(), b"\r\nReceived: x\r\n.\r\n");
-        assert_eq!(r.result.map(|s| s.received_headers), Ok(0));
-        // Counted after unstuffing: ".Received:" is the field "Received:",
-        // "..Received:" is the line ".Received:", no field.
-        let r = run_all_splits(
-            DataConfig::default(),
-            b"..Received: x\r\n.Received: y\r\n\r\n.\r\n",
-        );
-        assert_eq!(r.result.map(|s| s.received_headers), Ok(1));
-        let r = run_all_splits(normalize(), b"Received: a\nReceived: b\r\n\n.\r\n");
-        assert_eq!(r.result.map(|s| s.received_headers), Ok(2));
-    }
-
     // --- BDAT ---
 
-    fn bdat(cfg: DataConfig, binary: bool, chunks: &[(&[u8], bool)]) -> (Vec<u8>, BdatReader) {
-        let mut r = BdatReader::new(cfg, binary);
+    fn bdat(cfg: DataConfig, chunks: &[(&[u8], bool)]) -> (Vec<u8>, BdatReader) {
+        let mut r = BdatReader::new(cfg);
         let mut out = Vec::new();
         for (data, last) in chunks {
             r.start_chunk(data.len() as u64, *last);
@@ -1025,7 +963,6 @@ received:x\r\nReceivedX: no\r\nSubject: Received: no\r\n\r\nReceived: body\r\n.\
     fn bdat_chunks_raw_no_dot_handling() {
         let (out, r) = bdat(
             DataConfig::default(),
-            false,
             &[(b"a\r\n.\r\n", false), (b"..b\r\n", true)],
         );
         assert_eq!(out, b"a\r\n.\r\n..b\r\n");
@@ -1037,7 +974,6 @@ received:x\r\nReceivedX: no\r\nSubject: Received: no\r\n\r\nReceived: body\r\n.\
     fn bdat_crlf_split_across_chunks_is_proper() {
         let (out, r) = bdat(
             DataConfig::default(),
-            false,
             &[(b"a\r", false), (b"\nb\r\n", true)],
         );
         assert_eq!(out, b"a\r\nb\r\n");
@@ -1046,25 +982,24 @@ received:x\r\nReceivedX: no\r\nSubject: Received: no\r\n\r\nReceived: body\r\n.\
 
     #[test]
     fn bdat_bare_line_endings() {
-        let (_, r) = bdat(DataConfig::default(), false, &[(b"a\nb\r\n", true)]);
+        let (_, r) = bdat(DataConfig::default(), &[(b"a\nb\r\n", true)]);
         assert_eq!(r.result(), Err(DataError::BareLineEnding));
         // A CR ending the last chunk is bare.
-        let (_, r) = bdat(
-            DataConfig::default(),
-            false,
-            &[(b"a\r\n", false), (b"b\r", true)],
-        );
+        let (_, r) = bdat(DataConfig::default(), &[(b"a\r\n", false), (b"b\r", true)]);
         assert_eq!(r.result(), Err(DataError::BareLineEnding));
-        let (out, r) = bdat(normalize(), false, &[(b"a\nb\r", false), (b"c\r", true)]);
+        let (out, r) = bdat(normalize(), &[(b"a\nb\r", false), (b"c\r", true)]);
         assert_eq!(out, b"a\r\nb\r\nc\r\n");
         assert!(r.result().is_ok());
     }
 
     #[test]
-    fn bdat_binary_passes_everything() {
-        let data: &[u8] = b"\0\r\r\n\n\x80.\r\n";
-        let (out, r) = bdat(DataConfig::default(), true, &[(data, true)]);
-        assert_eq!(out, data);
+    fn bdat_content_is_text_nul_and_bare_cr_refused() {
+        let (_, r) = bdat(DataConfig::default(), &[(b"a\0b\r\n", true)]);
+        assert_eq!(r.result(), Err(DataError::Nul));
+        let (_, r) = bdat(DataConfig::default(), &[(b"Subject: x\rX: y\r\n", true)]);
+        assert_eq!(r.result(), Err(DataError::BareLineEnding));
+        let (out, r) = bdat(normalize(), &[(b"Subject: x\rX: y\r\n", true)]);
+        assert_eq!(out, b"Subject: x\r\nX: y\r\n");
         assert!(r.result().is_ok());
     }
 
@@ -1074,7 +1009,7 @@ received:x\r\nReceivedX: no\r\nSubject: Received: no\r\n\r\nReceived: body\r\n.\
             max_size: 4,
             ..DataConfig::default()
         };
-        let (out, r) = bdat(cfg, false, &[(b"abc\r\n", false), (b"def\r\n", true)]);
+        let (out, r) = bdat(cfg, &[(b"abc\r\n", false), (b"def\r\n", true)]);
         assert!(out.len() <= 4);
         assert!(r.is_complete());
         assert_eq!(r.result(), Err(DataError::SizeExceeded { limit: 4 }));
@@ -1082,7 +1017,7 @@ received:x\r\nReceivedX: no\r\nSubject: Received: no\r\n\r\nReceived: body\r\n.\
 
     #[test]
     fn bdat_feed_stops_at_chunk_end_and_zero_chunks() {
-        let mut r = BdatReader::new(DataConfig::default(), false);
+        let mut r = BdatReader::new(DataConfig::default());
         let mut out = Vec::new();
         assert_eq!(
             r.feed(b"xx", &mut out),
@@ -1126,16 +1061,37 @@ received:x\r\nReceivedX: no\r\nSubject: Received: no\r\n\r\nReceived: body\r\n.\
     }
 
     #[test]
-    fn bdat_received_headers() {
-        let (_, r) = bdat(
-            DataConfig::default(),
-            false,
-            &[
-                (b"Recei", false),
-                (b"ved: x\r\nReceived: y\r\n\r\nReceived: z\r\n", true),
-            ],
-        );
-        assert_eq!(r.result().map(|s| s.received_headers), Ok(2));
+    fn the_first_limit_crossed_is_the_error_however_the_input_is_cut() {
+        let cfg = DataConfig {
+            max_size: 20,
+            max_line: 16,
+            ..DataConfig::default()
+        };
+        // The line limit (14 octets of content) is crossed at octet 15 of
+        // the second line, the size limit (20) at its octet 11: size first.
+        let input = b"abcdefgh\r\n0123456789ABCDEFGH\r\n.\r\n";
+        for sizes in [&[usize::MAX][..], &[1], &[2], &[3, 1, 7], &[11], &[12]] {
+            let r = run_split(cfg, input, sizes);
+            assert_eq!(
+                r.result,
+                Err(DataError::SizeExceeded { limit: 20 }),
+                "{sizes:?}"
+            );
+        }
+        let cfg = DataConfig {
+            max_size: 40,
+            ..cfg
+        };
+        for sizes in [&[usize::MAX][..], &[1], &[5, 9]] {
+            let r = run_split(cfg, input, sizes);
+            assert_eq!(
+                r.result,
+                Err(DataError::LineTooLong { limit: 16 }),
+                "{sizes:?}"
+            );
+        }
+        let (_, r) = bdat(cfg, &[(b"0123456789", false), (b"ABCDEFGH\r\n", true)]);
+        assert_eq!(r.result(), Err(DataError::LineTooLong { limit: 16 }));
     }
 
     #[test]

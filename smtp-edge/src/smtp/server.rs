@@ -1,10 +1,11 @@
-//! The SMTP server: listeners, connection limits, the I/O loop around
-//! [`Session`], STARTTLS, and handing complete messages to the spool.
+//! The SMTP server: its settings, listeners, connection limits, and for each
+//! connection the connector choice and STARTTLS around the I/O loop of
+//! [`super::connection`].
 //!
-//! Replies to pipelined commands are batched and flushed before the server
-//! waits for input (RFC 2920). After `220 Ready to start TLS` every octet the
-//! client sent before the handshake is discarded (CVE-2011-0411). A message is
-//! acknowledged with 250 only after the spool has it on disk.
+//! After `220 Ready to start TLS` every octet the client sent before the
+//! handshake is discarded (CVE-2011-0411). Every wait has a deadline: the
+//! command and data timeouts, a minimum data rate, and a limit on the whole
+//! session (Exchange's ConnectionTimeout).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,16 +13,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use ipnet::IpNet;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::command::LineSplitter;
-use super::data::{BdatReader, DataConfig, DataReader};
+use super::connection::{self, Clock, Io, Outcome};
+use super::data::DataConfig;
+use super::header::{self, Policy};
 use super::reply::Reply;
 use super::session::{Action, Session, SessionConfig};
-use crate::policy::{self, Inbound, TlsState, is_exchange_internal};
-use crate::spool::{self, Spool, TlsInfo};
+use crate::policy::{self, Inbound, TlsState};
+use crate::spool::{Spool, TlsInfo};
 use crate::tls::{ClientTrust, certificate_subject};
 
 /// One inbound connector with the trust for its client certificates.
@@ -42,18 +46,27 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Message content policy.
     pub data: DataConfig,
+    /// Header fields untrusted connectors may not bring in.
+    pub headers: Arc<Policy>,
+    /// Header line and `Received:` limits.
+    pub header_limits: header::Limits,
     /// Octets per command line.
     pub command_line_limit: usize,
     /// Connections in total.
     pub max_connections: u32,
-    /// Connections per source address.
+    /// Connections per source network.
     pub max_connections_per_source: u32,
-    /// Received headers above which a message is a loop.
-    pub max_received_headers: u32,
+    /// Prefix lengths that make one source for the per-source limit (IPv4,
+    /// IPv6).
+    pub source_prefix: (u8, u8),
     /// Waiting for a command.
     pub command_timeout: Duration,
     /// Waiting for message data.
     pub data_timeout: Duration,
+    /// The whole session.
+    pub session_timeout: Duration,
+    /// Octets per second a client must average in DATA/BDAT (0: no minimum).
+    pub min_data_rate: u64,
     /// Where accepted messages go.
     pub spool: Arc<Spool>,
     /// Woken after each accepted message (the queue manager).
@@ -69,6 +82,9 @@ pub enum SetupError {
     /// The spool directory.
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    /// A header pattern.
+    #[error("smtp.strip_headers: {0}")]
+    Headers(String),
     /// A listening address.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -115,29 +131,45 @@ impl ServerConfig {
                 trust,
             });
         }
+        let r = &c.raw;
         Ok(ServerConfig {
             session: Arc::new(SessionConfig {
                 hostname: c.hostname.clone(),
                 accepted: c.accepted.clone(),
-                max_message_size: c.raw.max_message_size,
-                max_recipients: c.raw.max_recipients as usize,
-                max_errors: c.raw.max_errors,
+                max_message_size: r.max_message_size,
+                max_recipients: r.max_recipients as usize,
+                max_errors: r.max_errors,
                 tls_available: tls.is_some(),
             }),
             connectors,
             tls,
             data: DataConfig {
-                bare_line_endings: c.raw.bare_line_endings,
+                bare_line_endings: r.bare_line_endings,
                 nul: super::data::NulBytes::Reject,
-                max_size: c.raw.max_message_size,
-                max_line: c.raw.text_line_limit,
+                max_size: r.max_message_size,
+                max_line: r.text_line_limit,
             },
-            command_line_limit: c.raw.command_line_limit,
-            max_connections: c.raw.max_connections,
-            max_connections_per_source: c.raw.max_connections_per_source,
-            max_received_headers: c.raw.max_received_headers,
-            command_timeout: Duration::from_secs(c.raw.timeouts.command),
-            data_timeout: Duration::from_secs(c.raw.timeouts.data_block),
+            headers: Arc::new(
+                Policy::new(
+                    &r.strip_headers
+                        .iter()
+                        .map(|p| p.get_ref().clone())
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(SetupError::Headers)?,
+            ),
+            header_limits: header::Limits {
+                max_line: r.text_line_limit,
+                max_received: r.max_received_headers,
+            },
+            command_line_limit: r.command_line_limit,
+            max_connections: r.max_connections,
+            max_connections_per_source: r.max_connections_per_source,
+            source_prefix: (r.per_source_prefix_v4, r.per_source_prefix_v6),
+            command_timeout: Duration::from_secs(r.timeouts.command),
+            data_timeout: Duration::from_secs(r.timeouts.data_block),
+            session_timeout: Duration::from_secs(r.timeouts.session),
+            min_data_rate: r.min_data_rate,
             spool,
             wake: None,
         })
@@ -170,16 +202,16 @@ pub async fn bind(addrs: &[std::net::SocketAddr]) -> Result<Vec<TcpListener>, Se
     Ok(out)
 }
 
-/// Counts connections, in total and per source.
+/// Counts connections, in total and per source network.
 #[derive(Default)]
 struct Limits {
     total: AtomicU32,
-    per_source: Mutex<HashMap<IpAddr, u32>>,
+    per_source: Mutex<HashMap<IpNet, u32>>,
 }
 
 struct Slot {
     limits: Arc<Limits>,
-    ip: IpAddr,
+    source: IpNet,
 }
 
 impl Drop for Slot {
@@ -190,22 +222,31 @@ impl Drop for Slot {
             .per_source
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
+        if let Some(n) = m.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.ip);
+                m.remove(&self.source);
             }
         }
     }
 }
 
+/// The source network an address counts against: its /32 (IPv4) or /64
+/// (IPv6) by default, so one IPv6 network cannot take every slot.
+fn source_of(ip: IpAddr, (v4, v6): (u8, u8)) -> IpNet {
+    let len = if ip.is_ipv4() { v4 } else { v6 };
+    IpNet::new(ip, len)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| IpNet::from(ip))
+}
+
 impl Limits {
-    fn take(self: &Arc<Self>, ip: IpAddr, max_total: u32, max_source: u32) -> Option<Slot> {
+    fn take(self: &Arc<Self>, source: IpNet, max_total: u32, max_source: u32) -> Option<Slot> {
         let mut m = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
+        let n = m.entry(source).or_insert(0);
         if *n >= max_source || self.total.load(Ordering::Relaxed) >= max_total {
             if *n == 0 {
-                m.remove(&ip);
+                m.remove(&source);
             }
             return None;
         }
@@ -213,7 +254,7 @@ impl Limits {
         self.total.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             limits: self.clone(),
-            ip,
+            source,
         })
     }
 }
@@ -239,7 +280,8 @@ pub async fn serve(listeners: Vec<TcpListener>, shared: Shared) {
                 let limits = limits.clone();
                 tokio::spawn(async move {
                     let ip = canonical_ip(peer.ip());
-                    match limits.take(ip, cfg.max_connections, cfg.max_connections_per_source) {
+                    let source = source_of(ip, cfg.source_prefix);
+                    match limits.take(source, cfg.max_connections, cfg.max_connections_per_source) {
                         Some(slot) => {
                             handle(stream, ip, cfg).await;
                             drop(slot);
@@ -254,8 +296,12 @@ pub async fn serve(listeners: Vec<TcpListener>, shared: Shared) {
                                     cfg.session.hostname
                                 ),
                             );
-                            let _ = s.write_all(&r.to_bytes()).await;
-                            tracing::info!(%ip, "connection refused: limit reached");
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                s.write_all(&r.to_bytes()),
+                            )
+                            .await;
+                            tracing::info!(%ip, %source, "connection refused: limit reached");
                         }
                     }
                 });
@@ -274,55 +320,39 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Input and output buffers of a connection.
-struct Io {
-    inbuf: Vec<u8>,
-    start: usize,
-    out: Vec<u8>,
-    splitter: LineSplitter,
-    bdat: Option<(BdatReader, Vec<u8>)>,
-}
-
-enum Outcome {
-    Closed,
-    StartTls,
-}
-
 async fn handle(mut tcp: TcpStream, ip: IpAddr, cfg: Arc<ServerConfig>) {
+    let clock = Clock::start(&cfg).for_peer(ip);
     let conn = policy::select_index(cfg.connectors.iter().map(|c| &*c.policy), ip)
         .and_then(|i| cfg.connectors.get(i));
     let mut session = Session::new(cfg.session.clone(), conn.map(|c| c.policy.clone()), ip);
     tracing::debug!(%ip, connector = session.connector_name(), "connection");
-    let mut io = Io {
-        inbuf: Vec::with_capacity(1024),
-        start: 0,
-        out: Vec::with_capacity(512),
-        splitter: LineSplitter::new(cfg.command_line_limit),
-        bdat: None,
-    };
+    let mut io = Io::new(cfg.command_line_limit);
     match session.greeting() {
         Action::Close(r) => {
             tracing::info!(%ip, "connection refused: no inbound connector matches");
-            let _ = tcp.write_all(&r.to_bytes()).await;
+            let _ = tokio::time::timeout(cfg.command_timeout, tcp.write_all(&r.to_bytes())).await;
             return;
         }
-        Action::Reply(r) => r.write_to(&mut io.out),
+        Action::Reply(r) => r.write_to(io.out()),
         _ => return,
     }
-    match run(&mut tcp, &mut session, &mut io, &cfg).await {
+    match connection::run(&mut tcp, &mut session, &mut io, &cfg, &clock).await {
         Ok(Outcome::StartTls) => {}
         Ok(Outcome::Closed) | Err(_) => return,
     }
     let Some(tls) = cfg.tls.clone() else { return };
-    let accepted =
-        tokio::time::timeout(cfg.command_timeout, TlsAcceptor::from(tls).accept(tcp)).await;
+    let until = clock.command_deadline();
+    let accepted = tokio::time::timeout_at(until, TlsAcceptor::from(tls).accept(tcp)).await;
     let mut stream = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(%ip, error = %e, "TLS handshake failed");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            tracing::info!(%ip, "TLS handshake timed out");
+            return;
+        }
     };
     let (state, info) = {
         let (_, c) = stream.get_ref();
@@ -361,280 +391,39 @@ async fn handle(mut tcp: TcpStream, ip: IpAddr, cfg: Arc<ServerConfig>) {
     };
     tracing::info!(%ip, version = %info.version, cipher = %info.cipher, client_cert = ?info.client_cert, verify_error = ?state.verify_error, connector = session.connector_name(), "TLS established");
     session.tls_established(info, state);
-    let _ = run(&mut stream, &mut session, &mut io, &cfg).await;
-    let _ = stream.shutdown().await;
+    let _ = connection::run(&mut stream, &mut session, &mut io, &cfg, &clock).await;
+    let _ =
+        tokio::time::timeout_at(Instant::now() + Duration::from_secs(5), stream.shutdown()).await;
+    io.discard().await;
 }
 
-/// Reads more input; false on EOF, timeout or error (after saying so).
-async fn fill<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    io: &mut Io,
-    timeout: Duration,
-    host: &str,
-) -> bool {
-    if io.start > 0 {
-        io.inbuf.drain(..io.start);
-        io.start = 0;
-    }
-    let len = io.inbuf.len();
-    io.inbuf.resize(len + 16 * 1024, 0);
-    match tokio::time::timeout(timeout, stream.read(&mut io.inbuf[len..])).await {
-        Ok(Ok(n)) if n > 0 => {
-            io.inbuf.truncate(len + n);
-            if io.inbuf.capacity() > 256 * 1024 && io.inbuf.len() < 16 * 1024 {
-                io.inbuf.shrink_to(64 * 1024);
-            }
-            true
-        }
-        Ok(_) => false,
-        Err(_) => {
-            io.inbuf.truncate(len);
-            let _ = stream.write_all(&Reply::timeout(host).to_bytes()).await;
-            false
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, io: &mut Io) -> std::io::Result<()> {
-    if !io.out.is_empty() {
-        stream.write_all(&io.out).await?;
-        io.out.clear();
+    #[test]
+    fn sources_are_networks() {
+        let p = (32, 64);
+        let a = source_of("2001:db8:1:2::1".parse().unwrap(), p);
+        let b = source_of("2001:db8:1:2:ffff::9".parse().unwrap(), p);
+        let c = source_of("2001:db8:1:3::1".parse().unwrap(), p);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        let v4 = source_of("192.0.2.7".parse().unwrap(), p);
+        assert_eq!(v4.to_string(), "192.0.2.7/32");
+        let wide = source_of("192.0.2.7".parse().unwrap(), (24, 48));
+        assert_eq!(wide.to_string(), "192.0.2.0/24");
     }
-    stream.flush().await
-}
 
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    session: &mut Session,
-    io: &mut Io,
-    cfg: &ServerConfig,
-) -> std::io::Result<Outcome> {
-    let host = cfg.session.hostname.clone();
-    loop {
-        loop {
-            let (parsed, used) = io.splitter.next_command(&io.inbuf[io.start..]);
-            io.start += used;
-            let Some(parsed) = parsed else { break };
-            let action = session.command(parsed);
-            if !session.bdat_in_progress() {
-                // Chunks of a transaction that ended (RSET, EHLO, …).
-                io.bdat = None;
-            }
-            match action {
-                Action::Reply(r) => r.write_to(&mut io.out),
-                Action::Close(r) => {
-                    r.write_to(&mut io.out);
-                    flush(stream, io).await?;
-                    return Ok(Outcome::Closed);
-                }
-                Action::StartTls(r) => {
-                    r.write_to(&mut io.out);
-                    flush(stream, io).await?;
-                    // Nothing sent before the handshake may survive it.
-                    io.inbuf.clear();
-                    io.start = 0;
-                    io.splitter.reset();
-                    io.bdat = None;
-                    return Ok(Outcome::StartTls);
-                }
-                Action::Data(r) => {
-                    r.write_to(&mut io.out);
-                    flush(stream, io).await?;
-                    let Some(reply) = read_data(stream, session, io, cfg).await else {
-                        return Ok(Outcome::Closed);
-                    };
-                    reply.write_to(&mut io.out);
-                }
-                Action::Bdat { size, last, refuse } => {
-                    let Some(reply) = read_bdat(stream, session, io, cfg, size, last, refuse).await
-                    else {
-                        return Ok(Outcome::Closed);
-                    };
-                    let close = reply.code == 421;
-                    reply.write_to(&mut io.out);
-                    if close {
-                        flush(stream, io).await?;
-                        return Ok(Outcome::Closed);
-                    }
-                }
-            }
-        }
-        flush(stream, io).await?;
-        if !fill(stream, io, cfg.command_timeout, &host).await {
-            return Ok(Outcome::Closed);
-        }
+    #[test]
+    fn limits_count_per_network() {
+        let limits = Arc::new(Limits::default());
+        let net = source_of("2001:db8::1".parse().unwrap(), (32, 64));
+        let a = limits.take(net, 10, 2).unwrap();
+        let _b = limits.take(net, 10, 2).unwrap();
+        assert!(limits.take(net, 10, 2).is_none());
+        drop(a);
+        assert!(limits.take(net, 10, 2).is_some());
     }
-}
-
-/// Reads DATA content; `None` when the connection ended.
-async fn read_data<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    session: &mut Session,
-    io: &mut Io,
-    cfg: &ServerConfig,
-) -> Option<Reply> {
-    let mut reader = DataReader::new(cfg.data);
-    let mut msg = Vec::new();
-    loop {
-        let f = reader.feed(&io.inbuf[io.start..], &mut msg);
-        io.start += f.consumed;
-        if f.end {
-            break;
-        }
-        if !fill(stream, io, cfg.data_timeout, &cfg.session.hostname).await {
-            session.end_transaction();
-            return None;
-        }
-    }
-    let result = reader.result().map_err(|e| e.reply());
-    Some(finish(session, cfg, result.map(|s| s.received_headers), msg).await)
-}
-
-/// Reads one BDAT chunk; `None` when the connection ended.
-#[allow(clippy::too_many_arguments)]
-async fn read_bdat<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    session: &mut Session,
-    io: &mut Io,
-    cfg: &ServerConfig,
-    size: u64,
-    last: bool,
-    refuse: Option<Reply>,
-) -> Option<Reply> {
-    let binary = session.binary();
-    let (mut reader, mut msg) = io
-        .bdat
-        .take()
-        .unwrap_or_else(|| (BdatReader::new(cfg.data, binary), Vec::new()));
-    if refuse.is_some() {
-        msg.clear();
-    }
-    reader.start_chunk(size, last);
-    loop {
-        let f = reader.feed(&io.inbuf[io.start..], &mut msg);
-        io.start += f.consumed;
-        if f.end {
-            break;
-        }
-        if !fill(stream, io, cfg.data_timeout, &cfg.session.hostname).await {
-            session.end_transaction();
-            return None;
-        }
-    }
-    if let Some(r) = refuse {
-        return Some(r);
-    }
-    if !last {
-        io.bdat = Some((reader, msg));
-        return Some(session.chunk_done(size));
-    }
-    let result = reader.result().map_err(|e| e.reply());
-    Some(finish(session, cfg, result.map(|s| s.received_headers), msg).await)
-}
-
-/// Ends a transaction: checks, writes the spool, answers.
-async fn finish(
-    session: &mut Session,
-    cfg: &ServerConfig,
-    result: Result<u32, Reply>,
-    msg: Vec<u8>,
-) -> Reply {
-    let reply = match result {
-        Err(r) => {
-            tracing::info!(
-                connector = session.connector_name(),
-                code = r.code,
-                "message refused: {}",
-                r.lines.join(" ")
-            );
-            r
-        }
-        Ok(hops) if hops > cfg.max_received_headers => {
-            tracing::info!(
-                connector = session.connector_name(),
-                hops,
-                "message refused: mail loop"
-            );
-            Reply::too_many_hops()
-        }
-        Ok(_) => spool_message(session, cfg, msg).await,
-    };
-    session.end_transaction();
-    reply
-}
-
-async fn spool_message(session: &Session, cfg: &ServerConfig, msg: Vec<u8>) -> Reply {
-    let id = spool::new_id();
-    let now = spool::now();
-    let Some(env) = session.envelope(&id, now) else {
-        return Reply::bad_sequence("No transaction");
-    };
-    let received = session.received_header(&id, now);
-    let trusted = session.connector().is_some_and(|c| c.trusted_headers);
-    let spool = cfg.spool.clone();
-    let size = msg.len();
-    let env2 = env.clone();
-    let written = tokio::task::spawn_blocking(move || -> Result<(), crate::spool::SpoolError> {
-        let mut w = spool.create(&env2.id)?;
-        w.write_envelope(&env2)?;
-        w.write(received.as_bytes())?;
-        write_filtered(&mut w, &msg, trusted)?;
-        w.commit()
-    })
-    .await;
-    match written {
-        Ok(Ok(())) => {
-            tracing::info!(
-                id = %id,
-                connector = %env.connector,
-                from = %env.mail_from,
-                rcpts = env.recipients.len(),
-                size,
-                tls = env.tls.is_some(),
-                "message accepted"
-            );
-            if let Some(w) = &cfg.wake {
-                w.notify_one();
-            }
-            Reply::queued(&id)
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "spool write failed; answered 451");
-            Reply::local_error()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "spool task failed; answered 451");
-            Reply::local_error()
-        }
-    }
-}
-
-/// Writes the message, leaving out Exchange-internal header fields unless the
-/// connector is trusted for them.
-fn write_filtered(
-    w: &mut spool::SpoolWriter,
-    msg: &[u8],
-    trusted: bool,
-) -> Result<(), spool::SpoolError> {
-    if trusted {
-        return w.write(msg);
-    }
-    let header_end = memchr::memmem::find(msg, b"\r\n\r\n").map_or(msg.len(), |p| p + 2);
-    let mut pos = 0;
-    let mut keep = true;
-    while pos < header_end {
-        let line_end =
-            memchr::memchr(b'\n', &msg[pos..header_end]).map_or(header_end, |p| pos + p + 1);
-        let line = &msg[pos..line_end];
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation {
-            let name = line.split(|&b| b == b':').next().unwrap_or_default();
-            keep = !is_exchange_internal(&String::from_utf8_lossy(name));
-        }
-        if keep {
-            w.write(line)?;
-        }
-        pos = line_end;
-    }
-    w.write(&msg[header_end..])
 }

@@ -10,8 +10,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::command::{Address, Body, Command, CommandError, Host, Path, Ret};
+use super::command::{
+    Address, Body, Command, CommandError, Host, MailParams, Path, RcptParams, Ret,
+};
 use super::reply::Reply;
+use super::trace::Trace;
 use crate::policy::{DomainPattern, Inbound, TlsState};
 use crate::spool::{Envelope, Recipient, TlsInfo};
 
@@ -166,6 +169,55 @@ impl Session {
         Action::Reply(reply)
     }
 
+    /// A MAIL parameter (or value) that EHLO did not announce: 555 5.5.4.
+    /// After HELO nothing is announced; BINARYMIME and AUTH never are.
+    fn check_mail_params(&self, p: &MailParams) -> Result<(), Reply> {
+        if let Some((name, _)) = p.unknown.first() {
+            return Err(Reply::parameter_not_recognized(name));
+        }
+        let not_offered = |what: &str| {
+            Err(Reply::new(
+                555,
+                (5, 5, 4),
+                &format!("{what} not offered by this server"),
+            ))
+        };
+        let announced = [
+            (p.size.is_some(), "SIZE parameter"),
+            (p.body.is_some(), "BODY parameter"),
+            (p.smtputf8, "SMTPUTF8 parameter"),
+            (p.ret.is_some(), "RET parameter"),
+            (p.envid.is_some(), "ENVID parameter"),
+        ];
+        if !self.esmtp
+            && let Some((_, what)) = announced.iter().find(|(used, _)| *used)
+        {
+            return not_offered(&format!("{what} (send EHLO, not HELO):"));
+        }
+        if p.body == Some(Body::BinaryMime) {
+            return not_offered("BODY=BINARYMIME is");
+        }
+        if p.auth.is_some() {
+            return not_offered("AUTH parameter (no AUTH):");
+        }
+        Ok(())
+    }
+
+    /// A RCPT parameter that EHLO did not announce: 555 5.5.4.
+    fn check_rcpt_params(&self, p: &RcptParams) -> Result<(), Reply> {
+        if let Some((name, _)) = p.unknown.first() {
+            return Err(Reply::parameter_not_recognized(name));
+        }
+        if !self.esmtp && (p.notify.is_some() || p.orcpt.is_some()) {
+            return Err(Reply::new(
+                555,
+                (5, 5, 4),
+                "NOTIFY and ORCPT parameters need EHLO, not HELO",
+            ));
+        }
+        Ok(())
+    }
+
     fn ehlo_reply(&self) -> Reply {
         let mut kw = vec![
             "PIPELINING".to_string(),
@@ -190,6 +242,11 @@ impl Session {
     pub fn command(&mut self, parsed: Result<Command, CommandError>) -> Action {
         let cmd = match parsed {
             Ok(c) => c,
+            // Whatever follows is chunk data of unknown length.
+            Err(CommandError::BadChunk) => {
+                tracing::info!(connector = self.connector_name(), peer = %self.peer, "unusable BDAT command; closing the session");
+                return Action::Close(CommandError::BadChunk.reply());
+            }
             Err(e) => return self.error(e.reply()),
         };
         let Some(connector) = self.connector.clone() else {
@@ -200,9 +257,13 @@ impl Session {
             ));
         };
         match cmd {
-            Command::Ehlo(h) | Command::Helo(h) if h.raw.is_empty() => {
-                self.error(Reply::new(501, (5, 5, 4), "Syntax: EHLO hostname"))
-            }
+            // Only a domain or an address literal (RFC 5321 §4.1.1.1): the
+            // name goes into our Received field.
+            Command::Ehlo(h) | Command::Helo(h) if h.host.is_none() => self.error(Reply::new(
+                501,
+                (5, 5, 4),
+                "Syntax: EHLO domain or address literal",
+            )),
             Command::Ehlo(h) => {
                 self.helo = Some(h.raw);
                 self.esmtp = true;
@@ -226,13 +287,8 @@ impl Session {
                     tracing::info!(connector = %connector.name, peer = %self.peer, reason = r.reason, "MAIL refused");
                     return Action::Reply(r.reply);
                 }
-                if let Some((name, _)) = params.unknown.first() {
-                    return self.error(Reply::parameter_not_recognized(name));
-                }
-                if !self.esmtp
-                    && (params.size.is_some() || params.body.is_some() || params.smtputf8)
-                {
-                    return self.error(Reply::new(555, (5, 5, 4), "ESMTP parameters need EHLO"));
+                if let Err(r) = self.check_mail_params(&params) {
+                    return self.error(r);
                 }
                 if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
                     return Action::Reply(Reply::message_too_big());
@@ -259,13 +315,15 @@ impl Session {
                 let max = self.cfg.max_recipients;
                 let accepted = self.cfg.accepted.clone();
                 let peer = self.peer;
+                if self.txn.is_none() {
+                    return self.error(Reply::bad_sequence("Send MAIL first"));
+                }
+                if let Err(r) = self.check_rcpt_params(&params) {
+                    return self.error(r);
+                }
                 let Some(txn) = self.txn.as_mut() else {
                     return self.error(Reply::bad_sequence("Send MAIL first"));
                 };
-                if let Some((name, _)) = params.unknown.first() {
-                    let r = Reply::parameter_not_recognized(name);
-                    return self.error(r);
-                }
                 if to.utf8 && !txn.smtputf8 {
                     return self.error(Reply::utf8_without_smtputf8());
                 }
@@ -323,6 +381,15 @@ impl Session {
                 Some(t) if t.bdat => self.error(Reply::bad_sequence("DATA after BDAT")),
                 Some(_) => Action::Data(Reply::start_data()),
             },
+            // A chunk larger than any message we take: reading it to stay in
+            // step could take gigabytes, so the session ends instead.
+            Command::Bdat { size, .. } if size > self.cfg.max_message_size => {
+                Action::Close(Reply::new(
+                    552,
+                    (5, 3, 4),
+                    "Chunk larger than the message size limit, closing connection",
+                ))
+            }
             Command::Bdat { size, last } => {
                 let refusal = match self.txn.as_mut() {
                     None => Some(Reply::bad_sequence("Send MAIL first")),
@@ -370,11 +437,12 @@ impl Session {
         Reply::chunk_ok(size)
     }
 
-    /// The envelope of the current transaction for the spool.
-    pub fn envelope(&self, id: &str, received_at: u64) -> Option<Envelope> {
+    /// The envelope of the current transaction for the spool; the id is
+    /// the spool's to give.
+    pub fn envelope(&self, received_at: u64) -> Option<Envelope> {
         let t = self.txn.as_ref()?;
         Some(Envelope {
-            id: id.to_string(),
+            id: String::new(),
             received_at,
             mail_from: t.mail_from.clone(),
             recipients: t.recipients.clone(),
@@ -396,13 +464,6 @@ impl Session {
         })
     }
 
-    /// Whether the transaction uses BINARYMIME.
-    pub fn binary(&self) -> bool {
-        self.txn
-            .as_ref()
-            .is_some_and(|t| t.body == Some(Body::BinaryMime))
-    }
-
     /// Whether the current transaction has taken BDAT chunks. The server
     /// keeps chunks only while this holds: RSET, EHLO, HELO and STARTTLS end
     /// the transaction, and its chunks must not reach the next message.
@@ -415,19 +476,8 @@ impl Session {
         self.txn = None;
     }
 
-    /// The `Received:` header for a message with queue id `id`.
-    pub fn received_header(&self, id: &str, now: u64) -> String {
-        let proto = match (self.esmtp, self.tls.active) {
-            (true, true) => "ESMTPS",
-            (true, false) => "ESMTP",
-            (false, true) => "SMTPS",
-            (false, false) => "SMTP",
-        };
-        let helo = self
-            .helo
-            .as_deref()
-            .unwrap_or("unknown")
-            .replace(['\r', '\n', '(', ')'], "");
+    /// The facts for our `Received:` field of the current transaction.
+    pub fn trace(&self, now: u64) -> Trace {
         let ip = match self.peer {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
@@ -435,62 +485,21 @@ impl Session {
                 None => format!("IPv6:{a}"),
             },
         };
-        let mut h = format!(
-            "Received: from {helo} ([{ip}])\r\n\tby {} (smtp-edge) with {proto}",
-            self.cfg.hostname
-        );
-        if let Some(t) = &self.tls_info {
-            h.push_str(&format!("\r\n\t(version={} cipher={}", t.version, t.cipher));
-            match &t.client_cert {
-                Some(c) => h.push_str(&format!(
-                    " client-certificate=\"{}\")",
-                    c.replace(['"', '\r', '\n'], "")
-                )),
-                None => h.push(')'),
-            }
+        Trace {
+            helo: self.helo.clone(),
+            ip,
+            hostname: self.cfg.hostname.clone(),
+            esmtp: self.esmtp,
+            tls: self.tls_info.clone(),
+            connector: self.connector_name().to_string(),
+            recipient: self
+                .txn
+                .as_ref()
+                .filter(|t| t.recipients.len() == 1)
+                .map(|t| t.recipients[0].address.clone()),
+            at: now,
         }
-        h.push_str(&format!(
-            "\r\n\t(connector {}) id {id}",
-            self.connector_name()
-        ));
-        if let Some(t) = &self.txn
-            && t.recipients.len() == 1
-        {
-            h.push_str(&format!("\r\n\tfor <{}>", t.recipients[0].address));
-        }
-        h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(now)));
-        h
     }
-}
-
-/// An RFC 5322 date in UTC (`Mon, 23 Nov 2026 08:00:00 +0000`).
-pub fn rfc5322_date(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MON: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        WD[days.rem_euclid(7) as usize],
-        day,
-        MON[(month - 1) as usize],
-        year,
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
@@ -566,10 +575,10 @@ mod tests {
             250
         );
         assert_eq!(code(&run(&mut s, "DATA")), 354);
-        let env = s.envelope("ID1", 0).unwrap();
+        let env = s.envelope(0).unwrap();
         assert_eq!(env.mail_from, "a@fabrikam.com");
         assert_eq!(env.recipients[0].notify.as_deref(), Some("SUCCESS,FAILURE"));
-        let received = s.received_header("ID1", 0);
+        let received = s.trace(0).render("ID1");
         assert!(received.starts_with("Received: from client.example ([192.0.2.1])\r\n\tby edge.contoso.com (smtp-edge) with ESMTP"), "{received}");
         assert!(
             received.ends_with("Thu, 01 Jan 1970 00:00:00 +0000\r\n"),
@@ -643,14 +652,5 @@ mod tests {
         let mut s = Session::new(cfg(false), None, peer());
         assert!(matches!(s.greeting(), Action::Close(r) if r.code == 554));
         assert!(matches!(run(&mut s, "EHLO c"), Action::Close(_)));
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(
-            rfc5322_date(1_795_420_800),
-            "Mon, 23 Nov 2026 08:00:00 +0000"
-        );
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 }

@@ -1,0 +1,485 @@
+//! The header section of an incoming message, judged as it streams to the
+//! spool: the header firewall, trace checks and loop detection. Pure: bytes
+//! in, bytes out, no I/O.
+//!
+//! # Lines as any downstream parser could see them
+//!
+//! Exchange, Postfix, mail-parser and the delivery encoder disagree on what
+//! ends a line: some take only CRLF, some LF, the encoder turns a bare CR
+//! into CRLF. So the filter takes the widest view: CR, LF and CRLF each end a
+//! header line, and the header section ends at the first empty line in that
+//! sense. Every header line it keeps is written with CRLF, so what leaves the
+//! host has exactly the header lines the filter judged, whatever the reader
+//! after it takes for a line end. The body passes through unchanged.
+//!
+//! # What is judged
+//!
+//! - A field whose name matches the [`Policy`] (the Exchange-internal
+//!   families, plus configured patterns) is removed, with its continuation
+//!   lines, unless the connector is trusted for them. Names are compared
+//!   without case and without white space before the colon (`Name :` is the
+//!   same field to lenient parsers, RFC 5322 obs-field).
+//! - A message whose first line is a continuation (starts with space or tab)
+//!   is refused: it would fold into our own `Received:` field
+//!   ([`HeaderError::LeadingContinuation`], 554 5.6.0).
+//! - `Received:` fields are counted; above the limit the message is a loop
+//!   ([`HeaderError::TooManyHops`], 554 5.4.14).
+//! - A header line longer than the limit is refused
+//!   ([`HeaderError::LineTooLong`]); that bounds what the filter buffers
+//!   (one line). The data reader already enforces the same limit.
+//!
+//! This is a streaming scanner written here rather than a MIME crate
+//! (mail-parser) because it must judge a message that is never whole in
+//! memory, and must see lines the way the *least* strict reader would.
+
+use std::sync::Arc;
+
+use bytes::BufMut;
+use memchr::memchr2;
+
+use super::reply::Reply;
+
+/// Exchange-internal header families: trusted only from a connector with
+/// `trusted_headers = true` (a `*` at the end means "and every name that
+/// starts so").
+pub const EXCHANGE_INTERNAL: &[&str] = &[
+    "X-MS-Exchange-Organization-*",
+    "X-MS-Exchange-Forest-*",
+    "X-MS-Exchange-CrossPremises-*",
+    "X-MS-Exchange-CrossTenant-*",
+    "X-MS-Exchange-Transport-*",
+    "X-MS-Exchange-AntiSpam-*",
+    "X-MS-Exchange-Processed-*",
+    "X-MS-Exchange-ExternalOriginalInternetSender",
+    "X-OriginatorOrg",
+    "X-Forefront-Antispam-Report*",
+    "X-Microsoft-Antispam*",
+    "X-EOPAttributedMessage",
+    "X-EOPTenantAttributedMessage",
+];
+
+/// One header name pattern: an exact name or a prefix (`Name*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NamePattern {
+    /// Lower case.
+    text: String,
+    prefix: bool,
+}
+
+/// Which header fields untrusted connectors may not bring in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    patterns: Vec<NamePattern>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::new(&[]).unwrap_or(Policy {
+            patterns: Vec::new(),
+        })
+    }
+}
+
+/// Whether `b` may appear in a field name (RFC 5322 ftext).
+fn is_ftext(b: u8) -> bool {
+    (33..=126).contains(&b) && b != b':'
+}
+
+impl Policy {
+    /// The Exchange-internal families plus `extra` patterns (`X-Name` or
+    /// `X-Prefix-*`); an error names a pattern that is not a field name.
+    pub fn new(extra: &[String]) -> Result<Policy, String> {
+        let mut patterns = Vec::new();
+        for p in EXCHANGE_INTERNAL
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+        {
+            let (name, prefix) = match p.strip_suffix('*') {
+                Some(n) => (n, true),
+                None => (p, false),
+            };
+            if name.is_empty() || !name.bytes().all(is_ftext) || name.contains('*') {
+                return Err(format!(
+                    "`{p}` is not a header field name or `Name-prefix*` pattern"
+                ));
+            }
+            patterns.push(NamePattern {
+                text: name.to_ascii_lowercase(),
+                prefix,
+            });
+        }
+        Ok(Policy { patterns })
+    }
+
+    /// Whether a field of this name is removed from untrusted messages.
+    pub fn strips(&self, name: &[u8]) -> bool {
+        let name = name.trim_ascii();
+        self.patterns.iter().any(|p| {
+            let t = p.text.as_bytes();
+            if p.prefix {
+                name.len() >= t.len() && name[..t.len()].eq_ignore_ascii_case(t)
+            } else {
+                name.eq_ignore_ascii_case(t)
+            }
+        })
+    }
+}
+
+/// Why the header section refuses the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The first line is a continuation: it would fold into our trace field.
+    #[error("the message starts with a continuation line")]
+    LeadingContinuation,
+    /// A header line over the limit.
+    #[error("header line longer than {limit} octets")]
+    LineTooLong {
+        /// The limit, line end included.
+        limit: usize,
+    },
+    /// More `Received:` fields than allowed: a mail loop.
+    #[error("more than {limit} Received header fields")]
+    TooManyHops {
+        /// The limit.
+        limit: u32,
+    },
+}
+
+impl HeaderError {
+    /// The reply to the end of the data.
+    pub fn reply(&self) -> Reply {
+        match self {
+            HeaderError::LeadingContinuation => Reply::new(
+                554,
+                (5, 6, 0),
+                "Message rejected: the first header line is a continuation line",
+            ),
+            HeaderError::LineTooLong { limit } => Reply::new(
+                554,
+                (5, 6, 0),
+                &format!("Message rejected: header line longer than {limit} octets"),
+            ),
+            HeaderError::TooManyHops { .. } => Reply::too_many_hops(),
+        }
+    }
+}
+
+/// Settings of one [`HeaderFilter`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The longest header line, line end included.
+    pub max_line: usize,
+    /// The most `Received:` fields.
+    pub max_received: u32,
+}
+
+/// What the header section held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeaderStats {
+    /// `Received:` fields.
+    pub received: u32,
+    /// Fields removed.
+    pub removed: u32,
+}
+
+/// The streaming header judge for one message. Feed it the message as the
+/// data reader produces it, in pieces of any size; the output does not
+/// depend on where the pieces are cut.
+#[derive(Debug)]
+pub struct HeaderFilter {
+    policy: Arc<Policy>,
+    trusted: bool,
+    limits: Limits,
+    /// The header section has ended: everything passes through.
+    body: bool,
+    /// The current line, without its end.
+    line: Vec<u8>,
+    /// The last byte was a CR (its line has ended; an LF after it belongs
+    /// to the same line end).
+    cr: bool,
+    /// Whether the current field (for its continuation lines) is kept.
+    keep: bool,
+    /// No line has ended yet.
+    first: bool,
+    stats: HeaderStats,
+    error: Option<HeaderError>,
+}
+
+impl HeaderFilter {
+    /// A filter for one message; `trusted` keeps every field.
+    pub fn new(policy: Arc<Policy>, trusted: bool, limits: Limits) -> Self {
+        HeaderFilter {
+            policy,
+            trusted,
+            limits,
+            body: false,
+            line: Vec::new(),
+            cr: false,
+            keep: true,
+            first: true,
+            stats: HeaderStats::default(),
+            error: None,
+        }
+    }
+
+    /// The first error, if any (nothing more is written after it).
+    pub fn error(&self) -> Option<HeaderError> {
+        self.error
+    }
+
+    /// Judges `input`, appending what is kept to `out`.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut impl BufMut) {
+        while !input.is_empty() && self.error.is_none() {
+            if self.cr {
+                // The LF of a CRLF whose line already ended.
+                self.cr = false;
+                if input[0] == b'\n' {
+                    input = &input[1..];
+                }
+                continue;
+            }
+            if self.body {
+                out.put_slice(input);
+                return;
+            }
+            match memchr2(b'\r', b'\n', input) {
+                None => {
+                    self.push(input);
+                    return;
+                }
+                Some(j) => {
+                    self.push(&input[..j]);
+                    self.cr = input[j] == b'\r';
+                    input = &input[j + 1..];
+                    self.end_line(out);
+                }
+            }
+        }
+    }
+
+    /// The end of the message: judges a last line without a line end.
+    pub fn finish(&mut self, out: &mut impl BufMut) -> Result<HeaderStats, HeaderError> {
+        if !self.body && self.error.is_none() && !self.line.is_empty() {
+            self.end_line(out);
+        }
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.stats),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.line.len() + bytes.len() + 2 > self.limits.max_line {
+            self.error = Some(HeaderError::LineTooLong {
+                limit: self.limits.max_line,
+            });
+            self.line = Vec::new();
+            return;
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    /// A header line ended (its content is in `self.line`).
+    fn end_line(&mut self, out: &mut impl BufMut) {
+        if self.error.is_some() {
+            return;
+        }
+        let first = std::mem::replace(&mut self.first, false);
+        if self.line.is_empty() {
+            out.put_slice(b"\r\n");
+            self.body = true;
+            self.line = Vec::new();
+            return;
+        }
+        if matches!(self.line[0], b' ' | b'\t') {
+            if first {
+                self.error = Some(HeaderError::LeadingContinuation);
+                return;
+            }
+        } else {
+            let (name, colon) = match memchr::memchr(b':', &self.line) {
+                Some(i) => (&self.line[..i], true),
+                None => (&self.line[..], false),
+            };
+            self.keep = self.trusted || !self.policy.strips(name);
+            if !self.keep {
+                self.stats.removed += 1;
+            }
+            if colon && name.trim_ascii().eq_ignore_ascii_case(b"received") {
+                self.stats.received += 1;
+                if self.stats.received > self.limits.max_received {
+                    self.error = Some(HeaderError::TooManyHops {
+                        limit: self.limits.max_received,
+                    });
+                    return;
+                }
+            }
+        }
+        if self.keep {
+            out.put_slice(&self.line);
+            out.put_slice(b"\r\n");
+        }
+        self.line.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_line: 1000,
+        max_received: 50,
+    };
+
+    fn filter_split(
+        input: &[u8],
+        trusted: bool,
+        piece: usize,
+    ) -> (Vec<u8>, Result<HeaderStats, HeaderError>) {
+        let policy = Arc::new(Policy::new(&["X-Extra".into(), "X-Corp-*".into()]).unwrap());
+        let mut f = HeaderFilter::new(policy, trusted, LIMITS);
+        let mut out = Vec::new();
+        for chunk in input.chunks(piece.max(1)) {
+            f.feed(chunk, &mut out);
+        }
+        let r = f.finish(&mut out);
+        (out, r)
+    }
+
+    fn filter(input: &[u8], trusted: bool) -> (Vec<u8>, Result<HeaderStats, HeaderError>) {
+        let whole = filter_split(input, trusted, usize::MAX);
+        for piece in [1, 2, 3, 7] {
+            assert_eq!(filter_split(input, trusted, piece), whole, "piece {piece}");
+        }
+        whole
+    }
+
+    fn out(input: &[u8]) -> String {
+        let (o, r) = filter(input, false);
+        assert!(r.is_ok(), "{r:?}");
+        String::from_utf8(o).unwrap()
+    }
+
+    #[test]
+    fn every_family_in_every_case_and_fold_is_removed() {
+        let names = [
+            "X-MS-Exchange-Organization-AuthAs",
+            "x-ms-exchange-forest-rulesexecuted",
+            "X-MS-EXCHANGE-CROSSPREMISES-AuthSource",
+            "X-MS-Exchange-CrossTenant-Id",
+            "X-MS-Exchange-Transport-CrossTenantHeadersStamped",
+            "X-MS-Exchange-AntiSpam-MessageData-0",
+            "X-MS-Exchange-ExternalOriginalInternetSender",
+            "x-originatororg",
+            "X-Forefront-Antispam-Report-Untrusted",
+            "X-Microsoft-Antispam-Mailbox-Delivery",
+            "X-EOPAttributedMessage",
+            "X-EOPTenantAttributedMessage",
+            "X-Extra",
+            "X-Corp-Anything",
+        ];
+        for name in names {
+            for end in ["\r\n", "\n", "\r"] {
+                let msg = format!(
+                    "Subject: a{end}{name}: v{end} folded{end}\tmore{end}{name} : w{end}To: b{end}{end}body{end}"
+                );
+                let o = out(msg.as_bytes());
+                assert_eq!(
+                    o,
+                    format!("Subject: a\r\nTo: b\r\n\r\nbody{end}"),
+                    "{name} {end:?}"
+                );
+            }
+        }
+        // Near misses stay.
+        let o = out(b"X-MS-Has-Attach: yes\r\nX-Extras: 1\r\nX-MS-Exchange-Organizatio: 2\r\n\r\n");
+        assert_eq!(
+            o,
+            "X-MS-Has-Attach: yes\r\nX-Extras: 1\r\nX-MS-Exchange-Organizatio: 2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn the_reproduced_injection_is_closed() {
+        // A bare CR ends the Subject line for the encoder downstream: the
+        // field after it is judged as a field.
+        let msg = b"Subject: x\rX-MS-Exchange-Organization-AuthAs: Internal\r\nX-MS-Exchange-Organization-SCL: -1\r\n\r\nb\r\n";
+        assert_eq!(out(msg), "Subject: x\r\n\r\nb\r\n");
+        // CR CR LF is two line ends: an empty line ends the header section.
+        assert_eq!(out(b"A: 1\r\r\nB: 2\r\n"), "A: 1\r\n\r\nB: 2\r\n");
+    }
+
+    #[test]
+    fn trusted_connectors_keep_everything_with_crlf() {
+        let (o, r) = filter(
+            b"X-MS-Exchange-Organization-AuthAs: Internal\nA: b\r\n\r\n",
+            true,
+        );
+        assert_eq!(
+            o,
+            b"X-MS-Exchange-Organization-AuthAs: Internal\r\nA: b\r\n\r\n"
+        );
+        assert_eq!(
+            r,
+            Ok(HeaderStats {
+                received: 0,
+                removed: 0
+            })
+        );
+    }
+
+    #[test]
+    fn leading_continuation_is_refused() {
+        for msg in [&b" by mx.example.test with ESMTPSA\r\n\r\n"[..], b"\tx\r\n"] {
+            let (_, r) = filter(msg, false);
+            assert_eq!(r, Err(HeaderError::LeadingContinuation));
+            assert_eq!(HeaderError::LeadingContinuation.reply().code, 554);
+        }
+        // A continuation later is fine; an empty message too.
+        assert!(filter(b"A: 1\r\n 2\r\n\r\n", false).1.is_ok());
+        assert_eq!(filter(b"", false), (Vec::new(), Ok(HeaderStats::default())));
+    }
+
+    #[test]
+    fn received_fields_are_counted_in_the_header_section_only() {
+        let input = b"Received: from a\r\n\tby b\r\nRECEIVED : from c\r\nX-Received: no\r\n\
+received:x\r\nReceivedX: no\r\nSubject: Received: no\r\n\r\nReceived: body\r\n";
+        assert_eq!(filter(input, false).1.map(|s| s.received), Ok(3));
+        assert_eq!(
+            filter(b"\r\nReceived: x\r\n", false).1.map(|s| s.received),
+            Ok(0)
+        );
+        let many = "Received: x\r\n".repeat(51);
+        assert_eq!(
+            filter(many.as_bytes(), false).1,
+            Err(HeaderError::TooManyHops { limit: 50 })
+        );
+    }
+
+    #[test]
+    fn long_header_lines_are_refused_body_lines_pass() {
+        let long = format!("X: {}\r\n\r\n", "a".repeat(1000));
+        assert_eq!(
+            filter(long.as_bytes(), false).1,
+            Err(HeaderError::LineTooLong { limit: 1000 })
+        );
+        let body = format!("X: 1\r\n\r\n{}\r\n", "a".repeat(5000));
+        assert!(filter(body.as_bytes(), false).1.is_ok());
+    }
+
+    #[test]
+    fn a_last_line_without_end_is_judged() {
+        assert_eq!(out(b"A: 1\r\nX-OriginatorOrg: x"), "A: 1\r\n");
+        assert_eq!(out(b"A: 1"), "A: 1\r\n");
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert!(Policy::new(&["X Bad".into()]).is_err());
+        assert!(Policy::new(&["*".into()]).is_err());
+        assert!(Policy::new(&["X-*-Y".into()]).is_err());
+        assert!(Policy::new(&["X-Good-*".into()]).is_ok());
+    }
+}

@@ -1,0 +1,201 @@
+//! One message's way from the data reader to a durable spool file.
+//!
+//! The reader's output goes through the header filter ([`super::header`])
+//! into a buffer; every [`FLUSH_AT`] octets the buffer is handed to a
+//! blocking thread that writes it to `tmp/ID` (created at the first flush),
+//! so a session holds at most one buffer of its message whatever the
+//! message's size, and no file I/O runs on the async workers. At the end,
+//! [`Intake::commit`] writes the rest, fsyncs, renames into `incoming/` and
+//! fsyncs the directory (shared with concurrent commits) before the caller
+//! answers 250. A refused message is dropped as soon as it is known to be
+//! refused: nothing more of it is buffered or written.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::header::{HeaderFilter, HeaderStats, Limits, Policy};
+use super::reply::Reply;
+use super::trace::Trace;
+use crate::spool::{Envelope, Spool, SpoolError, SpoolWriter};
+
+/// Octets buffered before they are written out.
+pub const FLUSH_AT: usize = 64 * 1024;
+
+/// What goes at the top of the spool file once its id is known.
+struct Head {
+    envelope: Envelope,
+    trace: Trace,
+}
+
+/// A message being received.
+pub struct Intake {
+    spool: Arc<Spool>,
+    filter: HeaderFilter,
+    buf: BytesMut,
+    head: Option<Head>,
+    writer: Option<SpoolWriter>,
+    failed: Option<SpoolError>,
+}
+
+/// A message on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Queue id.
+    pub id: String,
+    /// What the header filter saw.
+    pub headers: HeaderStats,
+}
+
+/// Why a message was not committed: the reply, and a reason for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotCommitted {
+    /// What to answer.
+    pub reply: Reply,
+    /// For the log.
+    pub reason: String,
+}
+
+fn start(spool: &Spool, head: Option<Head>) -> Result<SpoolWriter, SpoolError> {
+    let mut w = spool.create()?;
+    if let Some(mut h) = head {
+        w.write_envelope(&mut h.envelope)?;
+        let trace = h.trace.render(w.id());
+        w.write(trace.as_bytes())?;
+    }
+    Ok(w)
+}
+
+fn join_error(e: tokio::task::JoinError) -> SpoolError {
+    SpoolError::Io {
+        path: "(spool writer task)".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl Intake {
+    /// A message with this envelope and trace field; `trusted` keeps the
+    /// Exchange-internal header fields.
+    pub fn new(
+        spool: Arc<Spool>,
+        policy: Arc<Policy>,
+        trusted: bool,
+        limits: Limits,
+        envelope: Envelope,
+        trace: Trace,
+    ) -> Self {
+        Intake {
+            spool,
+            filter: HeaderFilter::new(policy, trusted, limits),
+            buf: BytesMut::with_capacity(FLUSH_AT + FLUSH_AT / 4),
+            head: Some(Head { envelope, trace }),
+            writer: None,
+            failed: None,
+        }
+    }
+
+    /// Whether the message is already refused (nothing more is kept).
+    pub fn is_refused(&self) -> bool {
+        self.failed.is_some() || self.filter.error().is_some()
+    }
+
+    /// Takes message content from the data reader.
+    pub async fn push(&mut self, data: &[u8]) {
+        if data.is_empty() || self.is_refused() {
+            return;
+        }
+        self.filter.feed(data, &mut self.buf);
+        if self.filter.error().is_some() {
+            self.abandon().await;
+        } else if self.buf.len() >= FLUSH_AT {
+            self.flush().await;
+        }
+    }
+
+    /// Writes the buffer out (creating the file first).
+    async fn flush(&mut self) {
+        let spool = self.spool.clone();
+        let (head, writer) = (self.head.take(), self.writer.take());
+        let mut chunk = std::mem::take(&mut self.buf);
+        let written = tokio::task::spawn_blocking(move || {
+            let mut w = match writer {
+                Some(w) => w,
+                None => start(&spool, head)?,
+            };
+            w.write(&chunk)?;
+            chunk.clear();
+            Ok::<_, SpoolError>((w, chunk))
+        })
+        .await;
+        match written.map_err(join_error).and_then(|r| r) {
+            Ok((w, chunk)) => {
+                self.writer = Some(w);
+                self.buf = chunk;
+            }
+            Err(e) => {
+                self.failed = Some(e);
+                self.buf = BytesMut::new();
+            }
+        }
+    }
+
+    /// Drops what was written (the temporary file is removed off the async
+    /// workers) and the buffer.
+    async fn abandon(&mut self) {
+        self.buf = BytesMut::new();
+        if let Some(w) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(w)).await;
+        }
+    }
+
+    /// The message is refused elsewhere (a data error): removes it.
+    pub async fn discard(mut self) {
+        self.abandon().await;
+    }
+
+    /// The end of the data: judges the last header line, writes the rest
+    /// and makes the message durable. Only `Ok` may be answered with 250.
+    pub async fn commit(mut self) -> Result<Committed, NotCommitted> {
+        let headers = match self.filter.finish(&mut self.buf) {
+            Ok(h) => h,
+            Err(e) => {
+                self.abandon().await;
+                return Err(NotCommitted {
+                    reply: e.reply(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        if self.failed.is_none() {
+            let spool = self.spool.clone();
+            let (head, writer) = (self.head.take(), self.writer.take());
+            let chunk = std::mem::take(&mut self.buf);
+            let done = tokio::task::spawn_blocking(move || {
+                let mut w = match writer {
+                    Some(w) => w,
+                    None => start(&spool, head)?,
+                };
+                w.write(&chunk)?;
+                let id = w.id().to_string();
+                w.commit()?;
+                Ok::<_, SpoolError>(id)
+            })
+            .await;
+            match done.map_err(join_error).and_then(|r| r) {
+                Ok(id) => return Ok(Committed { id, headers }),
+                Err(e) => self.failed = Some(e),
+            }
+        }
+        self.abandon().await;
+        let e = self.failed.take();
+        let storage = e.as_ref().is_some_and(SpoolError::is_storage);
+        Err(NotCommitted {
+            reply: if storage {
+                Reply::insufficient_storage()
+            } else {
+                Reply::local_error()
+            },
+            reason: e.map_or_else(|| "spool write failed".into(), |e| e.to_string()),
+        })
+    }
+}
