@@ -9,6 +9,8 @@
 //! - `cargo xtask bench xdp`  the gate's benchmarks (last line: JSON)
 //! - `cargo xtask bench smtp-in`  the receiving side against Postfix (last line: JSON)
 //! - `cargo xtask bench relay`  the whole relay against Postfix (last line: JSON)
+//! - `cargo xtask fuzz [--minutes N] [TARGET]`  every fuzz target in turn
+//!   (last line: JSON with executions and minutes per target)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,6 +42,14 @@ enum Cmd {
         /// Stop after this many seconds (default: until Ctrl-C).
         #[arg(long)]
         duration: Option<u64>,
+    },
+    /// Run the fuzz targets (cargo-fuzz, nightly), one after the other.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Only this target (default: all of smtp-edge/fuzz/fuzz_targets).
+        target: Option<String>,
     },
     /// Benchmarks.
     Bench {
@@ -241,6 +251,7 @@ fn test() -> Result<()> {
                 "--manifest-path",
                 "smtp-edge/fuzz/Cargo.toml",
                 "--bins",
+                "--locked",
             ])
             .current_dir(root())
             .env_remove("RUSTUP_TOOLCHAIN")
@@ -261,6 +272,89 @@ fn run_tool(bin: &str, release: bool, args: &[String]) -> Result<()> {
     )
 }
 
+/// The fuzz targets: the file names in smtp-edge/fuzz/fuzz_targets.
+fn fuzz_targets() -> Result<Vec<String>> {
+    let dir = root().join("smtp-edge/fuzz/fuzz_targets");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| dir.display().to_string())?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".rs").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Runs each target for `minutes` and reports executions per target.
+fn fuzz(minutes: u64, only: Option<String>) -> Result<()> {
+    setup()?;
+    let have = Command::new("rustup")
+        .args(["run", "nightly", "cargo", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let targets = match only {
+        Some(t) => vec![t],
+        None => fuzz_targets()?,
+    };
+    let fuzz_dir = root().join("smtp-edge/fuzz");
+    let mut report = Vec::new();
+    for t in &targets {
+        let started = std::time::Instant::now();
+        let mut child = Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fuzz", "run", t, "--"])
+            .arg(format!("-max_total_time={}", minutes * 60))
+            .args(["-print_final_stats=1", "-rss_limit_mb=4096"])
+            .current_dir(&fuzz_dir)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cargo fuzz run {t}"))?;
+        // libFuzzer reports on stderr: shown as it comes, the final
+        // statistics kept.
+        let mut executions = 0u64;
+        let mut fuzz_secs = None;
+        if let Some(err) = child.stderr.take() {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Some(v) = line.strip_prefix("stat::number_of_executed_units:") {
+                    executions = v.trim().parse().unwrap_or(executions);
+                }
+                // "Done N runs in S second(s)": the time spent fuzzing.
+                if let Some(rest) = line.strip_prefix("Done ")
+                    && let Some((_, secs)) = rest.split_once(" runs in ")
+                {
+                    fuzz_secs = secs
+                        .split_whitespace()
+                        .next()
+                        .and_then(|s| s.parse::<f64>().ok());
+                }
+            }
+        }
+        let ok = child.wait()?.success();
+        let secs = fuzz_secs.unwrap_or_else(|| started.elapsed().as_secs_f64());
+        eprintln!(
+            "fuzz {t}: {executions} executions in {:.1} min ({})",
+            secs / 60.0,
+            if ok { "no crash" } else { "FAILED" }
+        );
+        if !ok {
+            bail!("fuzz target {t} failed; the input is under smtp-edge/fuzz/artifacts/{t}");
+        }
+        report.push(format!(
+            "\"{t}\":{{\"executions\":{executions},\"minutes\":{:.2}}}",
+            secs / 60.0
+        ));
+    }
+    println!("{{\"fuzz\":{{{}}}}}", report.join(","));
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup(),
@@ -272,6 +366,7 @@ fn main() -> Result<()> {
                 .unwrap_or_default();
             run_tool("smtp-edge-lab", false, &args)
         }
+        Cmd::Fuzz { minutes, target } => fuzz(minutes, target),
         Cmd::Bench { which, args } => match which.as_str() {
             "xdp" => run_tool("smtp-edge-bench-xdp", true, &args),
             "smtp-in" => run_tool("smtp-edge-bench-smtp-in", true, &args),
