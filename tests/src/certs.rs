@@ -113,13 +113,9 @@ pub struct LeafSpec<'a> {
 impl Leaf {
     /// A leaf as specified, for server and client authentication.
     pub fn build(spec: LeafSpec<'_>) -> Leaf {
-        let mut p = CertificateParams::new(
-            spec.sans
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .expect("params");
+        let mut p =
+            CertificateParams::new(spec.sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
         if let Some(cn) = spec.cn {
             p.distinguished_name.push(DnType::CommonName, cn);
         }

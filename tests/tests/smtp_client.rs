@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use rustls::RootCertStore;
 use smtp_edge::delivery::client::{
-    ClientSettings, DeliveryError, Disposition, Outcome, Stage, Timeouts,
-    Transaction, deliver,
+    ClientSettings, DeliveryError, Disposition, Outcome, Stage, Timeouts, Transaction, deliver,
 };
 use smtp_edge::routing::TlsLevel;
 use smtp_edge::spool::Recipient;
@@ -29,7 +28,6 @@ use tokio_rustls::TlsAcceptor;
 
 /// Every wait of the client in these tests.
 const LIMIT: Duration = Duration::from_secs(10);
-
 
 fn rcpt(address: &str) -> Recipient {
     Recipient {
@@ -151,7 +149,9 @@ async fn smtp_sink_refusals() {
 
     // MAIL refused with 4xx: transient, for everyone, nothing sent.
     let sink = Sink::start(&["-r", "MAIL"]);
-    let e = send(sink.addr(), "sink", &s, &t, MESSAGE).await.unwrap_err();
+    let e = send(sink.addr(), "sink", &s, &t, MESSAGE)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, DeliveryError::Refused { stage: Stage::Mail, reply } if reply.code == 450),
         "{e}"

@@ -488,7 +488,8 @@ relay = true
     let mut c = edge.ehlo(V4);
     let a = c.cmd("MAIL FROM:<someone@fabrikam.com>");
     assert!(a.is(550, "5.7.1"), "foreign sender via on-prem: {a:?}");
-    let a = c.transaction("app@contoso.com",
+    let a = c.transaction(
+        "app@contoso.com",
         &["partner@fabrikam.com", "bob@contoso.com"],
         "Subject: relayed\r\n\r\nto a partner\r\n",
     );
@@ -1109,10 +1110,7 @@ trusted_headers = true
                \r\n\
                X-MS-Exchange-Organization-AuthAs: body text stays\r\n";
     let mut outside = edge.ehlo(V6);
-    let a = outside.transaction("alice@fabrikam.com",
-        &["bob@contoso.com"],
-        msg,
-    );
+    let a = outside.transaction("alice@fabrikam.com", &["bob@contoso.com"], msg);
     let m = edge.message(&a.queue_id());
     assert_eq!(m.envelope.connector, "internet");
     assert_eq!(
@@ -1203,10 +1201,7 @@ fn crash_sender(
         return;
     };
     let ok = |c: &mut Client, want: u16| matches!(c.try_answer(), Ok(Some(a)) if a.code == want);
-    if !ok(&mut c, 220)
-        || c.try_send(b"EHLO crash.fabrikam.com\r\n").is_err()
-        || !ok(&mut c, 250)
-    {
+    if !ok(&mut c, 220) || c.try_send(b"EHLO crash.fabrikam.com\r\n").is_err() || !ok(&mut c, 250) {
         return;
     }
     for n in 0..500 {
@@ -1214,8 +1209,7 @@ fn crash_sender(
             return;
         }
         let body = crash_body(tag, n);
-        if c
-            .try_send(b"MAIL FROM:<load@fabrikam.com>\r\nRCPT TO:<bob@contoso.com>\r\nDATA\r\n")
+        if c.try_send(b"MAIL FROM:<load@fabrikam.com>\r\nRCPT TO:<bob@contoso.com>\r\nDATA\r\n")
             .is_err()
             || !ok(&mut c, 250)
             || !ok(&mut c, 250)
@@ -1223,8 +1217,7 @@ fn crash_sender(
         {
             return;
         }
-        if c
-            .try_send(&body)
+        if c.try_send(&body)
             .and_then(|()| c.try_send(b".\r\n"))
             .is_err()
         {
@@ -1314,7 +1307,8 @@ fn acknowledged_messages_survive_kill_9() {
     }
     // And the restarted daemon takes mail.
     let mut c = edge.ehlo(V4);
-    let a = c.transaction("alice@fabrikam.com",
+    let a = c.transaction(
+        "alice@fabrikam.com",
         &["bob@contoso.com"],
         "Subject: after\r\n\r\nrestart\r\n",
     );

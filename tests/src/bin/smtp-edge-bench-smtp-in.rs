@@ -5,7 +5,11 @@
 //!    answered) left open; the daemon's VmRSS before and after gives KiB per
 //!    session. Again on another fresh daemon with the sessions in TLS
 //!    (STARTTLS, handshake, EHLO).
-//! 2. Accept rate: messages per second acknowledged with 250, which both
+//! 2. Sessions in DATA: a fresh daemon, `--data-sessions` sessions (200)
+//!    each in DATA having sent `--data-mb` MB (30) of a 36 MB message; the
+//!    daemon's VmRSS growth per session shows that message data streams to
+//!    the spool instead of piling up in memory.
+//! 3. Accept rate: messages per second acknowledged with 250, which both
 //!    servers give only once the message is fsync'd in their queue. smtp-edge
 //!    (release build, `fsync = true`) against a private Postfix instance
 //!    (smtpd + cleanup; a `HOLD` recipient action keeps every message in the
@@ -17,7 +21,7 @@
 //!    default), MAIL/RCPT/DATA pipelined, no TLS session resumption (a full
 //!    handshake every connection, on both). Rounds alternate the servers; the
 //!    median is reported, with every run in the JSON.
-//! 3. Plain again with Postfix's own `smtp-source` (which has no STARTTLS),
+//! 4. Plain again with Postfix's own `smtp-source` (which has no STARTTLS),
 //!    as a cross-check of the client.
 //!
 //! Every run is bounded in messages and seconds; traffic is loopback only.
@@ -70,6 +74,12 @@ struct Args {
     /// Idle sessions for the memory figure.
     #[arg(long, default_value_t = 1000)]
     idle: usize,
+    /// Sessions in DATA for the streaming memory figure.
+    #[arg(long, default_value_t = 200)]
+    data_sessions: usize,
+    /// MB each of them sends before the measurement.
+    #[arg(long, default_value_t = 30)]
+    data_mb: usize,
     /// Longest run, in seconds (a run stops taking new messages then).
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
@@ -79,7 +89,7 @@ struct Args {
     /// Directory for both queues (default: the system temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Skip parts: any of idle, plain, tls, smtp-source.
+    /// Skip parts: any of idle, data, plain, tls, smtp-source.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -145,15 +155,25 @@ fn run(args: &Args) -> Result<()> {
             "/usr/sbin/{tool} not found (Debian package postfix; `cargo xtask setup`)"
         );
     }
+    ensure!(
+        (1..=2000).contains(&args.data_sessions),
+        "--data-sessions must be in 1..=2000"
+    );
+    ensure!(
+        (1..=35).contains(&args.data_mb),
+        "--data-mb must be in 1..=35 (the message limit is 36 MB)"
+    );
     for s in &args.skip {
         ensure!(
-            ["idle", "plain", "tls", "smtp-source"].contains(&s.as_str()),
-            "--skip: unknown part `{s}` (idle, plain, tls, smtp-source)"
+            ["idle", "data", "plain", "tls", "smtp-source"].contains(&s.as_str()),
+            "--skip: unknown part `{s}` (idle, data, plain, tls, smtp-source)"
         );
     }
     let skip = |part: &str| args.skip.iter().any(|s| s == part);
     let started = Instant::now();
-    let nofile = raise_nofile(args.idle as u64 * 2 + args.sessions as u64 * 4 + 1024)?;
+    let nofile = raise_nofile(
+        (args.idle.max(args.data_sessions)) as u64 * 2 + args.sessions as u64 * 4 + 1024,
+    )?;
 
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
@@ -195,7 +215,7 @@ fn run(args: &Args) -> Result<()> {
     );
 
     // 1. Idle sessions, each on a fresh daemon.
-    let max_conn = (args.idle + args.sessions + 100) as u32;
+    let max_conn = (args.idle.max(args.data_sessions) + args.sessions + 100) as u32;
     let edge_dir = tmp.path().join("edge");
     std::fs::create_dir(&edge_dir)?;
     if !skip("idle") {
@@ -225,7 +245,34 @@ fn run(args: &Args) -> Result<()> {
         out.insert("idle_sessions".into(), json!(args.idle));
     }
 
-    // 2. and 3. Accept rates.
+    // 2. Sessions in DATA, on a fresh daemon.
+    if !skip("data") {
+        interrupted()?;
+        println!(
+            "\n-- sessions in DATA ({} sessions, {} MB sent each, fresh daemon) --",
+            args.data_sessions, args.data_mb
+        );
+        let edge = Edge::start(&edge_dir, &certs, max_conn, "data")?;
+        let r = rt.block_on(data_rss(
+            edge.pid,
+            edge.addr,
+            args.data_sessions,
+            args.data_mb,
+        ))?;
+        drop(edge);
+        let per = (r.after_kib as f64 - r.before_kib as f64) / args.data_sessions as f64;
+        println!(
+            "  VmRSS {} KiB -> {} KiB with {} sessions in DATA ({} MB each): {:.1} KiB per session",
+            r.before_kib, r.after_kib, args.data_sessions, args.data_mb, per
+        );
+        out.insert("data_session_rss_kib".into(), json!(round(per, 1)));
+        out.insert("data_rss_before_kib".into(), json!(r.before_kib));
+        out.insert("data_rss_after_kib".into(), json!(r.after_kib));
+        out.insert("data_sessions".into(), json!(args.data_sessions));
+        out.insert("data_mb_each".into(), json!(args.data_mb));
+    }
+
+    // 3. and 4. Accept rates.
     let postfix = start_postfix(&tmp.path().join("postfix"), &certs, args.sessions)?;
     let edge = Edge::start(&edge_dir, &certs, max_conn, "load")?;
     let servers: [(&str, &dyn Queue); 2] = [("smtp-edge", &edge), ("postfix", &postfix)];
@@ -420,6 +467,12 @@ fn run(args: &Args) -> Result<()> {
     if let Some(Value::Number(kib)) = out.get("idle_tls_session_rss_kib") {
         println!("  idle TLS session: {kib} KiB");
     }
+    if let Some(kib) = out.get("data_session_rss_kib").and_then(Value::as_f64) {
+        println!(
+            "  session in DATA: {kib:.1} KiB (target <= 256 KiB: {})",
+            if kib <= 256.0 { "met" } else { "NOT met" }
+        );
+    }
     let ratios_met = ["plain", "tls"].iter().all(|m| {
         out.get(&format!("accept_ratio_vs_postfix_{m}"))
             .and_then(Value::as_f64)
@@ -429,9 +482,17 @@ fn run(args: &Args) -> Result<()> {
         .get("idle_session_rss_kib")
         .and_then(Value::as_f64)
         .is_none_or(|k| k <= 64.0);
+    let data_met = out
+        .get("data_session_rss_kib")
+        .and_then(Value::as_f64)
+        .is_none_or(|k| k <= 256.0);
     out.insert("target_accept_ratio".into(), json!(2.0));
     out.insert("target_idle_session_rss_kib".into(), json!(64));
-    out.insert("targets_met".into(), json!(ratios_met && idle_met));
+    out.insert("target_data_session_rss_kib".into(), json!(256));
+    out.insert(
+        "targets_met".into(),
+        json!(ratios_met && idle_met && data_met),
+    );
     out.insert("runs".into(), Value::Object(rates));
     out.insert(
         "params".into(),
@@ -849,6 +910,58 @@ async fn idle_rss(pid: u32, addr: SocketAddr, n: usize, tls: Option<&TlsConnecto
             Idle::Tls(mut c) => quit(&mut *c).await?,
         }
     }
+    Ok(Rss {
+        before_kib,
+        after_kib,
+    })
+}
+
+/// Opens `n` sessions, takes each into DATA, sends `mb` MB of message lines
+/// to each (a megabyte to every session in turn, so all are in DATA at
+/// once), and measures the daemon's VmRSS before and after; then drops them
+/// (the daemon removes the unfinished messages).
+async fn data_rss(pid: u32, addr: SocketAddr, n: usize, mb: usize) -> Result<Rss> {
+    let line = format!("{}\r\n", "x".repeat(998));
+    let block = line.repeat(1000); // 1,000,000 octets
+    // Once, so what happens once (spool threads, buffers) is in the baseline.
+    {
+        let mut c = Client::connect(addr, EHLO, false).await?;
+        c.send(format!("MAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\nDATA\r\n").as_bytes())
+            .await?;
+        c.expect(250).await?;
+        c.expect(250).await?;
+        c.expect(354).await?;
+        c.send(b"Subject: warm-up\r\n\r\n").await?;
+        c.send(block.as_bytes()).await?;
+        c.send(b".\r\n").await?;
+        c.expect(250).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_kib = vm_rss_kib(pid)?;
+    let mut sessions = Vec::with_capacity(n);
+    for _ in 0..n {
+        interrupted()?;
+        let mut c = Client::connect(addr, EHLO, false).await?;
+        c.send(format!("MAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\nDATA\r\n").as_bytes())
+            .await?;
+        c.expect(250).await?;
+        c.expect(250).await?;
+        c.expect(354).await?;
+        c.send(b"Subject: streaming\r\n\r\n").await?;
+        sessions.push(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(900);
+    for _ in 0..mb {
+        for c in &mut sessions {
+            interrupted()?;
+            ensure!(Instant::now() < deadline, "sending took over 900 s");
+            c.send(block.as_bytes()).await?;
+        }
+    }
+    // Let the daemon read what the sockets still hold.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_kib = vm_rss_kib(pid)?;
+    drop(sessions);
     Ok(Rss {
         before_kib,
         after_kib,
