@@ -284,16 +284,17 @@ impl Daemon {
                 return Err("smtp.enabled, smtp.listen and smtp.spool_dir change only with a restart; configuration not applied".into());
             }
             Some(shared) => {
-                let spool = shared
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .spool
-                    .clone();
-                Some(
-                    crate::smtp::server::ServerConfig::from_config(&next.smtp, spool).map_err(
-                        |e| format!("configuration refused, the running one stays in force: {e}"),
-                    )?,
-                )
+                let (spool, wake) = {
+                    let running = shared.read().unwrap_or_else(|p| p.into_inner());
+                    (running.spool.clone(), running.wake.clone())
+                };
+                let mut server = crate::smtp::server::ServerConfig::from_config(&next.smtp, spool)
+                    .map_err(|e| {
+                        format!("configuration refused, the running one stays in force: {e}")
+                    })?;
+                // The queue keeps being woken by the new settings.
+                server.wake = wake;
+                Some(server)
             }
             None if next.smtp.raw.enabled => {
                 return Err(

@@ -246,6 +246,7 @@ fn an_unusable_bdat_command_ends_the_session() {
     let e = edge("max_message_size = 1048576", INTERNET);
     for bdat in [
         &b"BDAT 99999999999999999999 LAST\r\n"[..],
+        b"BDAT\t6 LAST\r\n",
         b"BDAT 12 LAST\n",
         b"BDAT twelve LAST\r\n",
         b"BDAT 2000000 LAST\r\n",
@@ -262,6 +263,70 @@ fn an_unusable_bdat_command_ends_the_session() {
         assert!(all[0].text().contains("closing connection"), "{all:?}");
     }
     assert!(e.incoming().is_empty());
+}
+
+#[test]
+fn a_recipient_after_the_first_chunk_is_refused() {
+    let e = edge("", INTERNET);
+    let mut c = e.ehlo(V4);
+    assert_eq!(c.cmd("MAIL FROM:<a@fabrikam.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<bob@contoso.com>").code, 250);
+    c.send(b"BDAT 14\r\nSubject: x\r\n\r\n");
+    assert_eq!(c.answer().code, 250);
+    // The envelope went to the spool with the first chunk: a 250 here
+    // would be a recipient acknowledged and never delivered.
+    let a = c.cmd("RCPT TO:<carol@contoso.com>");
+    assert!(a.is(503, "5.5.1"), "{a:?}");
+    c.send(b"BDAT 6 LAST\r\nbody\r\n");
+    let id = c.answer().queue_id();
+    let m = e.message(&id);
+    let rcpts: Vec<_> = m
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.clone())
+        .collect();
+    assert_eq!(rcpts, ["bob@contoso.com"]);
+}
+
+#[test]
+fn replies_are_not_piled_up_for_a_client_that_does_not_read() {
+    let mut e = edge("", INTERNET);
+    let mut c = e.ehlo(V4);
+    assert_eq!(c.cmd("MAIL FROM:<a@fabrikam.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<bob@contoso.com>").code, 250);
+    c.stream().set_nodelay(true).expect("nodelay");
+    c.send(b"BDAT 1\r\n");
+    c.stream()
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let before = e.daemon().rss_kib();
+    // Each write: the byte of the chunk announced before, 2,600 commands
+    // answered with 2,600 replies, and a chunk whose byte comes in the next
+    // write. The replies are never read. At most 400 writes (10 MB).
+    let mut batch = b"x".to_vec();
+    batch.extend_from_slice(&b"HELP\r\n".repeat(2600));
+    batch.extend_from_slice(b"BDAT 1\r\n");
+    let mut sent = 0usize;
+    for _ in 0..400 {
+        if c.try_send(&batch).is_err() {
+            break;
+        }
+        sent += batch.len();
+        // One write per read of the daemon: the chunk's octet is never in
+        // the same read as the commands before it.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let growth = e.daemon().rss_kib().saturating_sub(before);
+    assert!(
+        growth < 16 * 1024,
+        "RSS grew by {growth} KiB while {sent} octets of unread commands came in"
+    );
+    assert!(
+        sent < 400 * batch.len(),
+        "the daemon stopped reading a client that does not read"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -301,6 +366,38 @@ fn a_trickling_client_is_cut_by_the_data_rate() {
     assert!(a.is(421, "4.4.2"), "{a:?}");
     assert!(e.log().contains("min_data_rate"), "{}", e.log());
     assert!(e.files("tmp").is_empty());
+}
+
+#[test]
+fn bdat_chunks_share_one_data_deadline() {
+    let e = edge(SLOW, INTERNET);
+    let mut c = e.ehlo(V4);
+    assert_eq!(c.cmd("MAIL FROM:<a@fabrikam.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<bob@contoso.com>").code, 250);
+    c.stream()
+        .set_read_timeout(Some(Duration::from_millis(900)))
+        .expect("timeout");
+    // A one-octet chunk a second: each chunk alone is quick, the message is
+    // not. Cut by the data rate, before the 6 s session limit.
+    let mut cut = None;
+    for _ in 0..20 {
+        if c.try_send(b"BDAT 1\r\nx").is_err() {
+            break;
+        }
+        match c.try_answer() {
+            Ok(Some(a)) if a.code == 250 => {}
+            Ok(Some(a)) => {
+                cut = Some(a);
+                break;
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    let a = cut.expect("the session was ended with a reply");
+    assert!(a.is(421, "4.4.2"), "{a:?}");
+    assert!(a.text().contains("message data too slow"), "{a:?}");
 }
 
 #[test]
@@ -588,6 +685,16 @@ fn a_dsn_orcpt_of_legal_length_is_taken() {
     assert!(long.len() > 512);
     let a = c.cmd(&long);
     assert_eq!(a.code, 250, "{a:?}");
+    // UTF-8 as such only with SMTPUTF8; values nobody announced are 555.
+    let a = c.cmd("RCPT TO:<carol@contoso.com> ORCPT=utf-8;pel\u{e9}@example.org");
+    assert!(a.is(553, "5.6.7"), "{a:?}");
+    for line in [
+        "RCPT TO:<carol@contoso.com> NOTIFY=SOMETIMES",
+        "MAIL FROM:<a@fabrikam.test> BODY=9BIT",
+    ] {
+        let a = c.cmd(line);
+        assert!(a.is(555, "5.5.4"), "{line}: {a:?}");
+    }
     // Other commands keep the 512-octet limit.
     let a = c.cmd(&format!("NOOP {}", "x".repeat(600)));
     assert!(a.is(500, "5.5.2"), "{a:?}");
@@ -631,7 +738,7 @@ fn trusting_headers_on_exchange_online_ranges_is_a_warning() {
     let f = dir.path().join("c.toml");
     std::fs::write(
         &f,
-        "[filter]\nenabled = false\n\n[[inbound_connectors]]\nname = \"eo\"\nsources = [\"exchange-online\"]\ntrusted_headers = true\n",
+        "[filter]\nenabled = false\n\n[[inbound_connectors]]\nname = \"eo\"\nsources = [\"exchange-online\"]\ntrusted_headers = true\n\n[[inbound_connectors]]\nname = \"anyone\"\ntrusted_headers = true\n",
     )
     .expect("write");
     let out = cli(None, &["config", "check", f.to_str().expect("path")]);
@@ -639,6 +746,10 @@ fn trusting_headers_on_exchange_online_ranges_is_a_warning() {
     assert!(out.status.success(), "{err}");
     assert!(
         err.contains("warning:") && err.contains("connector `eo` keeps Exchange-internal headers"),
+        "{err}"
+    );
+    assert!(
+        err.contains("connector `anyone` keeps Exchange-internal headers"),
         "{err}"
     );
     // The example configuration does not do it.

@@ -13,6 +13,9 @@ use crate::policy::{DomainPattern, Inbound};
 /// What to do with a bare CR or LF in message data (`reject` or `normalize`).
 pub use crate::smtp::data::BareLineEndings;
 
+/// The longest timeout accepted, in seconds.
+const MAX_TIMEOUT: u64 = 86_400;
+
 /// `[smtp.timeouts]` in seconds (RFC 5321 §4.5.3.2 server side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -268,6 +271,18 @@ pub(super) fn validate(
             ));
         }
     }
+    for (name, value) in [
+        ("timeouts.command", raw.timeouts.command),
+        ("timeouts.data_block", raw.timeouts.data_block),
+        ("timeouts.session", raw.timeouts.session),
+    ] {
+        if value > MAX_TIMEOUT {
+            errors.push(at(
+                0..0,
+                format!("smtp.{name} = {value} is above {MAX_TIMEOUT} seconds (one day)"),
+            ));
+        }
+    }
     for (name, value, max) in [
         ("per_source_prefix_v4", raw.per_source_prefix_v4, 32),
         ("per_source_prefix_v6", raw.per_source_prefix_v6, 128),
@@ -357,13 +372,16 @@ pub(super) fn validate(
         shared_sources |= sources
             .iter()
             .any(|n| exo.iter().any(|e| e.contains(n) || n.contains(e)));
+        // No sources: everyone, the Exchange Online ranges included.
+        shared_sources |= sources.is_empty();
         if c.trusted_headers && shared_sources {
             warnings.push(at(
                 c.name.span(),
                 format!(
-                    "connector `{name}` keeps Exchange-internal headers on the strength of the \
-                     Exchange Online ranges: every Microsoft 365 tenant sends from them with the same \
-                     certificate, so any tenant could forge those headers (set trusted_headers = false)"
+                    "connector `{name}` keeps Exchange-internal headers from sources it shares with \
+                     others (the Exchange Online ranges, where every Microsoft 365 tenant sends from \
+                     with the same certificate, or, without sources, everyone): anyone there could \
+                     forge those headers (set trusted_headers = false)"
                 ),
             ));
         }

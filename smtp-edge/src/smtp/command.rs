@@ -185,7 +185,10 @@ impl LineSplitter {
                     other => other,
                 };
                 match parsed {
-                    Err(_) if is_bdat(line) => (Some(Err(CommandError::BadChunk)), n),
+                    // `BDAT\t6` is no BDAT command to the parser, but a
+                    // chunk may follow it all the same.
+                    Ok(Command::Bdat { .. }) => (Some(parsed), n),
+                    _ if is_bdat(line) => (Some(Err(CommandError::BadChunk)), n),
                     other => (Some(other), n),
                 }
             }
@@ -548,6 +551,10 @@ pub enum CommandError {
     /// A known parameter is given twice. 501 5.5.4.
     #[error("duplicate {0} parameter")]
     DuplicateParameter(String),
+    /// A known parameter with a value that is not one we announce (such as
+    /// `BODY=9BIT` or `RET=ALL`). 555 5.5.4 (RFC 5321 §4.1.1.11).
+    #[error("{0} parameter value not recognized")]
+    UnknownValue(String),
     /// A BDAT command that cannot be used (bad size, too long, bare line
     /// ends): the chunk's octets follow and where they end is unknown, so
     /// none of them may be read as commands. 501 5.5.4, then the session
@@ -601,6 +608,11 @@ impl CommandError {
                 501,
                 (5, 5, 4),
                 &format!("Duplicate {} parameter", printable(name)),
+            ),
+            CommandError::UnknownValue(name) => Reply::new(
+                555,
+                (5, 5, 4),
+                &format!("{} parameter value not recognized", printable(name)),
             ),
             CommandError::BadChunk => Reply::new(
                 501,
@@ -797,6 +809,10 @@ fn param_tokens<'a>(
     Ok(out)
 }
 
+fn unknown_value(name: &str) -> CommandError {
+    CommandError::UnknownValue(name.to_string())
+}
+
 fn bad(name: &str, reason: &'static str) -> CommandError {
     CommandError::BadParameter {
         name: name.to_string(),
@@ -834,7 +850,7 @@ fn mail_param(p: &mut MailParams, key: &str, value: Option<&str>) -> Result<(), 
         } else if v.eq_ignore_ascii_case("BINARYMIME") {
             Body::BinaryMime
         } else {
-            return Err(bad(key, "7BIT, 8BITMIME or BINARYMIME is required"));
+            return Err(unknown_value(key));
         };
         set_once(&mut p.body, key, body)
     } else if k.eq_ignore_ascii_case(b"SMTPUTF8") {
@@ -853,7 +869,7 @@ fn mail_param(p: &mut MailParams, key: &str, value: Option<&str>) -> Result<(), 
         } else if v.eq_ignore_ascii_case("HDRS") {
             Ret::Hdrs
         } else {
-            return Err(bad(key, "FULL or HDRS is required"));
+            return Err(unknown_value(key));
         };
         set_once(&mut p.ret, key, ret)
     } else if k.eq_ignore_ascii_case(b"ENVID") {
@@ -890,8 +906,10 @@ fn rcpt_param(p: &mut RcptParams, key: &str, value: Option<&str>) -> Result<(), 
                     n.failure = true;
                 } else if word.eq_ignore_ascii_case("DELAY") {
                     n.delay = true;
-                } else {
+                } else if word.is_empty() || word.eq_ignore_ascii_case("NEVER") {
                     return Err(bad(key, NEED));
+                } else {
+                    return Err(unknown_value(key));
                 }
             }
             n
@@ -1324,6 +1342,7 @@ mod tests {
         let mut s = LineSplitter::for_commands(512);
         for line in [
             &b"BDAT 99999999999999999999 LAST\r\n"[..],
+            b"BDAT\t6 LAST\r\n",
             b"BDAT 5 LAST\n",
             b"bdat x\r\n",
             b"BDAT\r\n",
@@ -1771,16 +1790,13 @@ mod tests {
             ("MAIL FROM:<> SIZE=x\r\n", "SIZE"),
             ("MAIL FROM:<> SIZE\r\n", "SIZE"),
             ("MAIL FROM:<> SIZE=123456789012345678901\r\n", "SIZE"),
-            ("MAIL FROM:<> BODY=9BIT\r\n", "BODY"),
             ("MAIL FROM:<> SMTPUTF8=yes\r\n", "SMTPUTF8"),
-            ("MAIL FROM:<> RET=ALL\r\n", "RET"),
             ("MAIL FROM:<> ENVID=a+zz\r\n", "ENVID"),
             ("MAIL FROM:<> AUTH\r\n", "AUTH"),
             ("MAIL FROM:<> X=\r\n", "X"),
             ("MAIL FROM:<> X=a=b\r\n", "X"),
             ("MAIL FROM:<> -X\r\n", "-X"),
             ("RCPT TO:<a@b> NOTIFY=NEVER,SUCCESS\r\n", "NOTIFY"),
-            ("RCPT TO:<a@b> NOTIFY=SOMETIMES\r\n", "NOTIFY"),
             ("RCPT TO:<a@b> ORCPT=rfc822\r\n", "ORCPT"),
             ("RCPT TO:<a@b> ORCPT=;a@b\r\n", "ORCPT"),
             ("RCPT TO:<a@b> ORCPT=rfc822;\r\n", "ORCPT"),
@@ -1792,8 +1808,19 @@ mod tests {
         }
         let envid = "A".repeat(101);
         assert!(parse(&format!("MAIL FROM:<> ENVID={envid}\r\n")).is_err());
-        let r = parse("MAIL FROM:<> BODY=x\r\n").unwrap_err().reply();
+        let r = parse("MAIL FROM:<> BODY\r\n").unwrap_err().reply();
         assert_eq!((r.code, r.status), (501, Some((5, 5, 4))));
+        // A value nobody announced is not a syntax error: 555.
+        for (line, name) in [
+            ("MAIL FROM:<> BODY=9BIT\r\n", "BODY"),
+            ("MAIL FROM:<> RET=ALL\r\n", "RET"),
+            ("RCPT TO:<a@b> NOTIFY=SOMETIMES\r\n", "NOTIFY"),
+        ] {
+            let e = parse(line).unwrap_err();
+            assert_eq!(e, CommandError::UnknownValue(name.into()), "{line}");
+            let r = e.reply();
+            assert_eq!((r.code, r.status), (555, Some((5, 5, 4))));
+        }
         assert_eq!(
             parse("MAIL FROM:<a@b>SIZE=1\r\n"),
             Err(CommandError::Syntax("MAIL FROM:<address> [parameters]"))

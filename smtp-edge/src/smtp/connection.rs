@@ -36,6 +36,10 @@ use crate::spool;
 
 /// Octets read at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies gathered beyond this are sent at once, even in the middle of a
+/// pipelined batch (a client that sends without reading is held up, not
+/// buffered for).
+const MAX_PENDING_REPLIES: usize = 16 * 1024;
 /// How long the 421 of an expired deadline may take to go out.
 const LAST_WORD: Duration = Duration::from_secs(5);
 
@@ -121,7 +125,8 @@ impl Clock {
 }
 
 /// The data deadline: `data_block` at most ahead, moved later by what
-/// arrives at the minimum rate.
+/// arrives at the minimum rate. A BDAT transaction keeps one across its
+/// chunks: the time between them counts too.
 struct DataDeadline {
     at: Instant,
     cap: Duration,
@@ -156,7 +161,15 @@ pub struct Io {
     /// The data reader's output for one read, handed to the intake.
     scratch: Vec<u8>,
     splitter: LineSplitter,
-    bdat: Option<(BdatReader, Option<Intake>)>,
+    bdat: Option<Bdat>,
+}
+
+/// A BDAT message in progress: its reader, where it goes (none when the
+/// transaction was refused) and its data deadline.
+struct Bdat {
+    reader: BdatReader,
+    message: Option<Intake>,
+    deadline: DataDeadline,
 }
 
 /// How [`run`] ended.
@@ -187,14 +200,20 @@ impl Io {
 
     /// Drops a BDAT message left unfinished.
     pub async fn discard(&mut self) {
-        if let Some((_, Some(intake))) = self.bdat.take() {
-            intake.discard().await;
+        if let Some(Bdat {
+            message: Some(m), ..
+        }) = self.bdat.take()
+        {
+            m.discard().await;
         }
     }
 
     fn drop_bdat(&mut self) {
-        if let Some((_, Some(intake))) = self.bdat.take() {
-            tokio::spawn(intake.discard());
+        if let Some(Bdat {
+            message: Some(m), ..
+        }) = self.bdat.take()
+        {
+            tokio::spawn(m.discard());
         }
     }
 }
@@ -274,7 +293,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 io.drop_bdat();
             }
             match action {
-                Action::Reply(r) => r.write_to(&mut io.out),
+                Action::Reply(r) => {
+                    r.write_to(&mut io.out);
+                    if io.out.len() > MAX_PENDING_REPLIES {
+                        flush(stream, io, clock).await?;
+                    }
+                }
                 Action::Close(r) => {
                     r.write_to(&mut io.out);
                     flush(stream, io, clock).await?;
@@ -314,7 +338,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         flush(stream, io, clock).await?;
-        let wait = (Instant::now() + clock.command, Expiry::Command);
+        let mut wait = (Instant::now() + clock.command, Expiry::Command);
+        if let Some(b) = &io.bdat
+            && b.deadline.at < wait.0
+        {
+            wait = (b.deadline.at, Expiry::Data);
+        }
         if fill(stream, io, clock, wait, &host).await.is_none() {
             return Ok(Outcome::Closed);
         }
@@ -372,6 +401,16 @@ async fn read_data<S: AsyncRead + AsyncWrite + Unpin>(
     Some(finish(session, cfg, reader.result(), message).await)
 }
 
+/// Sends what replies are pending before waiting for chunk data (allowed at
+/// any time with PIPELINING); `false` when the client is gone.
+async fn flush_before_wait<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    io: &mut Io,
+    clock: &Clock,
+) -> bool {
+    io.out.is_empty() || flush(stream, io, clock).await.is_ok()
+}
+
 /// Reads one BDAT chunk; `None` when the connection ended. A refused chunk
 /// is read and thrown away as it arrives: its octets are never commands.
 async fn read_bdat<S: AsyncRead + AsyncWrite + Unpin>(
@@ -383,37 +422,47 @@ async fn read_bdat<S: AsyncRead + AsyncWrite + Unpin>(
     (size, last): (u64, bool),
     refuse: Option<Reply>,
 ) -> Option<Reply> {
-    let (mut reader, mut message) = match io.bdat.take() {
+    let mut b = match io.bdat.take() {
         Some(pending) if refuse.is_none() => pending,
         pending => {
-            if let Some((_, Some(m))) = pending {
+            if let Some(Bdat {
+                message: Some(m), ..
+            }) = pending
+            {
                 m.discard().await;
             }
-            let m = if refuse.is_none() {
-                intake(session, cfg)
-            } else {
-                None
-            };
-            (BdatReader::new(cfg.data), m)
+            Bdat {
+                reader: BdatReader::new(cfg.data),
+                message: if refuse.is_none() {
+                    intake(session, cfg)
+                } else {
+                    None
+                },
+                deadline: DataDeadline::new(clock),
+            }
         }
     };
-    reader.start_chunk(size, last);
-    let mut deadline = DataDeadline::new(clock);
+    b.reader.start_chunk(size, last);
     loop {
-        let f = reader.feed(&io.inbuf[io.start..], &mut io.scratch);
+        let f = b.reader.feed(&io.inbuf[io.start..], &mut io.scratch);
         io.start += f.consumed;
-        if let Some(m) = message.as_mut() {
+        if let Some(m) = b.message.as_mut() {
             m.push(&io.scratch).await;
         }
         io.scratch.clear();
         if f.end {
             break;
         }
-        let wait = (deadline.at, Expiry::Data);
-        match fill(stream, io, clock, wait, &cfg.session.hostname).await {
-            Some(n) => deadline.got(n),
+        let wait = (b.deadline.at, Expiry::Data);
+        let more = if flush_before_wait(stream, io, clock).await {
+            fill(stream, io, clock, wait, &cfg.session.hostname).await
+        } else {
+            None
+        };
+        match more {
+            Some(n) => b.deadline.got(n),
             None => {
-                if let Some(m) = message {
+                if let Some(m) = b.message {
                     m.discard().await;
                 }
                 session.end_transaction();
@@ -425,10 +474,10 @@ async fn read_bdat<S: AsyncRead + AsyncWrite + Unpin>(
         return Some(r);
     }
     if !last {
-        io.bdat = Some((reader, message));
+        io.bdat = Some(b);
         return Some(session.chunk_done(size));
     }
-    Some(finish(session, cfg, reader.result(), message).await)
+    Some(finish(session, cfg, b.reader.result(), b.message).await)
 }
 
 /// Ends a transaction: the data's verdict, then the spool's; answers.

@@ -338,7 +338,10 @@ async fn handle(mut tcp: TcpStream, ip: IpAddr, cfg: Arc<ServerConfig>) {
     }
     match connection::run(&mut tcp, &mut session, &mut io, &cfg, &clock).await {
         Ok(Outcome::StartTls) => {}
-        Ok(Outcome::Closed) | Err(_) => return,
+        Ok(Outcome::Closed) | Err(_) => {
+            io.discard().await;
+            return;
+        }
     }
     let Some(tls) = cfg.tls.clone() else { return };
     let until = clock.command_deadline();

@@ -215,6 +215,11 @@ impl Session {
                 "NOTIFY and ORCPT parameters need EHLO, not HELO",
             ));
         }
+        // UTF-8 as such in ORCPT (RFC 6533) only with SMTPUTF8.
+        let utf8 = self.txn.as_ref().is_some_and(|t| t.smtputf8);
+        if p.orcpt.as_ref().is_some_and(|o| !o.address.is_ascii()) && !utf8 {
+            return Err(Reply::utf8_without_smtputf8());
+        }
         Ok(())
     }
 
@@ -315,8 +320,13 @@ impl Session {
                 let max = self.cfg.max_recipients;
                 let accepted = self.cfg.accepted.clone();
                 let peer = self.peer;
-                if self.txn.is_none() {
-                    return self.error(Reply::bad_sequence("Send MAIL first"));
+                match &self.txn {
+                    None => return self.error(Reply::bad_sequence("Send MAIL first")),
+                    // The envelope went to the spool with the first chunk.
+                    Some(t) if t.bdat => {
+                        return self.error(Reply::bad_sequence("RCPT after BDAT"));
+                    }
+                    Some(_) => {}
                 }
                 if let Err(r) = self.check_rcpt_params(&params) {
                     return self.error(r);
