@@ -284,16 +284,16 @@ impl Daemon {
                 return Err("smtp.enabled, smtp.listen and smtp.spool_dir change only with a restart; configuration not applied".into());
             }
             Some(shared) => {
-                let (spool, wake) = {
+                let (spool, queue) = {
                     let running = shared.read().unwrap_or_else(|p| p.into_inner());
-                    (running.spool.clone(), running.wake.clone())
+                    (running.spool.clone(), running.queue.clone())
                 };
                 let mut server = crate::smtp::server::ServerConfig::from_config(&next.smtp, spool)
                     .map_err(|e| {
                         format!("configuration refused, the running one stays in force: {e}")
                     })?;
-                // The queue keeps being woken by the new settings.
-                server.wake = wake;
+                // The queue keeps being told of new messages.
+                server.queue = queue;
                 Some(server)
             }
             None if next.smtp.raw.enabled => {
@@ -341,10 +341,7 @@ impl Daemon {
             r.map(|()| json!({ "ok": true })).map_err(|e| e.to_string())
         };
         match req {
-            Request::QueueList => q
-                .list()
-                .map_err(|e| e.to_string())
-                .and_then(|l| serde_json::to_value(l).map_err(|e| e.to_string())),
+            Request::QueueList => serde_json::to_value(q.list()).map_err(|e| e.to_string()),
             Request::QueueShow { id } => q
                 .show(&id)
                 .map(|(l, headers)| json!({ "message": l, "headers": headers }))
@@ -519,13 +516,9 @@ fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
     bound.map_err(err)
 }
 
-/// Starts the queue manager over the spool.
-fn start_queue(
-    config: &Config,
-    spool: Arc<crate::spool::Spool>,
-    wake: Arc<tokio::sync::Notify>,
-) -> Result<Arc<crate::queue::manager::Manager>, DaemonError> {
-    use crate::queue::manager::{Manager, QueueConfig};
+/// The queue's configuration from the file: client certificates loaded
+/// (once), the resolver made.
+pub fn queue_config(config: &Config) -> Result<crate::queue::manager::QueueConfig, DaemonError> {
     let mut identities = Vec::new();
     for c in &config.outbound {
         identities.push(match &c.client_cert {
@@ -538,7 +531,7 @@ fn start_queue(
     }
     let resolver = crate::resolve::Resolver::new(&config.dns)
         .map_err(|e| DaemonError::Queue(e.to_string()))?;
-    let cfg = QueueConfig {
+    Ok(crate::queue::manager::QueueConfig {
         connectors: config.outbound.clone(),
         identities,
         accepted: config.smtp.accepted.clone(),
@@ -546,12 +539,26 @@ fn start_queue(
         hostname: config.smtp.hostname.clone(),
         roots: crate::delivery::client::system_roots(),
         resolver,
-        timeouts: crate::delivery::client::Timeouts::default(),
-    };
-    let manager = Manager::new(spool, cfg, wake).map_err(|e| DaemonError::Queue(e.to_string()))?;
-    tokio::spawn(manager.clone().run());
+    })
+}
+
+/// Starts the queue manager over the spool.
+async fn start_queue(
+    config: &Config,
+    spool: Arc<crate::spool::Spool>,
+) -> Result<
+    (
+        Arc<crate::queue::manager::Manager>,
+        crate::queue::QueueHandle,
+    ),
+    DaemonError,
+> {
+    let cfg = queue_config(config)?;
+    let started = crate::queue::manager::Manager::start(spool, cfg)
+        .await
+        .map_err(|e| DaemonError::Queue(e.to_string()))?;
     tracing::info!(connectors = config.outbound.len(), "queue running");
-    Ok(manager)
+    Ok(started)
 }
 
 /// Starts the receiving side when `[smtp]` is enabled.
@@ -573,9 +580,8 @@ async fn start_smtp(
         .config
         .clone();
     if !full.outbound.is_empty() {
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let manager = start_queue(&full, spool, wake.clone())?;
-        server.wake = Some(wake);
+        let (manager, handle) = start_queue(&full, spool).await?;
+        server.queue = Some(handle);
         daemon.lock().unwrap_or_else(|p| p.into_inner()).queue = Some(manager);
     }
     let listeners = crate::smtp::server::bind(&cfg.listen).await?;

@@ -471,13 +471,16 @@ impl Outbound {
     }
 
     /// The certificate name to verify under
-    /// [`TlsLevel::DomainValidation`]: `tls_domain`, else the recipient
-    /// domain (Exchange: "if no domain is specified in the TlsDomain
-    /// parameter, the FQDN on the certificate is compared with the
-    /// recipient's domain"). `None` for other levels.
-    pub fn tls_name<'a>(&'a self, recipient_domain: &'a str) -> Option<&'a str> {
-        (self.tls == TlsLevel::DomainValidation)
-            .then(|| self.tls_domain.as_deref().unwrap_or(recipient_domain))
+    /// [`TlsLevel::DomainValidation`]: `tls_domain`; without one, the next
+    /// hop's own name (the smart host or MX host), so MX delivery to domains
+    /// hosted elsewhere (EOP's `*.mail.protection.outlook.com`) verifies the
+    /// host it talks to. `None` for other levels.
+    pub fn tls_name(&self) -> Option<&str> {
+        if self.tls == TlsLevel::DomainValidation {
+            self.tls_domain.as_deref()
+        } else {
+            None
+        }
     }
 
     /// Checks that the settings fit together: at least one recipient
@@ -997,14 +1000,12 @@ mod tests {
     #[test]
     fn tls_name_for_domain_validation() {
         let mut c = connector("p", &["contoso.com"], NextHop::Mx);
-        assert_eq!(c.tls_name("contoso.com"), None);
+        assert_eq!(c.tls_name(), None);
+        // Without tls_domain: the next hop's own name (None here).
         c.tls = TlsLevel::DomainValidation;
-        assert_eq!(c.tls_name("contoso.com"), Some("contoso.com"));
+        assert_eq!(c.tls_name(), None);
         c.tls_domain = Some("*.mail.protection.outlook.com".into());
-        assert_eq!(
-            c.tls_name("contoso.com"),
-            Some("*.mail.protection.outlook.com")
-        );
+        assert_eq!(c.tls_name(), Some("*.mail.protection.outlook.com"));
     }
 
     #[test]

@@ -64,10 +64,10 @@ pub enum SpoolError {
     },
 }
 
-impl SpoolError {
+impl AsStorage for SpoolError {
     /// Whether the file system is full or read-only (452 4.3.1 rather than
     /// 451 4.3.0).
-    pub fn is_storage(&self) -> bool {
+    fn is_storage(&self) -> bool {
         matches!(self, SpoolError::Io { source, .. } if fsutil::is_storage_error(source))
     }
 }
@@ -128,6 +128,86 @@ pub struct Envelope {
     pub connector: String,
     /// TLS details, when the session used TLS.
     pub tls: Option<TlsInfo>,
+    /// This host made the message to report on another (a DSN): what
+    /// becomes of it when it fails depends on that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<Notification>,
+}
+
+/// What a message this host made reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Notification {
+    /// A bounce (failed recipients) to the original sender.
+    Bounce,
+    /// A delay notice to the original sender.
+    Delay,
+    /// A bounce that could not be delivered, to the postmaster: the end of
+    /// the line (if it fails too, it is dropped).
+    DoubleBounce,
+}
+
+impl Envelope {
+    /// What this message reports, if it is a DSN this host made (older
+    /// spool files name the "dsn" connector instead).
+    pub fn notification(&self) -> Option<Notification> {
+        self.notification
+            .or_else(|| (self.connector == "dsn").then_some(Notification::Bounce))
+    }
+}
+
+/// Whether the spool can take mail now: cleared by a write that failed
+/// because the file system is full or read-only, set again by one that
+/// succeeds. While it is cleared the receiving side answers MAIL with
+/// `452 4.3.1` and the queue retries what it could not write.
+#[derive(Debug, Default)]
+pub struct Health {
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    /// Whether the last write failed for lack of space (or a read-only file
+    /// system).
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Records the outcome of a write.
+    pub fn record<T, E: AsStorage>(&self, r: &Result<T, E>) {
+        match r {
+            Ok(_) => {
+                if self.full.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("the spool takes mail again");
+                }
+            }
+            Err(e) if e.is_storage() => {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "the spool's file system is full or read-only: refusing mail with 452 4.3.1 until it can be written"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Errors that may mean "no space" (for [`Health::record`]).
+pub trait AsStorage {
+    /// Full, over quota or read-only.
+    fn is_storage(&self) -> bool;
+}
+
+impl<T: AsStorage + ?Sized> AsStorage for &T {
+    fn is_storage(&self) -> bool {
+        (**self).is_storage()
+    }
+}
+
+impl AsStorage for std::io::Error {
+    fn is_storage(&self) -> bool {
+        fsutil::is_storage_error(self)
+    }
 }
 
 /// A spooled message as read back.
@@ -142,10 +222,12 @@ pub struct Spooled {
 /// The spool directory.
 #[derive(Debug)]
 pub struct Spool {
+    root: PathBuf,
     tmp: PathBuf,
     incoming: PathBuf,
     fsync: bool,
     incoming_sync: Arc<GroupSync>,
+    health: Arc<Health>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -205,9 +287,11 @@ impl Spool {
         Ok((
             Spool {
                 incoming_sync: Arc::new(GroupSync::new(&incoming)),
+                root: dir.to_path_buf(),
                 tmp,
                 incoming,
                 fsync,
+                health: Arc::new(Health::default()),
             },
             removed,
         ))
@@ -216,6 +300,30 @@ impl Spool {
     /// Where complete messages are.
     pub fn incoming(&self) -> &Path {
         &self.incoming
+    }
+
+    /// The spool directory itself (the queue keeps its state beside
+    /// `incoming/`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the spool can take mail (shared by everyone who writes it).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Writes, fsyncs and removes a small file in `tmp/`: whether the file
+    /// system takes data again (recorded in [`Spool::health`]).
+    pub fn probe(&self) -> std::io::Result<()> {
+        let path = self.tmp.join(format!("probe.{}", std::process::id()));
+        let r = fsutil::create_new(&path).and_then(|mut f| {
+            f.write_all(&[0u8; 4096])?;
+            f.sync_all()
+        });
+        let _ = fs::remove_file(&path);
+        self.health.record(&r);
+        r
     }
 
     /// Starts writing a message under a fresh id: `tmp/ID` is created
@@ -267,6 +375,34 @@ impl Spool {
     pub fn read(&self, id: &str) -> Result<Spooled, SpoolError> {
         read_file(&self.incoming.join(id))
     }
+}
+
+/// The longest envelope line read (200 recipients with 500-octet ORCPTs fit
+/// many times over).
+const MAX_ENVELOPE: u64 = 4 * 1024 * 1024;
+
+/// Reads the envelope of a spool file and where its content starts, without
+/// reading the content.
+pub fn read_envelope(path: &Path) -> Result<(Envelope, u64), SpoolError> {
+    let bad = |reason: &str| SpoolError::Format {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let f = File::open(path).map_err(io(path))?;
+    let mut r = BufReader::new(f).take(MAX_ENVELOPE);
+    let mut magic = String::new();
+    r.read_line(&mut magic).map_err(io(path))?;
+    if magic.trim_end_matches('\n') != MAGIC {
+        return Err(bad("bad first line"));
+    }
+    let mut env = String::new();
+    r.read_line(&mut env).map_err(io(path))?;
+    if !env.ends_with('\n') {
+        return Err(bad("the envelope line is cut short"));
+    }
+    let envelope: Envelope =
+        serde_json::from_str(env.trim_end_matches('\n')).map_err(|e| bad(&e.to_string()))?;
+    Ok((envelope, (magic.len() + env.len()) as u64))
 }
 
 /// Reads a spool file.

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use rustls::RootCertStore;
 use smtp_edge::delivery::client::{
-    ClientSettings, DeliveryError, Disposition, Outcome, Stage, Timeouts, Transaction, deliver,
+    ClientSettings, Content, DeliveryError, Disposition, Outcome, Stage, Timeouts, Transaction,
+    deliver,
 };
 use smtp_edge::routing::TlsLevel;
 use smtp_edge::spool::Recipient;
@@ -62,7 +63,8 @@ async fn send(
     t: &Transaction<'_>,
     content: &[u8],
 ) -> Result<Outcome, DeliveryError> {
-    tokio::time::timeout(Duration::from_secs(60), deliver(addr, host, s, t, content))
+    let content = Content::memory(content.to_vec());
+    tokio::time::timeout(Duration::from_secs(60), deliver(addr, host, s, t, &content))
         .await
         .expect("delivery finished in time")
 }

@@ -586,9 +586,22 @@ ehlo_name = "edge.contoso.com"
 retry_schedule = [60, 300, 900, 1800]   # seconds; the last repeats
 max_age = 172800                        # 2 days, then the sender gets a DSN
 delay_notice_after = 14400              # 4 hours: a delay DSN (0: never)
-max_concurrency = 100
-max_per_destination = 20
+max_concurrency = 100                   # deliveries at once
+max_per_destination = 20                # at once to one next hop (smart host or MX host set)
+max_addresses = 5                       # addresses tried per delivery attempt
+max_sessions = 2                        # SMTP sessions per delivery attempt
 postmaster = ""                         # bounces of bounces go here; empty: dropped and logged
+
+[queue.timeouts]
+# Seconds; RFC 5321 4.5.3.2 (connect: Postfix's 30 s).
+connect = 30
+greeting = 300
+command = 300
+mail = 300
+rcpt = 300
+data_init = 120
+data_block = 180
+data_end = 600
 
 [dns]
 # Name servers for MX and smart host lookups; empty: those of /etc/resolv.conf.

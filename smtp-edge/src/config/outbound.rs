@@ -61,6 +61,13 @@ pub struct Queue {
     pub max_per_destination: u32,
     /// Where bounces of bounces go; empty: dropped with a log line.
     pub postmaster: String,
+    /// Addresses tried per delivery attempt, across all next hops (Postfix's
+    /// smtp_mx_address_limit).
+    pub max_addresses: u32,
+    /// SMTP sessions per delivery attempt (Postfix's smtp_mx_session_limit).
+    pub max_sessions: u32,
+    /// The SMTP client's time limits.
+    pub timeouts: ClientTimeouts,
 }
 
 impl Default for Queue {
@@ -72,6 +79,77 @@ impl Default for Queue {
             max_concurrency: 100,
             max_per_destination: 20,
             postmaster: String::new(),
+            max_addresses: 5,
+            max_sessions: 2,
+            timeouts: ClientTimeouts::default(),
+        }
+    }
+}
+
+/// `[queue.timeouts]`, in seconds: RFC 5321 §4.5.3.2's client timeouts
+/// (connect is not in the RFC: Postfix's 30 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTimeouts {
+    /// TCP connect.
+    pub connect: u64,
+    /// The greeting.
+    pub greeting: u64,
+    /// EHLO, STARTTLS and the handshake, RSET, QUIT.
+    pub command: u64,
+    /// The reply to MAIL.
+    pub mail: u64,
+    /// The reply to each RCPT.
+    pub rcpt: u64,
+    /// The reply to DATA.
+    pub data_init: u64,
+    /// Each write of content.
+    pub data_block: u64,
+    /// The reply to the final dot.
+    pub data_end: u64,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            connect: 30,
+            greeting: 300,
+            command: 300,
+            mail: 300,
+            rcpt: 300,
+            data_init: 120,
+            data_block: 180,
+            data_end: 600,
+        }
+    }
+}
+
+impl ClientTimeouts {
+    fn all(&self) -> [(&'static str, u64); 8] {
+        [
+            ("connect", self.connect),
+            ("greeting", self.greeting),
+            ("command", self.command),
+            ("mail", self.mail),
+            ("rcpt", self.rcpt),
+            ("data_init", self.data_init),
+            ("data_block", self.data_block),
+            ("data_end", self.data_end),
+        ]
+    }
+
+    /// As the client's time limits.
+    pub fn to_client(&self) -> crate::delivery::client::Timeouts {
+        use std::time::Duration;
+        crate::delivery::client::Timeouts {
+            connect: Duration::from_secs(self.connect),
+            greeting: Duration::from_secs(self.greeting),
+            command: Duration::from_secs(self.command),
+            mail: Duration::from_secs(self.mail),
+            rcpt: Duration::from_secs(self.rcpt),
+            data_init: Duration::from_secs(self.data_init),
+            data_block: Duration::from_secs(self.data_block),
+            data_end: Duration::from_secs(self.data_end),
         }
     }
 }
@@ -166,11 +244,24 @@ pub(super) fn validate(
             "queue.retry_schedule needs at least one delay, each above 0 seconds".into(),
         ));
     }
-    if queue.max_age == 0 || queue.max_concurrency == 0 || queue.max_per_destination == 0 {
+    if queue.max_age == 0
+        || queue.max_concurrency == 0
+        || queue.max_per_destination == 0
+        || queue.max_addresses == 0
+        || queue.max_sessions == 0
+    {
         errors.push(at(
             0..0,
-            "queue.max_age, max_concurrency and max_per_destination must be above 0".into(),
+            "queue.max_age, max_concurrency, max_per_destination, max_addresses and max_sessions must be above 0".into(),
         ));
+    }
+    for (name, secs) in queue.timeouts.all() {
+        if secs == 0 || secs > 86_400 {
+            errors.push(at(
+                0..0,
+                format!("queue.timeouts.{name} = {secs} must be within 1..=86400 seconds"),
+            ));
+        }
     }
     out
 }

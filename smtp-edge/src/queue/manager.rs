@@ -1,27 +1,46 @@
-//! The queue manager: picks up spooled messages, routes each recipient by
-//! outbound connector, delivers through the SMTP client with failover across
-//! next hops, records per-recipient results on disk, retries on schedule,
-//! and sends DSNs. A message leaves the spool only when every recipient is
-//! delivered or bounced; a crash at any point leads at worst to a duplicate.
+//! The queue manager: keeps every queued message in memory ([`Index`],
+//! built from the state files at start), wakes when the earliest is due or a
+//! new one arrives, and runs delivery attempts ([`super::attempt`]) within
+//! the limits; records results durably, sends DSNs ([`super::report`]), and
+//! answers the queue commands. A message leaves the spool only when every
+//! recipient is delivered or bounced and every bounce is queued; a crash at
+//! any point leads at worst to a duplicate.
+//!
+//! All file I/O runs off the async workers. When a state cannot be written
+//! (a full or read-only disk) the message is frozen — not tried again until
+//! its state can be saved, retried every few seconds — instead of being
+//! delivered again and again to recipients already delivered; the spool's
+//! [`crate::spool::Health`] makes the receiving side answer `452 4.3.1`
+//! meanwhile.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, mpsc};
 
-use super::state::{self, MessageState, Next, Outcome, Rcpt};
+use super::attempt;
+use super::index::{Counts, Dispatch, Entry, Index, Summary};
+use super::limiter::Limiter;
+use super::report::{self, Plan, Reporting};
+use super::state::{MessageState, Rcpt};
+use super::store::Store;
 use crate::config::outbound::Queue as QueueSettings;
-use crate::delivery::client::{self, ClientIdentity, ClientSettings, Disposition, Transaction};
+use crate::delivery::client::ClientIdentity;
 use crate::policy::DomainPattern;
 use crate::resolve::Resolver;
-use crate::routing::{NextHop, Outbound};
-use crate::spool::{self, Envelope, Recipient, Spool, Spooled};
+use crate::routing::Outbound;
+use crate::spool::{self, Envelope, Spool, SpoolError};
 
-/// Everything the manager needs.
+/// How long a message whose DSN could not be queued waits before trying
+/// again.
+const REPORT_RETRY: u64 = 60;
+/// How often frozen messages and a full spool are looked at again.
+const MAINTENANCE: Duration = Duration::from_secs(5);
+/// The longest sleep without looking at the clock.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Everything the manager needs; swapped whole on reload.
 pub struct QueueConfig {
     /// Outbound connectors.
     pub connectors: Vec<Outbound>,
@@ -37,8 +56,6 @@ pub struct QueueConfig {
     pub roots: Arc<rustls::RootCertStore>,
     /// DNS.
     pub resolver: Resolver,
-    /// Client time limits.
-    pub timeouts: client::Timeouts,
 }
 
 /// One message as `smtp-edge queue list` shows it.
@@ -58,17 +75,12 @@ pub struct Listed {
     pub held: bool,
     /// Attempts so far.
     pub attempts: u32,
-}
-
-/// The manager.
-pub struct Manager {
-    spool: Arc<Spool>,
-    states: PathBuf,
-    cfg: Arc<QueueConfig>,
-    wake: Arc<Notify>,
-    busy: Mutex<HashSet<String>>,
-    slots: Arc<Semaphore>,
-    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Not tried until its state can be saved (why).
+    pub frozen: Option<String>,
+    /// Quarantined in `corrupt/` (why): not delivered.
+    pub corrupt: Option<String>,
+    /// Being delivered right now.
+    pub busy: bool,
 }
 
 /// Errors of queue commands.
@@ -97,496 +109,496 @@ fn checked(id: &str) -> Result<&str, QueueError> {
     }
 }
 
+/// How the receiving side hands the queue a message it just accepted.
+#[derive(Debug, Clone)]
+pub struct QueueHandle(mpsc::UnboundedSender<Envelope>);
+
+impl QueueHandle {
+    /// A message is in the spool (its envelope, id set).
+    pub fn arrived(&self, envelope: Envelope) {
+        let _ = self.0.send(envelope);
+    }
+}
+
+/// The manager.
+pub struct Manager {
+    store: Store,
+    cfg: RwLock<Arc<QueueConfig>>,
+    limiter: RwLock<Arc<Limiter>>,
+    index: Mutex<Index>,
+    wake: Notify,
+}
+
+fn summary(env: &Envelope) -> Summary {
+    Summary {
+        mail_from: env.mail_from.as_str().into(),
+        recipients: env
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str().into())
+            .collect(),
+        notification: env.notification(),
+        received_at: env.received_at,
+    }
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "queue file task failed");
+            None
+        }
+    }
+}
+
 impl Manager {
-    /// A manager over `spool`; `wake` is notified by the receiving side after
-    /// each accepted message.
-    pub fn new(
+    /// Reads the queue from disk (quarantining what cannot be used) and
+    /// starts the manager; the handle is for the receiving side.
+    pub async fn start(
         spool: Arc<Spool>,
         cfg: QueueConfig,
-        wake: Arc<Notify>,
-    ) -> Result<Arc<Manager>, QueueError> {
-        let states = spool
-            .incoming()
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("queue");
-        crate::fsutil::private_dir(&states)
-            .map_err(|e| QueueError::Io(format!("{}: {e}", states.display())))?;
-        let slots = Arc::new(Semaphore::new(cfg.settings.max_concurrency as usize));
-        Ok(Arc::new(Manager {
-            spool,
-            states,
-            cfg: Arc::new(cfg),
-            wake,
-            busy: Mutex::new(HashSet::new()),
-            slots,
-            per_destination: Mutex::new(HashMap::new()),
-        }))
+    ) -> Result<(Arc<Manager>, QueueHandle), QueueError> {
+        let store = Store::new(spool).map_err(|e| QueueError::Io(e.to_string()))?;
+        let started = Instant::now();
+        let s2 = store.clone();
+        let scan = blocking(move || s2.scan())
+            .await
+            .ok_or_else(|| QueueError::Io("queue scan failed".into()))?
+            .map_err(|e| QueueError::Io(e.to_string()))?;
+        let mut index = Index::new();
+        for l in scan.loaded {
+            index.insert(summary(&l.envelope), l.state);
+        }
+        for (id, reason) in &scan.corrupt {
+            index.add_corrupt(id, reason);
+        }
+        tracing::info!(
+            messages = index.len(),
+            corrupt = scan.corrupt.len(),
+            leftovers_removed = scan.removed,
+            seconds = started.elapsed().as_secs_f64(),
+            "queue loaded"
+        );
+        let limiter = Limiter::new(cfg.settings.max_per_destination as usize);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let m = Arc::new(Manager {
+            store,
+            cfg: RwLock::new(Arc::new(cfg)),
+            limiter: RwLock::new(limiter),
+            index: Mutex::new(index),
+            wake: Notify::new(),
+        });
+        tokio::spawn(m.clone().run(rx));
+        Ok((m, QueueHandle(tx)))
     }
 
-    fn state_path(&self, id: &str) -> PathBuf {
-        self.states.join(format!("{id}.json"))
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<QueueConfig> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn load_state(&self, msg: &Envelope) -> MessageState {
-        state::load(&self.state_path(&msg.id)).unwrap_or_else(|| MessageState::new(msg))
+    /// Takes a new configuration (reload): attempts that run keep theirs,
+    /// the next ones use this.
+    pub fn reconfigure(&self, cfg: QueueConfig) {
+        let per_destination = cfg.settings.max_per_destination as usize;
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = Limiter::new(per_destination);
+        self.wake.notify_one();
     }
 
-    /// Runs until the task is dropped: a pass over the spool whenever woken,
-    /// and at least every second.
-    pub async fn run(self: Arc<Self>) {
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Messages by state.
+    pub fn counts(&self) -> Counts {
+        self.index().counts()
+    }
+
+    async fn run(self: Arc<Self>, mut arrivals: mpsc::UnboundedReceiver<Envelope>) {
+        let mut maintenance = tokio::time::interval(MAINTENANCE);
         loop {
-            self.clone().pass();
+            self.dispatch();
+            let sleep = {
+                let next = self.index().next_due();
+                let now = spool::now();
+                next.map_or(MAX_SLEEP, |t| {
+                    Duration::from_secs(t.saturating_sub(now)).min(MAX_SLEEP)
+                })
+            };
             tokio::select! {
+                arrived = arrivals.recv() => {
+                    let Some(env) = arrived else { return };
+                    let mut ix = self.index();
+                    ix.insert(summary(&env), MessageState::new(&env));
+                    while let Ok(env) = arrivals.try_recv() {
+                        ix.insert(summary(&env), MessageState::new(&env));
+                    }
+                }
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // Due times are in whole seconds: wake just after one turns.
+                _ = tokio::time::sleep(sleep + Duration::from_millis(if sleep.is_zero() { 0 } else { 5 })) => {}
+                _ = maintenance.tick() => self.maintain().await,
             }
         }
     }
 
-    /// Starts a delivery for every message that is due and not in flight.
-    fn pass(self: Arc<Self>) {
-        let ids = match self.spool.list() {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list the spool");
-                return;
-            }
-        };
+    /// Starts an attempt for every message due, within the limits.
+    fn dispatch(self: &Arc<Self>) {
+        let cfg = self.config();
         let now = spool::now();
-        let unmark = |id: &str| {
-            self.busy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id);
-        };
-        for id in ids {
-            // Checked and marked at once: an admin command (hold, bounce,
-            // delete) marks the message the same way while it works on it.
-            if !self
-                .busy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone())
-            {
-                continue;
-            }
-            if let Some(st) = state::load(&self.state_path(&id))
-                && (st.held || st.next_attempt > now)
-            {
-                unmark(&id);
-                continue;
-            }
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                unmark(&id);
-                return;
-            };
+        let started = self.index().take_due(
+            now,
+            cfg.settings.max_concurrency as usize,
+            cfg.settings.max_per_destination,
+            |e: &Entry| {
+                let pending: Vec<&str> = e
+                    .state
+                    .pending()
+                    .into_iter()
+                    .filter_map(|i| e.summary.recipients.get(i).map(|r| &**r))
+                    .collect();
+                attempt::destinations(&cfg, &pending)
+            },
+        );
+        for d in started {
             let me = self.clone();
+            let cfg = cfg.clone();
             tokio::spawn(async move {
-                me.attempt(&id).await;
-                me.busy
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                drop(permit);
+                let (state, frozen, dsn) = me.attempt(&cfg, &d).await;
+                let mut ix = me.index();
+                if let Some(env) = dsn {
+                    ix.insert(summary(&env), MessageState::new(&env));
+                }
+                ix.finish(&d, state, frozen);
+                drop(ix);
+                me.wake.notify_one();
             });
         }
     }
 
-    async fn attempt(&self, id: &str) {
-        let msg = match self.spool.read(id) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(id, error = %e, "unreadable spool file; left in place");
-                return;
+    /// One attempt: the new state (`None`: the message left the queue), why
+    /// it is frozen if it is, and a DSN it queued.
+    async fn attempt(
+        &self,
+        cfg: &QueueConfig,
+        d: &Dispatch,
+    ) -> (Option<MessageState>, Option<String>, Option<Envelope>) {
+        let id = d.id.to_string();
+        let Some(mut st) = self.index().get(&id).map(|e| e.state.clone()) else {
+            return (None, None, None);
+        };
+        let store = self.store.clone();
+        let id2 = id.clone();
+        let opened = blocking(move || store.open(&id2)).await;
+        let (env, content) = match opened {
+            Some(Ok(x)) => x,
+            Some(Err(SpoolError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                tracing::warn!(id, "queued message gone from the spool");
+                let store = self.store.clone();
+                blocking(move || store.remove(&id)).await;
+                return (None, None, None);
+            }
+            Some(Err(e @ SpoolError::Format { .. })) => {
+                let reason = e.to_string();
+                tracing::error!(id, %reason, "unusable queued message quarantined in corrupt/");
+                let (store, id2, r2) = (self.store.clone(), id.clone(), reason.clone());
+                blocking(move || store.quarantine(&id2, &r2)).await;
+                self.index().add_corrupt(&id, &reason);
+                return (None, None, None);
+            }
+            other => {
+                let why = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "spool read task failed".into(),
+                };
+                tracing::error!(id, error = %why, "cannot read a queued message; trying again later");
+                st.next_attempt = spool::now() + REPORT_RETRY;
+                return (Some(st), None, None);
             }
         };
-        let mut st = self.load_state(&msg.envelope);
-        let now = spool::now();
+        if !st.fits(&env) {
+            let reason = "the state does not fit the envelope".to_string();
+            let (store, id2, r2) = (self.store.clone(), id.clone(), reason.clone());
+            blocking(move || store.quarantine(&id2, &r2)).await;
+            self.index().add_corrupt(&id, &reason);
+            return (None, None, None);
+        }
         let pending = st.pending();
-        let addresses: Vec<String> = pending
-            .iter()
-            .map(|&i| msg.envelope.recipients[i].address.clone())
-            .collect();
-        let split = crate::routing::split(&addresses, &self.cfg.connectors, &self.cfg.accepted);
-        for &u in &split.unroutable {
-            st.record(
-                pending[u],
-                Outcome::Failed {
-                    remote: None,
-                    status: (5, 4, 4),
-                    reason: "no outbound connector for this recipient's domain".into(),
-                },
-                now,
-            );
-        }
-        for route in &split.routes {
-            let indices: Vec<usize> = route.recipients.iter().map(|&r| pending[r]).collect();
-            let outcomes = self
-                .deliver_route(&msg, route.connector, route.domain.as_deref(), &indices)
-                .await;
+        if !pending.is_empty() {
+            let limiter = self
+                .limiter
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let outcomes = attempt::deliver(cfg, &limiter, &env, &content, &pending).await;
+            let now = spool::now();
             for (i, o) in outcomes {
-                st.record(i, o, spool::now());
+                st.record(i, o, now);
             }
+            st.after_attempt(now, &cfg.settings.retry_schedule, cfg.settings.max_age);
         }
-        let next = st.after_attempt(
-            spool::now(),
-            &self.cfg.settings.retry_schedule,
-            self.cfg.settings.max_age,
-        );
-        self.report(&msg, &mut st);
-        match next {
-            Next::Done => {
-                let _ = std::fs::remove_file(self.spool.incoming().join(id));
-                let _ = std::fs::remove_file(self.state_path(id));
-                tracing::info!(id, "message done");
-            }
-            Next::RetryAt(t) => {
-                if let Err(e) = state::save(&self.state_path(id), &st) {
-                    tracing::error!(id, error = %e, "cannot save queue state");
-                }
-                tracing::info!(
-                    id,
-                    pending = st.pending().len(),
-                    retry_in = t.saturating_sub(spool::now()),
-                    "delivery deferred"
-                );
-            }
-        }
+        let dsn = self.report(cfg, &env, &mut st).await;
+        let (state, frozen) = self.persist(st).await;
+        (state, frozen, dsn)
     }
 
-    /// Sends the DSNs that are due (failures, delay notice).
-    fn report(&self, msg: &Spooled, st: &mut MessageState) {
+    /// Sends what DSN is due; marks the recipients reported only once it is
+    /// on disk. The DSN's envelope, when one was queued.
+    async fn report(
+        &self,
+        cfg: &QueueConfig,
+        env: &Envelope,
+        st: &mut MessageState,
+    ) -> Option<Envelope> {
         let now = spool::now();
-        let mut statuses = st.take_failures();
-        if st.delay_notice_due(now, self.cfg.settings.delay_notice_after) {
-            st.delay_notified = true;
-            statuses.extend(st.delays(st.arrived_at + self.cfg.settings.max_age));
-        }
-        if statuses.is_empty() {
-            return;
-        }
         let unique = spool::new_id();
-        let reporter = crate::dsn::Reporter {
-            mta: &self.cfg.hostname,
+        let r = Reporting {
+            hostname: &cfg.hostname,
+            postmaster: &cfg.settings.postmaster,
+            delay_notice_after: cfg.settings.delay_notice_after,
+            max_age: cfg.settings.max_age,
             now,
             unique: &unique,
-            full_limit: crate::dsn::DEFAULT_FULL_LIMIT,
         };
-        let to = match crate::dsn::build(&reporter, &msg.envelope, &msg.content, &statuses) {
-            Some(dsn) => (dsn.rcpt_to.clone(), dsn.content),
-            None if msg.envelope.mail_from.is_empty()
-                && !self.cfg.settings.postmaster.is_empty() =>
-            {
-                // A bounce that bounced: to the postmaster, as a plain report.
-                let mut env = msg.envelope.clone();
-                env.mail_from = self.cfg.settings.postmaster.clone();
-                match crate::dsn::build(&reporter, &env, &msg.content, &statuses) {
-                    Some(d) => (d.rcpt_to, d.content),
-                    None => return,
-                }
-            }
-            None => {
-                if msg.envelope.mail_from.is_empty() {
-                    tracing::warn!(id = %msg.envelope.id, "undeliverable bounce dropped (no postmaster configured)");
-                }
-                return;
-            }
-        };
-        let mut env = Envelope {
-            received_at: now,
-            mail_from: String::new(),
-            recipients: vec![Recipient {
-                address: to.0.clone(),
-                ..Recipient::default()
-            }],
-            connector: "dsn".into(),
-            helo: self.cfg.hostname.clone(),
-            ..Envelope::default()
-        };
-        let written = self.spool.create().and_then(|mut w| {
-            w.write_envelope(&mut env)?;
-            w.write(&to.1)?;
-            let id = w.id().to_string();
-            w.commit().map(|()| id)
-        });
-        match written {
-            Ok(dsn) => {
-                tracing::info!(id = %msg.envelope.id, %dsn, to = %to.0, "DSN queued");
-                self.wake.notify_one();
-            }
-            Err(e) => tracing::error!(id = %msg.envelope.id, error = %e, "cannot queue a DSN"),
+        let (statuses, delay) = report::due(st, env, &r);
+        if statuses.is_empty() {
+            return None;
         }
-    }
-
-    fn destination_slots(&self, key: &str) -> Arc<Semaphore> {
-        let mut m = self
-            .per_destination
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        m.entry(key.to_string())
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(
-                    self.cfg.settings.max_per_destination as usize,
-                ))
-            })
-            .clone()
-    }
-
-    /// Delivers the recipients `indices` of `msg` through connector `c`,
-    /// trying its next hops in order.
-    async fn deliver_route(
-        &self,
-        msg: &Spooled,
-        c: usize,
-        domain: Option<&str>,
-        indices: &[usize],
-    ) -> Vec<(usize, Outcome)> {
-        let connector = &self.cfg.connectors[c];
-        let first_domain = domain
-            .map(str::to_string)
-            .or_else(|| {
-                indices.first().and_then(|&i| {
-                    crate::policy::domain_of(&msg.envelope.recipients[i].address)
-                        .map(str::to_string)
-                })
-            })
-            .unwrap_or_default();
-        let fail_all = |o: Outcome| indices.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
-        let hops: Vec<(String, Vec<SocketAddr>)> = match &connector.next_hop {
-            NextHop::SmartHosts(hosts) => {
-                let mut v = Vec::new();
-                for h in hosts {
-                    match self.cfg.resolver.smart_host(h).await {
-                        Ok(addrs) => v.push((h.host.clone(), addrs)),
-                        Err(e) => {
-                            tracing::info!(host = %h, error = %e, "smart host does not resolve")
-                        }
-                    }
-                }
-                v
-            }
-            NextHop::Mx => match self.cfg.resolver.mx(&first_domain).await {
-                Ok(list) => list.into_iter().map(|m| (m.name, m.addrs)).collect(),
-                Err(e) => {
-                    let o = if e.is_permanent() {
-                        Outcome::Failed {
-                            remote: None,
-                            status: e.status(),
-                            reason: e.to_string(),
-                        }
-                    } else {
-                        Outcome::Deferred {
-                            remote: None,
-                            status: e.status(),
-                            reason: e.to_string(),
-                        }
-                    };
-                    return fail_all(o);
-                }
-            },
-        };
-        let mut settings = match ClientSettings::for_connector(
-            connector,
-            &first_domain,
-            &self.cfg.hostname,
-            self.cfg.roots.clone(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                return fail_all(Outcome::Deferred {
-                    remote: None,
-                    status: (4, 3, 5),
-                    reason: e.to_string(),
-                });
-            }
-        };
-        settings.client_cert = self.cfg.identities.get(c).cloned().flatten();
-        settings.timeouts = self.cfg.timeouts;
-        let recipients: Vec<Recipient> = indices
-            .iter()
-            .map(|&i| msg.envelope.recipients[i].clone())
-            .collect();
-        let txn = Transaction::new(&msg.envelope, &recipients);
-        let mut last = Outcome::Deferred {
-            remote: None,
-            status: (4, 4, 1),
-            reason: format!("no next hop for connector {} answered", connector.name),
-        };
-        let slots = self.destination_slots(&format!("{}|{first_domain}", connector.name));
-        let Ok(_permit) = slots.acquire().await else {
-            return fail_all(last);
-        };
-        for (host, addrs) in hops {
-            for addr in addrs {
-                match client::deliver(addr, &host, &settings, &txn, &msg.content).await {
-                    Ok(outcome) => {
-                        let remote = format!("{host} [{}]", addr.ip());
-                        tracing::info!(id = %msg.envelope.id, connector = %connector.name, %remote, tls = ?outcome.tls.as_ref().map(|t| &t.version), "delivery attempt");
-                        return outcome
-                            .per_recipient
-                            .iter()
-                            .map(|r| {
-                                let i = indices[r.index];
-                                let o = match r.disposition {
-                                    Disposition::Delivered => Outcome::Delivered {
-                                        remote: remote.clone(),
-                                        reply: r.text.clone(),
-                                    },
-                                    Disposition::Transient => Outcome::Deferred {
-                                        remote: Some(remote.clone()),
-                                        status: r.status,
-                                        reason: r
-                                            .reply
-                                            .as_ref()
-                                            .map_or(r.text.clone(), |x| x.diagnostic()),
-                                    },
-                                    Disposition::Permanent => Outcome::Failed {
-                                        remote: Some(remote.clone()),
-                                        status: r.status,
-                                        reason: r
-                                            .reply
-                                            .as_ref()
-                                            .map_or(r.text.clone(), |x| x.diagnostic()),
-                                    },
-                                };
-                                (i, o)
-                            })
-                            .collect();
-                    }
-                    Err(e) => {
-                        let remote = Some(format!("{host} [{}]", addr.ip()));
-                        tracing::info!(id = %msg.envelope.id, connector = %connector.name, %host, %addr, error = %e, "next hop failed");
-                        let reason = e.reply().map_or_else(|| e.to_string(), |r| r.diagnostic());
-                        last = if e.is_permanent() {
-                            Outcome::Failed {
-                                remote,
-                                status: e.status(),
-                                reason,
-                            }
-                        } else {
-                            Outcome::Deferred {
-                                remote,
-                                status: e.status(),
-                                reason,
-                            }
-                        };
-                        if !e.next_host_may_help() {
-                            return fail_all(last);
-                        }
-                    }
-                }
-            }
-        }
-        fail_all(last)
-    }
-
-    /// `queue list`.
-    pub fn list(&self) -> Result<Vec<Listed>, QueueError> {
-        let now = spool::now();
-        let mut out = Vec::new();
-        for id in self
-            .spool
-            .list()
-            .map_err(|e| QueueError::Io(e.to_string()))?
+        let whole = report::wants_whole(env, &statuses);
+        let (store, id) = (self.store.clone(), env.id.clone());
+        let original = match blocking(move || {
+            store.original(&id, whole, crate::dsn::DEFAULT_FULL_LIMIT)
+        })
+        .await
         {
-            if let Ok(m) = self.spool.read(&id) {
-                let st = self.load_state(&m.envelope);
-                out.push(Listed {
-                    age: now.saturating_sub(m.envelope.received_at),
-                    sender: m.envelope.mail_from.clone(),
-                    recipients: m
-                        .envelope
-                        .recipients
-                        .iter()
-                        .map(|r| r.address.clone())
-                        .zip(st.recipients.iter().cloned())
-                        .collect(),
-                    next_attempt: st.next_attempt,
-                    held: st.held,
-                    attempts: st.attempts,
-                    id,
-                });
+            Some(Ok(o)) => o,
+            _ => Vec::new(),
+        };
+        match report::plan(env, &statuses, delay, &original, &r) {
+            Plan::Nothing => None,
+            Plan::Drop { covers, delay, why } => {
+                tracing::warn!(id = %env.id, recipients = covers.len(), "{why}");
+                st.mark_reported(&covers);
+                st.delay_notified |= delay;
+                None
+            }
+            Plan::Send {
+                envelope,
+                content,
+                covers,
+                delay,
+            } => {
+                let store = self.store.clone();
+                let to_queue = (*envelope).clone();
+                let queued = blocking(move || store.enqueue(to_queue, &content)).await;
+                match queued {
+                    Some(Ok(dsn_id)) => {
+                        tracing::info!(id = %env.id, dsn = %dsn_id, to = %envelope.recipients[0].address, kind = ?envelope.notification, "DSN queued");
+                        st.mark_reported(&covers);
+                        st.delay_notified |= delay;
+                        Some(Envelope {
+                            id: dsn_id,
+                            ..*envelope
+                        })
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(id = %env.id, error = %e, "cannot queue a DSN; the message stays until it can");
+                        None
+                    }
+                    None => None,
+                }
             }
         }
-        Ok(out)
     }
 
-    /// `queue show ID`: the listing plus the message headers.
+    /// Writes where the message stands: removes it when it is done, saves
+    /// its state otherwise. A write that fails freezes it (with why).
+    async fn persist(&self, mut st: MessageState) -> (Option<MessageState>, Option<String>) {
+        let done = st.pending().is_empty();
+        if done && !st.has_unreported() {
+            let (store, id) = (self.store.clone(), st.id.clone());
+            return match blocking(move || store.remove(&id)).await {
+                Some(Ok(())) => {
+                    tracing::info!(id = %st.id, "message done");
+                    (None, None)
+                }
+                Some(Err(e)) => {
+                    tracing::error!(id = %st.id, error = %e, "cannot remove a finished message; frozen until it can be");
+                    let why = format!("cannot remove: {e}");
+                    (Some(st), Some(why))
+                }
+                None => (Some(st), Some("cannot remove".into())),
+            };
+        }
+        if done {
+            // Only a DSN is missing: try again soon, not on the schedule.
+            st.next_attempt = spool::now() + REPORT_RETRY;
+        }
+        let store = self.store.clone();
+        let copy = st.clone();
+        match blocking(move || store.save(&copy)).await {
+            Some(Ok(())) => {
+                if !done {
+                    tracing::info!(
+                        id = %st.id,
+                        pending = st.pending().len(),
+                        retry_in = st.next_attempt.saturating_sub(spool::now()),
+                        "delivery deferred"
+                    );
+                }
+                (Some(st), None)
+            }
+            Some(Err(e)) => {
+                tracing::error!(id = %st.id, error = %e, "cannot save queue state; the message is frozen (not tried again) until it can be");
+                (Some(st), Some(format!("cannot save state: {e}")))
+            }
+            None => (Some(st), Some("cannot save state".into())),
+        }
+    }
+
+    /// Frozen messages: saved (or removed) again when the disk allows; a
+    /// full spool probed so the receiving side takes mail again when it can.
+    async fn maintain(&self) {
+        if self.store.spool().health().is_full() {
+            let spool = self.store.spool().clone();
+            blocking(move || spool.probe()).await;
+        }
+        let frozen = self.index().frozen();
+        for id in frozen {
+            let Some(st) = self
+                .index()
+                .modify(&id, |e| {
+                    e.busy = true;
+                    e.state.clone()
+                })
+                .and_then(Result::ok)
+            else {
+                continue;
+            };
+            let (state, frozen) = self.persist(st).await;
+            let mut ix = self.index();
+            let thawed = frozen.is_none();
+            match state {
+                None => {
+                    ix.remove_busy(&id);
+                }
+                Some(st) => {
+                    ix.settle(&id, st, frozen);
+                }
+            }
+            if thawed {
+                tracing::info!(%id, "queue state written again; message thawed");
+            }
+        }
+    }
+
+    /// `queue list`: every message, from memory.
+    pub fn list(&self) -> Vec<Listed> {
+        let now = spool::now();
+        let ix = self.index();
+        let mut out: Vec<Listed> = ix
+            .entries()
+            .map(|(id, e)| Listed {
+                id: id.to_string(),
+                age: now.saturating_sub(e.summary.received_at),
+                sender: e.summary.mail_from.to_string(),
+                recipients: e
+                    .summary
+                    .recipients
+                    .iter()
+                    .map(|r| r.to_string())
+                    .zip(e.state.recipients.iter().cloned())
+                    .collect(),
+                next_attempt: e.state.next_attempt,
+                held: e.state.held,
+                attempts: e.state.attempts,
+                frozen: e.frozen.clone(),
+                corrupt: None,
+                busy: e.busy,
+            })
+            .collect();
+        out.extend(ix.corrupt().iter().map(|(id, why)| Listed {
+            id: id.clone(),
+            age: 0,
+            sender: String::new(),
+            recipients: Vec::new(),
+            next_attempt: 0,
+            held: false,
+            attempts: 0,
+            frozen: None,
+            corrupt: Some(why.clone()),
+            busy: false,
+        }));
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// `queue show ID`: the listing plus the message's header section.
     pub fn show(&self, id: &str) -> Result<(Listed, String), QueueError> {
         let id = checked(id)?;
         let listed = self
-            .list()?
+            .list()
             .into_iter()
-            .find(|l| l.id == id)
+            .find(|l| l.id == id && l.corrupt.is_none())
             .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
-        let m = self
-            .spool
-            .read(id)
+        let headers = self
+            .store
+            .original(id, false, 0)
             .map_err(|e| QueueError::Io(e.to_string()))?;
-        let end = memchr::memmem::find(&m.content, b"\r\n\r\n").map_or(m.content.len(), |p| p + 2);
-        Ok((
-            listed,
-            String::from_utf8_lossy(&m.content[..end]).into_owned(),
-        ))
+        Ok((listed, String::from_utf8_lossy(&headers).into_owned()))
     }
 
-    /// Marks `id` busy while `f` runs, so no delivery starts meanwhile (a
-    /// delivery that loaded the state before an admin change would save the
-    /// old state over it); `Busy` when a delivery is running.
-    fn exclusive<T>(
-        &self,
-        id: &str,
-        f: impl FnOnce() -> Result<T, QueueError>,
-    ) -> Result<T, QueueError> {
-        let id = checked(id)?;
-        if !self
-            .busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string())
-        {
-            return Err(QueueError::Busy(id.to_string()));
-        }
-        let r = f();
-        self.busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        r
-    }
-
+    /// Changes a resting message and saves its state (blocking: called from
+    /// the control socket's blocking task); the change is undone when the
+    /// state cannot be saved.
     fn modify(&self, id: &str, f: impl FnOnce(&mut MessageState)) -> Result<(), QueueError> {
-        self.exclusive(id, || {
-            let m = self
-                .spool
-                .read(id)
-                .map_err(|_| QueueError::NotFound(id.to_string()))?;
-            let mut st = self.load_state(&m.envelope);
-            f(&mut st);
-            state::save(&self.state_path(id), &st).map_err(|e| QueueError::Io(e.to_string()))
-        })?;
+        let id = checked(id)?;
+        let before = {
+            let mut ix = self.index();
+            let r = ix.modify(id, |e| {
+                let before = e.state.clone();
+                f(&mut e.state);
+                (before, e.state.clone())
+            });
+            match r {
+                None => return Err(QueueError::NotFound(id.to_string())),
+                Some(Err(())) => return Err(QueueError::Busy(id.to_string())),
+                Some(Ok(pair)) => pair,
+            }
+        };
+        if let Err(e) = self.store.save(&before.1) {
+            let _ = self.index().modify(id, |entry| entry.state = before.0);
+            return Err(QueueError::Io(format!(
+                "cannot save the state of {id}: {e}"
+            )));
+        }
         self.wake.notify_one();
         Ok(())
     }
 
-    /// `queue flush [ID]`: retry now.
+    /// `queue flush [ID]`: retry now (nothing to save: a restart keeps the
+    /// schedule).
     pub fn flush(&self, id: Option<&str>) -> Result<usize, QueueError> {
-        let ids = match id {
+        let mut ix = self.index();
+        let ids: Vec<String> = match id {
             Some(id) => vec![checked(id)?.to_string()],
-            None => self
-                .spool
-                .list()
-                .map_err(|e| QueueError::Io(e.to_string()))?,
+            None => ix.entries().map(|(id, _)| id.to_string()).collect(),
         };
         let mut n = 0;
         for id in ids {
-            match self.modify(&id, |st| st.next_attempt = 0) {
-                Ok(()) => n += 1,
-                Err(QueueError::Busy(_)) => {}
-                Err(e) => return Err(e),
+            match ix.modify(&id, |e| e.state.next_attempt = 0) {
+                Some(Ok(())) => n += 1,
+                Some(Err(())) => {}
+                None => return Err(QueueError::NotFound(id)),
             }
         }
+        drop(ix);
+        self.wake.notify_one();
         Ok(n)
     }
 
@@ -605,12 +617,17 @@ impl Manager {
 
     /// `queue delete ID`: remove without telling anyone.
     pub fn delete(&self, id: &str) -> Result<(), QueueError> {
-        self.exclusive(id, || {
-            std::fs::remove_file(self.spool.incoming().join(id))
-                .map_err(|_| QueueError::NotFound(id.to_string()))?;
-            let _ = std::fs::remove_file(self.state_path(id));
-            Ok(())
-        })?;
+        let id = checked(id)?;
+        let entry = match self.index().remove(id) {
+            None => return Err(QueueError::NotFound(id.to_string())),
+            Some(Err(())) => return Err(QueueError::Busy(id.to_string())),
+            Some(Ok(e)) => e,
+        };
+        if let Err(e) = self.store.remove(id) {
+            // Still on disk: keep it queued.
+            self.index().insert(entry.summary, entry.state);
+            return Err(QueueError::Io(format!("cannot delete {id}: {e}")));
+        }
         tracing::warn!(id, "message deleted by the administrator");
         Ok(())
     }

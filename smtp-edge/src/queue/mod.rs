@@ -1,5 +1,20 @@
 //! The queue: takes spooled messages to their next hops, retries, expires and
-//! bounces. [`state`] is the per-message delivery state kept on disk.
+//! bounces.
+//!
+//! - [`manager`] — the service: the in-memory queue, dispatch, commands.
+//! - [`index`] — what is queued and when it is due (pure).
+//! - [`attempt`] — one delivery attempt: routes, next hops, failover.
+//! - [`report`] — which DSN a state calls for, and to whom (pure).
+//! - [`state`] — the per-message delivery state kept on disk (pure).
+//! - [`store`] — the queue's files (blocking I/O).
+//! - [`limiter`] — sessions at once per next hop.
 
+pub mod attempt;
+pub mod index;
+pub mod limiter;
 pub mod manager;
+pub mod report;
 pub mod state;
+pub mod store;
+
+pub use manager::{QueueError, QueueHandle};

@@ -220,10 +220,12 @@ impl MessageState {
             && now.saturating_sub(self.arrived_at) >= after
     }
 
-    /// Failures not yet reported, as DSN statuses (marks them reported).
-    pub fn take_failures(&mut self) -> Vec<RecipientStatus> {
+    /// Failures not yet reported, as DSN statuses. They stay unreported
+    /// until [`mark_reported`](Self::mark_reported), which the caller does
+    /// only once the DSN is durably queued (or none is due).
+    pub fn unreported_failures(&self) -> Vec<RecipientStatus> {
         let mut out = Vec::new();
-        for (i, r) in self.recipients.iter_mut().enumerate() {
+        for (i, r) in self.recipients.iter().enumerate() {
             if let Rcpt::Failed {
                 at,
                 status,
@@ -233,7 +235,6 @@ impl MessageState {
             } = r
                 && !*reported
             {
-                *reported = true;
                 out.push(RecipientStatus {
                     recipient: i,
                     action: Action::Failed,
@@ -246,6 +247,34 @@ impl MessageState {
             }
         }
         out
+    }
+
+    /// Marks these recipients' failures as reported.
+    pub fn mark_reported(&mut self, recipients: &[usize]) {
+        for &i in recipients {
+            if let Some(Rcpt::Failed { reported, .. }) = self.recipients.get_mut(i) {
+                *reported = true;
+            }
+        }
+    }
+
+    /// Whether a failure still waits for its DSN.
+    pub fn has_unreported(&self) -> bool {
+        self.recipients.iter().any(|r| {
+            matches!(
+                r,
+                Rcpt::Failed {
+                    reported: false,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// Whether this state belongs to `env` (same id, one entry per
+    /// recipient): anything else is a corrupt state.
+    pub fn fits(&self, env: &Envelope) -> bool {
+        self.id == env.id && self.recipients.len() == env.recipients.len()
     }
 
     /// Pending recipients as delay statuses (for a delay notice).
@@ -288,20 +317,52 @@ impl MessageState {
     }
 }
 
-/// Reads a state file.
-pub fn load(path: &Path) -> Option<MessageState> {
-    let bytes = std::fs::read(path).ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// Why a state file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// It cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// It is not a state we wrote (truncated, garbage).
+    #[error("{path}: corrupt queue state: {source}")]
+    Corrupt {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: serde_json::Error,
+    },
 }
 
-/// Writes a state file atomically and durably.
-pub fn save(path: &Path, state: &MessageState) -> Result<(), crate::state::StateError> {
-    let bytes =
-        serde_json::to_vec_pretty(state).map_err(|source| crate::state::StateError::Corrupt {
+/// Reads a state file: `Ok(None)` when there is none (a message not tried
+/// yet), an error when it exists and cannot be used.
+pub fn load(path: &Path) -> Result<Option<MessageState>, LoadError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| LoadError::Corrupt {
             path: path.to_path_buf(),
             source,
-        })?;
-    crate::state::write_atomic(path, &bytes)
+        })
+}
+
+/// Writes a state file atomically and durably (private mode).
+pub fn save(path: &Path, state: &MessageState) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+    crate::fsutil::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]
@@ -372,10 +433,14 @@ mod tests {
             1001,
         );
         assert!(matches!(s.recipients[0], Rcpt::Delivered { .. }));
-        let f = s.take_failures();
+        let f = s.unreported_failures();
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].recipient, 2);
-        assert!(s.take_failures().is_empty(), "reported once");
+        assert!(s.has_unreported());
+        assert_eq!(s.unreported_failures(), f, "unreported until marked");
+        s.mark_reported(&[2]);
+        assert!(s.unreported_failures().is_empty(), "reported once");
+        assert!(!s.has_unreported());
         for (attempt, want) in [(2, 1300), (3, 1900), (4, 2800), (5, 2800)] {
             assert_eq!(
                 s.after_attempt(1000, &SCHEDULE, 172_800),
@@ -412,7 +477,7 @@ mod tests {
             s.after_attempt(1000 + 172_800, &SCHEDULE, 172_800),
             Next::Done
         );
-        let f = s.take_failures();
+        let f = s.unreported_failures();
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].status, (4, 4, 7));
         assert!(
@@ -430,7 +495,11 @@ mod tests {
         s.bounce_all(5, "deleted by the administrator");
         assert!(s.pending().is_empty());
         let p = dir.path().join("Q1.json");
+        assert!(load(&p).unwrap().is_none());
         save(&p, &s).unwrap();
-        assert_eq!(load(&p), Some(s));
+        assert_eq!(load(&p).unwrap(), Some(s.clone()));
+        assert!(s.fits(&env(2)) && !s.fits(&env(3)));
+        std::fs::write(&p, b"{\"id\": \"Q1\", \"arr").unwrap();
+        assert!(matches!(load(&p), Err(LoadError::Corrupt { .. })));
     }
 }

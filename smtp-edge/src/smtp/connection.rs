@@ -498,9 +498,9 @@ async fn finish(
         }
         (Ok(stats), Some(m)) => match m.commit().await {
             Ok(c) => {
-                let env = session.envelope(0).unwrap_or_default();
+                let env = c.envelope;
                 tracing::info!(
-                    id = %c.id,
+                    id = %env.id,
                     %connector,
                     from = %env.mail_from,
                     rcpts = env.recipients.len(),
@@ -509,10 +509,11 @@ async fn finish(
                     tls = env.tls.is_some(),
                     "message accepted"
                 );
-                if let Some(w) = &cfg.wake {
-                    w.notify_one();
+                let reply = Reply::queued(&env.id);
+                if let Some(q) = &cfg.queue {
+                    q.arrived(env);
                 }
-                Reply::queued(&c.id)
+                reply
             }
             Err(n) if n.reply.code >= 500 => {
                 tracing::info!(%connector, code = n.reply.code, "message refused: {}", n.reason);

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use super::header::{HeaderFilter, HeaderStats, Limits, Policy};
 use super::reply::Reply;
 use super::trace::Trace;
-use crate::spool::{Envelope, Spool, SpoolError, SpoolWriter};
+use crate::spool::{AsStorage, Envelope, Spool, SpoolError, SpoolWriter};
 
 /// Octets buffered before they are written out.
 pub const FLUSH_AT: usize = 64 * 1024;
@@ -33,7 +33,7 @@ pub struct Intake {
     spool: Arc<Spool>,
     filter: HeaderFilter,
     buf: BytesMut,
-    head: Option<Head>,
+    head: Option<Box<Head>>,
     writer: Option<SpoolWriter>,
     failed: Option<SpoolError>,
 }
@@ -41,8 +41,8 @@ pub struct Intake {
 /// A message on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
-    /// Queue id.
-    pub id: String,
+    /// Its envelope, its queue id set.
+    pub envelope: Envelope,
     /// What the header filter saw.
     pub headers: HeaderStats,
 }
@@ -56,13 +56,11 @@ pub struct NotCommitted {
     pub reason: String,
 }
 
-fn start(spool: &Spool, head: Option<Head>) -> Result<SpoolWriter, SpoolError> {
+fn start(spool: &Spool, head: &mut Head) -> Result<SpoolWriter, SpoolError> {
     let mut w = spool.create()?;
-    if let Some(mut h) = head {
-        w.write_envelope(&mut h.envelope)?;
-        let trace = h.trace.render(w.id());
-        w.write(trace.as_bytes())?;
-    }
+    w.write_envelope(&mut head.envelope)?;
+    let trace = head.trace.render(w.id());
+    w.write(trace.as_bytes())?;
     Ok(w)
 }
 
@@ -88,7 +86,7 @@ impl Intake {
             spool,
             filter: HeaderFilter::new(policy, trusted, limits),
             buf: BytesMut::with_capacity(FLUSH_AT + FLUSH_AT / 4),
-            head: Some(Head { envelope, trace }),
+            head: Some(Box::new(Head { envelope, trace })),
             writer: None,
             failed: None,
         }
@@ -115,24 +113,39 @@ impl Intake {
     /// Writes the buffer out (creating the file first).
     async fn flush(&mut self) {
         let spool = self.spool.clone();
-        let (head, writer) = (self.head.take(), self.writer.take());
+        let (mut head, writer) = (self.head.take(), self.writer.take());
         let mut chunk = std::mem::take(&mut self.buf);
         let written = tokio::task::spawn_blocking(move || {
-            let mut w = match writer {
-                Some(w) => w,
-                None => start(&spool, head)?,
+            let w = match (writer, head.as_deref_mut()) {
+                (Some(w), _) => Ok(w),
+                (None, Some(h)) => start(&spool, h),
+                (None, None) => Err(SpoolError::Format {
+                    path: "(intake)".into(),
+                    reason: "no envelope".into(),
+                }),
             };
-            w.write(&chunk)?;
-            chunk.clear();
-            Ok::<_, SpoolError>((w, chunk))
+            let r = w.and_then(|mut w| {
+                w.write(&chunk)?;
+                chunk.clear();
+                Ok(w)
+            });
+            (r, head, chunk)
         })
         .await;
-        match written.map_err(join_error).and_then(|r| r) {
+        let written = match written {
+            Ok((r, head, chunk)) => {
+                self.head = head;
+                r.map(|w| (w, chunk))
+            }
+            Err(e) => Err(join_error(e)),
+        };
+        match written {
             Ok((w, chunk)) => {
                 self.writer = Some(w);
                 self.buf = chunk;
             }
             Err(e) => {
+                self.spool.health().record(&Err::<(), _>(&e));
                 self.failed = Some(e);
                 self.buf = BytesMut::new();
             }
@@ -168,21 +181,34 @@ impl Intake {
         };
         if self.failed.is_none() {
             let spool = self.spool.clone();
-            let (head, writer) = (self.head.take(), self.writer.take());
+            let (mut head, writer) = (self.head.take(), self.writer.take());
             let chunk = std::mem::take(&mut self.buf);
             let done = tokio::task::spawn_blocking(move || {
+                let Some(h) = head.as_deref_mut() else {
+                    return Err(SpoolError::Format {
+                        path: "(intake)".into(),
+                        reason: "no envelope".into(),
+                    });
+                };
                 let mut w = match writer {
                     Some(w) => w,
-                    None => start(&spool, head)?,
+                    None => start(&spool, h)?,
                 };
                 w.write(&chunk)?;
-                let id = w.id().to_string();
                 w.commit()?;
-                Ok::<_, SpoolError>(id)
+                Ok::<_, SpoolError>(head)
             })
             .await;
-            match done.map_err(join_error).and_then(|r| r) {
-                Ok(id) => return Ok(Committed { id, headers }),
+            let done = done.map_err(join_error).and_then(|r| r);
+            self.spool.health().record(&done);
+            match done {
+                Ok(Some(h)) => {
+                    return Ok(Committed {
+                        envelope: h.envelope,
+                        headers,
+                    });
+                }
+                Ok(None) => {}
                 Err(e) => self.failed = Some(e),
             }
         }

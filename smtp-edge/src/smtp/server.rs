@@ -69,8 +69,8 @@ pub struct ServerConfig {
     pub min_data_rate: u64,
     /// Where accepted messages go.
     pub spool: Arc<Spool>,
-    /// Woken after each accepted message (the queue manager).
-    pub wake: Option<Arc<tokio::sync::Notify>>,
+    /// Told about each accepted message (the queue manager).
+    pub queue: Option<crate::queue::QueueHandle>,
 }
 
 /// Errors setting the server up.
@@ -140,6 +140,7 @@ impl ServerConfig {
                 max_recipients: r.max_recipients as usize,
                 max_errors: r.max_errors,
                 tls_available: tls.is_some(),
+                spool: spool.health().clone(),
             }),
             connectors,
             tls,
@@ -171,7 +172,7 @@ impl ServerConfig {
             session_timeout: Duration::from_secs(r.timeouts.session),
             min_data_rate: r.min_data_rate,
             spool,
-            wake: None,
+            queue: None,
         })
     }
 }

@@ -33,6 +33,8 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// STARTTLS is offered.
     pub tls_available: bool,
+    /// Whether the spool takes mail (MAIL is answered 452 4.3.1 while not).
+    pub spool: Arc<crate::spool::Health>,
 }
 
 /// What the server must do next.
@@ -292,6 +294,9 @@ impl Session {
                     tracing::info!(connector = %connector.name, peer = %self.peer, reason = r.reason, "MAIL refused");
                     return Action::Reply(r.reply);
                 }
+                if self.cfg.spool.is_full() {
+                    return Action::Reply(Reply::insufficient_storage());
+                }
                 if let Err(r) = self.check_mail_params(&params) {
                     return self.error(r);
                 }
@@ -471,6 +476,7 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             connector: self.connector_name().to_string(),
             tls: self.tls_info.clone(),
+            notification: None,
         })
     }
 
@@ -524,6 +530,7 @@ mod tests {
             max_recipients: 2,
             max_errors: 3,
             tls_available: tls,
+            spool: Arc::default(),
         })
     }
 

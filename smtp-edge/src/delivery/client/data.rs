@@ -38,6 +38,15 @@ impl DataEncoder {
         }
     }
 
+    /// An encoder that only normalizes line ends (no dot-stuffing, no
+    /// terminator): for measuring.
+    pub(super) fn measuring() -> Self {
+        DataEncoder {
+            stuff: false,
+            ..DataEncoder::new()
+        }
+    }
+
     /// Appends the wire form of `input` to `out`.
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while let Some(&first) = input.first() {
@@ -95,10 +104,7 @@ impl DataEncoder {
     /// The size of `content` with CRLF line ends (and a final CRLF), without
     /// dot-stuffing or terminator: the SIZE= value (RFC 1870).
     pub fn message_size(content: &[u8]) -> u64 {
-        let mut e = DataEncoder {
-            stuff: false,
-            ..DataEncoder::new()
-        };
+        let mut e = DataEncoder::measuring();
         let mut size = 0u64;
         let mut out = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 2);
         for chunk in content.chunks(DATA_CHUNK) {
@@ -110,19 +116,6 @@ impl DataEncoder {
         e.finish(&mut out);
         size + out.len() as u64
     }
-}
-
-/// The header section of a message (up to the first empty line).
-pub(super) fn header_section(content: &[u8]) -> &[u8] {
-    let mut start = 0;
-    while let Some(nl) = memchr::memchr(b'\n', &content[start..]) {
-        let line = &content[start..start + nl];
-        if line.is_empty() || line == b"\r" {
-            return &content[..start];
-        }
-        start += nl + 1;
-    }
-    content
 }
 
 #[cfg(test)]
@@ -202,12 +195,5 @@ mod tests {
         assert_eq!(DataEncoder::message_size(b".a\r\n"), 4);
         let big = b"line\n".repeat(50_000);
         assert_eq!(DataEncoder::message_size(&big), 6 * 50_000);
-    }
-
-    #[test]
-    fn header_section_ends_at_the_first_empty_line() {
-        assert_eq!(header_section(b"A: b\r\n\r\nbody"), b"A: b\r\n");
-        assert_eq!(header_section(b"A: b\n\nbody"), b"A: b\n");
-        assert_eq!(header_section(b"A: b\r\n"), b"A: b\r\n");
     }
 }

@@ -1,7 +1,7 @@
 //! The envelope of one delivery and the MAIL/RCPT lines for a server's
 //! extensions (checked before anything is sent).
 
-use super::data::{DataEncoder, header_section};
+use super::content::ContentFacts;
 use super::error::DeliveryError;
 use super::reply::Extensions;
 use crate::spool::{Envelope, Recipient};
@@ -61,7 +61,7 @@ fn check_address(what: &str, value: &str) -> Result<(), DeliveryError> {
 pub(super) fn envelope_lines(
     txn: &Transaction<'_>,
     ext: &Extensions,
-    content: &[u8],
+    facts: &ContentFacts,
 ) -> Result<(String, Vec<String>), DeliveryError> {
     check_address("sender", txn.mail_from)?;
     for r in txn.recipients {
@@ -79,7 +79,7 @@ pub(super) fn envelope_lines(
         }
     }
 
-    let size = DataEncoder::message_size(content);
+    let size = facts.size;
     if let Some(limit) = ext.size_limit
         && size > limit
     {
@@ -87,11 +87,11 @@ pub(super) fn envelope_lines(
     }
     let utf8_addresses =
         !txn.mail_from.is_ascii() || txn.recipients.iter().any(|r| !r.address.is_ascii());
-    let needs_utf8 = utf8_addresses || (txn.smtputf8 && !header_section(content).is_ascii());
+    let needs_utf8 = utf8_addresses || (txn.smtputf8 && facts.header_eight_bit);
     if needs_utf8 && !ext.smtputf8 {
         return Err(DeliveryError::Utf8Unsupported);
     }
-    let eight_bit = !content.is_ascii();
+    let eight_bit = facts.eight_bit;
     if eight_bit && !ext.eight_bit_mime {
         return Err(DeliveryError::EightBitUnsupported);
     }
@@ -168,7 +168,7 @@ mod tests {
             ..Extensions::default()
         };
         let t = txn("a@fabrikam.com", &rcpts);
-        let (mail, r) = envelope_lines(&t, &all, b"Subject: x\n\nhi\n").unwrap();
+        let (mail, r) = envelope_lines(&t, &all, &ContentFacts::of(b"Subject: x\n\nhi\n")).unwrap();
         assert_eq!(
             mail,
             "MAIL FROM:<a@fabrikam.com> SIZE=18 RET=HDRS ENVID=QQ+2B1"
@@ -177,16 +177,22 @@ mod tests {
             r,
             ["RCPT TO:<bob@contoso.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@contoso.com"]
         );
-        let (mail, r) = envelope_lines(&t, &Extensions::default(), b"Subject: x\n\nhi\n").unwrap();
+        let (mail, r) = envelope_lines(
+            &t,
+            &Extensions::default(),
+            &ContentFacts::of(b"Subject: x\n\nhi\n"),
+        )
+        .unwrap();
         assert_eq!(mail, "MAIL FROM:<a@fabrikam.com>");
         assert_eq!(r, ["RCPT TO:<bob@contoso.com>"]);
-        let (mail, _) = envelope_lines(&t, &all, "Subject: x\n\nhé\n".as_bytes()).unwrap();
+        let (mail, _) =
+            envelope_lines(&t, &all, &ContentFacts::of("Subject: x\n\nhé\n".as_bytes())).unwrap();
         assert!(
             mail.contains(" BODY=8BITMIME") && !mail.contains("SMTPUTF8"),
             "{mail}"
         );
 
-        let e = envelope_lines(&t, &all, &[b'a'; 200]).unwrap_err();
+        let e = envelope_lines(&t, &all, &ContentFacts::of(&[b'a'; 200])).unwrap_err();
         assert!(matches!(
             e,
             DeliveryError::TooBig {
@@ -195,26 +201,31 @@ mod tests {
             }
         ));
         assert_eq!(e.status(), (5, 3, 4));
-        let e = envelope_lines(&t, &Extensions::default(), "é".as_bytes()).unwrap_err();
+        let e = envelope_lines(
+            &t,
+            &Extensions::default(),
+            &ContentFacts::of("é".as_bytes()),
+        )
+        .unwrap_err();
         assert!(matches!(e, DeliveryError::EightBitUnsupported));
         assert_eq!(e.status(), (5, 6, 3));
         let u = txn("pelé@fabrikam.com", &rcpts);
-        let e = envelope_lines(&u, &Extensions::default(), b"x").unwrap_err();
+        let e = envelope_lines(&u, &Extensions::default(), &ContentFacts::of(b"x")).unwrap_err();
         assert!(matches!(e, DeliveryError::Utf8Unsupported));
         assert!(e.is_permanent());
-        let (mail, _) = envelope_lines(&u, &all, b"x").unwrap();
+        let (mail, _) = envelope_lines(&u, &all, &ContentFacts::of(b"x")).unwrap();
         assert!(mail.contains(" SMTPUTF8"), "{mail}");
 
         let null = txn("", &rcpts);
         assert!(
-            envelope_lines(&null, &Extensions::default(), b"x")
+            envelope_lines(&null, &Extensions::default(), &ContentFacts::of(b"x"))
                 .unwrap()
                 .0
                 .starts_with("MAIL FROM:<>")
         );
         let evil = txn("a@b>\r\nRCPT TO:<x@y", &rcpts);
         assert!(matches!(
-            envelope_lines(&evil, &all, b"x"),
+            envelope_lines(&evil, &all, &ContentFacts::of(b"x")),
             Err(DeliveryError::BadEnvelope(_))
         ));
     }

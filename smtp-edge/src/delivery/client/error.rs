@@ -159,6 +159,10 @@ pub enum DeliveryError {
     /// certificate rustls refuses). Transient (4.3.5): fix and retry.
     #[error("client settings: {0}")]
     Settings(String),
+    /// Something went wrong here (the spool file could not be read).
+    /// Transient (4.3.0).
+    #[error("local error: {0}")]
+    Local(String),
 }
 
 impl DeliveryError {
@@ -193,6 +197,7 @@ impl DeliveryError {
             DeliveryError::Utf8Unsupported => (5, 6, 7),
             DeliveryError::BadEnvelope(_) => (5, 5, 4),
             DeliveryError::Settings(_) => (4, 3, 5),
+            DeliveryError::Local(_) => (4, 3, 0),
         }
     }
 
@@ -208,7 +213,8 @@ impl DeliveryError {
 
     /// Whether another host for the same destination (the next MX or smart
     /// host) may do better right away: no connection, a refused greeting or
-    /// EHLO/HELO, TLS that could not be had, a timeout or lost connection
+    /// EHLO/HELO (4xx or 5xx: that host's problem), TLS that could not be
+    /// had, a 421 (the server is closing), a timeout or lost connection
     /// before MAIL. Not for failures about the message or its sender.
     pub fn next_host_may_help(&self) -> bool {
         match self {
@@ -217,8 +223,8 @@ impl DeliveryError {
             | DeliveryError::StartTlsRefused { .. }
             | DeliveryError::TlsHandshake(_)
             | DeliveryError::Certificate { .. } => true,
-            DeliveryError::Refused { stage, .. } => {
-                matches!(stage, Stage::Greeting | Stage::Ehlo | Stage::Helo)
+            DeliveryError::Refused { stage, reply } => {
+                reply.code == 421 || matches!(stage, Stage::Greeting | Stage::Ehlo | Stage::Helo)
             }
             DeliveryError::Timeout { stage }
             | DeliveryError::Connection { stage, .. }
@@ -231,6 +237,26 @@ impl DeliveryError {
                     | Stage::StartTls
                     | Stage::TlsHandshake
             ),
+            _ => false,
+        }
+    }
+}
+
+impl DeliveryError {
+    /// For a failure after the recipients were answered
+    /// ([`super::Outcome::failure`]): whether the recipients accepted (and
+    /// not yet delivered) may go to the next host at once — a lost
+    /// connection, a timeout or a protocol error before the end of the data,
+    /// or DATA refused with 421. Not after the final dot (the server may
+    /// have the message), nor for a refusal of the data itself.
+    pub fn moves_to_next_host(&self) -> bool {
+        match self {
+            DeliveryError::Timeout { stage }
+            | DeliveryError::Connection { stage, .. }
+            | DeliveryError::Protocol { stage, .. } => {
+                matches!(stage, Stage::Rcpt | Stage::Data | Stage::Content)
+            }
+            DeliveryError::Refused { reply, .. } => reply.code == 421,
             _ => false,
         }
     }
@@ -253,8 +279,25 @@ pub(super) fn check_mail(reply: Reply) -> Result<(), DeliveryError> {
     }
 }
 
-/// A RCPT reply must be 2xx, 4xx or 5xx.
+/// A RCPT reply must be 2xx, 4xx or 5xx. A 552 ("too many recipients")
+/// is taken as the 452 it should have been (RFC 5321 §4.5.3.1.10).
 pub(super) fn check_rcpt(reply: Reply) -> Result<Reply, DeliveryError> {
+    if reply.code == 552 {
+        // The enhanced code keeps its detail in the transient class.
+        let enhanced = reply.enhanced.map_or((4, 5, 3), |(_, s, d)| (4, s, d));
+        let mut lines = reply.lines;
+        if reply.enhanced.is_some()
+            && let Some(first) = lines.first_mut()
+        {
+            let rest = first.split_once(' ').map_or("", |(_, r)| r);
+            *first = format!("{}.{}.{} {rest}", enhanced.0, enhanced.1, enhanced.2);
+        }
+        return Ok(Reply {
+            code: 452,
+            enhanced: Some(enhanced),
+            lines,
+        });
+    }
     if reply.is_positive() || reply.is_transient() || reply.is_permanent() {
         Ok(reply)
     } else {

@@ -108,6 +108,7 @@
 //! UTF-8 with control characters replaced by spaces.
 
 mod conn;
+mod content;
 mod data;
 mod envelope;
 mod error;
@@ -117,6 +118,7 @@ mod session;
 mod settings;
 mod tls;
 
+pub use content::{Content, ContentFacts};
 pub use data::DataEncoder;
 pub use envelope::Transaction;
 pub use error::{DeliveryError, Stage};

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 use super::conn::{Conn, QUIT_WAIT, Stream};
+use super::content::Content;
 use super::data::{DATA_CHUNK, DataEncoder};
 use super::envelope::{Transaction, envelope_lines};
 use super::error::{DeliveryError, Stage, check_data, check_mail, check_rcpt};
@@ -19,12 +20,37 @@ use crate::routing::TlsLevel;
 /// certificate name under domain validation without
 /// [`ClientSettings::tls_name`], and the SNI. See the module documentation
 /// for what is sent and what the results mean.
+///
+/// Under [`TlsLevel::Opportunistic`], a TLS handshake that fails is tried
+/// again at once on a new connection without TLS, as Exchange and Postfix
+/// do (with a log line); stricter levels never fall back.
 pub async fn deliver(
     addr: SocketAddr,
     host: &str,
     settings: &ClientSettings,
     txn: &Transaction<'_>,
-    content: &[u8],
+    content: &Content,
+) -> Result<Outcome, DeliveryError> {
+    let first = deliver_once(addr, host, settings, txn, content).await;
+    match &first {
+        Err(e @ DeliveryError::TlsHandshake(_)) if settings.tls == TlsLevel::Opportunistic => {
+            tracing::info!(%host, %addr, error = %e, "TLS handshake failed; opportunistic TLS, trying again without TLS");
+            let clear = ClientSettings {
+                tls: TlsLevel::None,
+                ..settings.clone()
+            };
+            deliver_once(addr, host, &clear, txn, content).await
+        }
+        _ => first,
+    }
+}
+
+async fn deliver_once(
+    addr: SocketAddr,
+    host: &str,
+    settings: &ClientSettings,
+    txn: &Transaction<'_>,
+    content: &Content,
 ) -> Result<Outcome, DeliveryError> {
     let t = settings.timeouts;
     let tcp = tokio::time::timeout(t.connect, TcpStream::connect(addr))
@@ -60,7 +86,7 @@ pub(super) async fn session(
     host: &str,
     settings: &ClientSettings,
     txn: &Transaction<'_>,
-    content: &[u8],
+    content: &Content,
 ) -> Result<Outcome, DeliveryError> {
     let t = settings.timeouts;
     let greeting = conn.reply(Stage::Greeting, t.greeting).await?;
@@ -97,7 +123,7 @@ pub(super) async fn session(
         }
     }
 
-    let (mail, rcpts) = envelope_lines(txn, &ext, content)?;
+    let (mail, rcpts) = envelope_lines(txn, &ext, &content.facts())?;
     let n = rcpts.len();
     let mut rcpt_replies: Vec<Option<Reply>> = vec![None; n];
 
@@ -209,22 +235,41 @@ pub(super) async fn session(
         return Ok(outcome_err(e, &rcpt_replies, tls, ext));
     }
 
-    // The content, in chunks, each write within the data-block limit.
+    // The content, read a chunk at a time, each write within the data-block
+    // limit. A local read error leaves the server without a final dot: it
+    // discards what it got.
     let mut encoder = DataEncoder::new();
     let mut out = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 2 + 8);
-    for chunk in content.chunks(DATA_CHUNK) {
+    let mut reader = match content.reader().await {
+        Ok(r) => r,
+        Err(e) => {
+            conn.close().await;
+            let e = DeliveryError::Local(format!("cannot read the message: {e}"));
+            return Ok(outcome_err(e, &rcpt_replies, tls, ext));
+        }
+    };
+    loop {
+        let chunk = match reader.next().await {
+            Ok(c) => c,
+            Err(e) => {
+                conn.close().await;
+                let e = DeliveryError::Local(format!("cannot read the message: {e}"));
+                return Ok(outcome_err(e, &rcpt_replies, tls, ext));
+            }
+        };
         out.clear();
-        encoder.feed(chunk, &mut out);
+        if chunk.is_empty() {
+            encoder.finish(&mut out);
+        } else {
+            encoder.feed(&chunk, &mut out);
+        }
         if let Err(e) = conn.send(&out, Stage::Content, t.data_block).await {
             conn.close().await;
             return Ok(outcome_err(e, &rcpt_replies, tls, ext));
         }
-    }
-    out.clear();
-    encoder.finish(&mut out);
-    if let Err(e) = conn.send(&out, Stage::Content, t.data_block).await {
-        conn.close().await;
-        return Ok(outcome_err(e, &rcpt_replies, tls, ext));
+        if chunk.is_empty() {
+            break;
+        }
     }
     let end = conn.reply(Stage::DataEnd, t.data_end).await;
     let final_reply = match end {

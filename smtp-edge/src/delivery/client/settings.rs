@@ -127,31 +127,29 @@ impl ClientSettings {
         }
     }
 
-    /// Settings for delivering to `recipient_domain` through an outbound
-    /// connector: its EHLO name (else `hostname`), TLS level, TLS name
-    /// ([`Outbound::tls_name`]) and client certificate (read from its
-    /// files), with `roots` as trust.
+    /// Settings for delivering through an outbound connector: its EHLO
+    /// name (else `hostname`), TLS level, TLS name ([`Outbound::tls_name`];
+    /// without one, domain validation checks the next hop's own name),
+    /// client certificate (loaded once, by the caller) and `roots` as
+    /// trust.
     pub fn for_connector(
         connector: &Outbound,
-        recipient_domain: &str,
         hostname: &str,
+        client_cert: Option<Arc<ClientIdentity>>,
         roots: Arc<RootCertStore>,
-    ) -> Result<Self, TlsError> {
-        let client_cert = match &connector.client_cert {
-            Some(c) => Some(Arc::new(ClientIdentity::load(c)?)),
-            None => None,
-        };
-        Ok(ClientSettings {
+        timeouts: Timeouts,
+    ) -> Self {
+        ClientSettings {
             ehlo_name: connector
                 .ehlo_name
                 .clone()
                 .unwrap_or_else(|| hostname.to_string()),
             tls: connector.tls,
-            tls_name: connector.tls_name(recipient_domain).map(str::to_string),
+            tls_name: connector.tls_name().map(str::to_string),
             client_cert,
             roots,
-            timeouts: Timeouts::default(),
-        })
+            timeouts,
+        }
     }
 }
 

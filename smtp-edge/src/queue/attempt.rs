@@ -1,0 +1,362 @@
+//! One delivery attempt of one message: each pending recipient goes through
+//! its outbound connector to that connector's next hops, with failover, and
+//! comes back with an outcome.
+//!
+//! Rules (RFC 5321 §4.5.4, and what Postfix and Exchange do):
+//!
+//! - Next hops are tried in order, at most `max_addresses` addresses and
+//!   `max_sessions` SMTP sessions per attempt.
+//! - A recipient's result is final only from an answer about it: its RCPT
+//!   reply, or the reply to the data it was accepted for (and a 5xx to
+//!   MAIL, or the message being too large or 8-bit for the server, which
+//!   concern every recipient). No connection, a refused greeting or EHLO
+//!   (4xx or 5xx), TLS that cannot be had, 421 anywhere, a connection lost
+//!   before the end of the data: the next host is tried; when none is left
+//!   the recipients wait for the next attempt with what every host said.
+//! - Recipients refused with 452 4.5.3 (too many recipients, or a 552 taken
+//!   as one) after others were accepted go out again at once in a new
+//!   transaction.
+//! - A connection lost after the final dot defers: the server may have the
+//!   message, and trying another host at once would make a duplicate more
+//!   likely than waiting does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::limiter::Limiter;
+use super::manager::QueueConfig;
+use super::state::Outcome;
+use crate::delivery::client::{
+    self, ClientSettings, Content, DeliveryError, Disposition, RcptResult, Stage, Transaction,
+};
+use crate::routing::NextHop;
+use crate::spool::{Envelope, Recipient};
+
+/// A new transaction at once for "too many recipients", at most this often.
+const MAX_ROUNDS: usize = 100;
+/// Host errors kept for the reason of a deferral.
+const MAX_ERRORS: usize = 4;
+
+/// The destinations (for the dispatcher's per-destination count) of the
+/// recipients `addresses`: a smart-host connector is one destination, an MX
+/// connector one per recipient domain.
+pub fn destinations(cfg: &QueueConfig, addresses: &[&str]) -> Vec<String> {
+    let owned: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    let split = crate::routing::split(&owned, &cfg.connectors, &cfg.accepted);
+    let mut out = Vec::new();
+    for r in &split.routes {
+        let Some(c) = cfg.connectors.get(r.connector) else {
+            continue;
+        };
+        let d = match (&c.next_hop, &r.domain) {
+            (NextHop::Mx, Some(domain)) => format!("mx:{domain}"),
+            _ => format!("connector:{}", c.name),
+        };
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// Delivers the `pending` recipients of a message; an outcome for each.
+pub async fn deliver(
+    cfg: &QueueConfig,
+    limiter: &Arc<Limiter>,
+    env: &Envelope,
+    content: &Content,
+    pending: &[usize],
+) -> Vec<(usize, Outcome)> {
+    let addresses: Vec<String> = pending
+        .iter()
+        .filter_map(|&i| env.recipients.get(i).map(|r| r.address.clone()))
+        .collect();
+    let split = crate::routing::split(&addresses, &cfg.connectors, &cfg.accepted);
+    let mut out = Vec::new();
+    for &u in &split.unroutable {
+        out.push((
+            pending[u],
+            Outcome::Failed {
+                remote: None,
+                status: (5, 4, 4),
+                reason: "no outbound connector for this recipient's domain".into(),
+            },
+        ));
+    }
+    for route in &split.routes {
+        let indices: Vec<usize> = route.recipients.iter().map(|&r| pending[r]).collect();
+        out.extend(
+            deliver_route(
+                cfg,
+                limiter,
+                env,
+                content,
+                route.connector,
+                route.domain.as_deref(),
+                &indices,
+            )
+            .await,
+        );
+    }
+    out
+}
+
+fn deferred_all(
+    indices: &[usize],
+    status: (u8, u16, u16),
+    reason: String,
+) -> Vec<(usize, Outcome)> {
+    indices
+        .iter()
+        .map(|&i| {
+            (
+                i,
+                Outcome::Deferred {
+                    remote: None,
+                    status,
+                    reason: reason.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Whether a transient RCPT refusal means "too many recipients in this
+/// transaction" (4.5.3, or the words without a code).
+fn too_many(r: &RcptResult) -> bool {
+    r.reply.as_ref().is_some_and(|reply| {
+        reply.code == 452
+            && (r.status == (4, 5, 3)
+                || reply
+                    .text()
+                    .to_ascii_lowercase()
+                    .contains("too many recipients"))
+    })
+}
+
+/// The outcome a recipient gets from its result at `remote`.
+fn outcome_of(r: &RcptResult, remote: &str) -> Outcome {
+    let reason = r.reply.as_ref().map_or(r.text.clone(), |x| x.diagnostic());
+    match r.disposition {
+        Disposition::Delivered => Outcome::Delivered {
+            remote: remote.to_string(),
+            reply: r.text.clone(),
+        },
+        Disposition::Permanent => Outcome::Failed {
+            remote: Some(remote.to_string()),
+            status: r.status,
+            reason,
+        },
+        Disposition::Transient => Outcome::Deferred {
+            remote: Some(remote.to_string()),
+            status: r.status,
+            reason,
+        },
+    }
+}
+
+async fn deliver_route(
+    cfg: &QueueConfig,
+    limiter: &Arc<Limiter>,
+    env: &Envelope,
+    content: &Content,
+    c: usize,
+    domain: Option<&str>,
+    indices: &[usize],
+) -> Vec<(usize, Outcome)> {
+    let Some(connector) = cfg.connectors.get(c) else {
+        return deferred_all(indices, (4, 3, 5), "outbound connector gone".into());
+    };
+    let first_domain = domain
+        .map(str::to_string)
+        .or_else(|| {
+            indices.first().and_then(|&i| {
+                crate::policy::domain_of(&env.recipients[i].address).map(str::to_string)
+            })
+        })
+        .unwrap_or_default();
+    // The next hops, and the destination key their sessions count against.
+    let (hops, key): (Vec<(String, Vec<SocketAddr>)>, String) = match &connector.next_hop {
+        NextHop::SmartHosts(hosts) => {
+            let mut v = Vec::new();
+            for h in hosts {
+                match cfg.resolver.smart_host(h).await {
+                    Ok(addrs) => v.push((h.host.clone(), addrs)),
+                    Err(e) => {
+                        tracing::info!(host = %h, error = %e, "smart host does not resolve")
+                    }
+                }
+            }
+            let key = format!(
+                "smart:{}",
+                hosts
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            (v, key)
+        }
+        NextHop::Mx => match cfg.resolver.mx(&first_domain).await {
+            Ok(list) => {
+                let mut names: Vec<String> =
+                    list.iter().map(|m| m.name.to_ascii_lowercase()).collect();
+                names.sort();
+                names.dedup();
+                let key = format!("mx:{}", names.join(","));
+                (list.into_iter().map(|m| (m.name, m.addrs)).collect(), key)
+            }
+            Err(e) => {
+                let o = if e.is_permanent() {
+                    Outcome::Failed {
+                        remote: None,
+                        status: e.status(),
+                        reason: e.to_string(),
+                    }
+                } else {
+                    Outcome::Deferred {
+                        remote: None,
+                        status: e.status(),
+                        reason: e.to_string(),
+                    }
+                };
+                return indices.iter().map(|&i| (i, o.clone())).collect();
+            }
+        },
+    };
+    if hops.is_empty() {
+        return deferred_all(
+            indices,
+            (4, 4, 3),
+            format!("no next hop of connector {} resolves", connector.name),
+        );
+    }
+    let _slot = limiter.acquire(&key).await;
+    let settings = ClientSettings::for_connector(
+        connector,
+        &cfg.hostname,
+        cfg.identities.get(c).cloned().flatten(),
+        cfg.roots.clone(),
+        cfg.settings.timeouts.to_client(),
+    );
+    let mut pending: Vec<usize> = indices.to_vec();
+    let mut done: Vec<(usize, Outcome)> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut last_status = (4, 4, 1);
+    let (mut addresses, mut sessions) = (0u32, 0u32);
+    let limits = (cfg.settings.max_addresses, cfg.settings.max_sessions);
+    'hosts: for (host, addrs) in &hops {
+        for &addr in addrs {
+            if pending.is_empty() || addresses >= limits.0 || sessions >= limits.1 {
+                break 'hosts;
+            }
+            addresses += 1;
+            let remote = format!("{host} [{}]", addr.ip());
+            let mut rounds = 0;
+            loop {
+                let rcpts: Vec<Recipient> =
+                    pending.iter().map(|&i| env.recipients[i].clone()).collect();
+                let txn = Transaction::new(env, &rcpts);
+                match client::deliver(addr, host, &settings, &txn, content).await {
+                    Err(e) => {
+                        if !matches!(
+                            e,
+                            DeliveryError::Connect { .. }
+                                | DeliveryError::Timeout {
+                                    stage: Stage::Connect
+                                }
+                        ) {
+                            sessions += 1;
+                        }
+                        tracing::info!(id = %env.id, connector = %connector.name, %remote, error = %e, "next hop failed");
+                        let reason = e.reply().map_or_else(|| e.to_string(), |r| r.diagnostic());
+                        if e.next_host_may_help() {
+                            if e.status().0 == 4 {
+                                last_status = e.status();
+                            }
+                            errors.push(format!("{remote}: {reason}"));
+                            break;
+                        }
+                        // About the message or its sender: every recipient.
+                        let o = if e.is_permanent() {
+                            Outcome::Failed {
+                                remote: Some(remote.clone()),
+                                status: e.status(),
+                                reason,
+                            }
+                        } else {
+                            Outcome::Deferred {
+                                remote: Some(remote.clone()),
+                                status: e.status(),
+                                reason,
+                            }
+                        };
+                        done.extend(pending.drain(..).map(|i| (i, o.clone())));
+                        break 'hosts;
+                    }
+                    Ok(outcome) => {
+                        sessions += 1;
+                        tracing::info!(id = %env.id, connector = %connector.name, %remote, tls = ?outcome.tls.as_ref().map(|t| &t.version), "delivery attempt");
+                        let moves_on = outcome
+                            .failure
+                            .as_ref()
+                            .is_some_and(DeliveryError::moves_to_next_host);
+                        if let Some(f) = &outcome.failure {
+                            errors.push(format!("{remote}: {f}"));
+                        }
+                        let (mut again, mut next_host) = (Vec::new(), Vec::new());
+                        let mut delivered = false;
+                        for r in &outcome.per_recipient {
+                            let Some(&i) = pending.get(r.index) else {
+                                continue;
+                            };
+                            match r.disposition {
+                                Disposition::Transient if too_many(r) => again.push(i),
+                                // No answer about it (the session broke),
+                                // or a 421: another host may take it now.
+                                Disposition::Transient
+                                    if r.reply.as_ref().map_or(moves_on, |x| x.code == 421) =>
+                                {
+                                    next_host.push(i)
+                                }
+                                d => {
+                                    delivered |= d == Disposition::Delivered;
+                                    done.push((i, outcome_of(r, &remote)));
+                                }
+                            }
+                        }
+                        if !again.is_empty() && delivered && rounds < MAX_ROUNDS {
+                            // The server took some and wants the rest in
+                            // another transaction: now, not at the next retry.
+                            rounds += 1;
+                            pending = again;
+                            pending.extend(next_host);
+                            continue;
+                        }
+                        if !again.is_empty() {
+                            errors.push(format!("{remote}: too many recipients"));
+                        }
+                        pending = again;
+                        pending.extend(next_host);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        let shown: Vec<&String> = errors.iter().rev().take(MAX_ERRORS).collect();
+        let reason = if shown.is_empty() {
+            format!("no next hop of connector {} answered", connector.name)
+        } else {
+            shown
+                .into_iter()
+                .rev()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        done.extend(deferred_all(&pending, last_status, reason));
+    }
+    done
+}
