@@ -645,18 +645,31 @@ fn queue(cli: &Cli, cmd: &QueueCmd) -> Result<()> {
     }
     let now = smtp_edge::spool::now();
     let show_msg = |m: &Value| {
+        if let Some(why) = m["corrupt"].as_str() {
+            println!(
+                "{}  CORRUPT (in spool corrupt/, not delivered): {why}",
+                m["id"].as_str().unwrap_or("?")
+            );
+            return;
+        }
         let next = m["next_attempt"].as_u64().unwrap_or(0);
+        let mut flags = String::new();
+        if m["held"].as_bool().unwrap_or(false) {
+            flags.push_str("  HELD");
+        }
+        if m["busy"].as_bool().unwrap_or(false) {
+            flags.push_str("  delivering");
+        }
+        if let Some(why) = m["frozen"].as_str() {
+            flags.push_str(&format!("  FROZEN ({why})"));
+        }
         println!(
             "{}  age {}s  from <{}>  attempts {}{}{}",
             m["id"].as_str().unwrap_or("?"),
             m["age"].as_u64().unwrap_or(0),
             m["sender"].as_str().unwrap_or(""),
             m["attempts"].as_u64().unwrap_or(0),
-            if m["held"].as_bool().unwrap_or(false) {
-                "  HELD"
-            } else {
-                ""
-            },
+            flags,
             if next > now {
                 format!("  next attempt in {}s", next - now)
             } else {

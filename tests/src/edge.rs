@@ -35,10 +35,34 @@ pub struct Setup<'a> {
     pub tail: &'a str,
     /// The daemon's umask (default: the test's).
     pub umask: Option<u32>,
+    /// The spool on a tmpfs of this size in the daemon's own mount
+    /// namespace (to fill it or make it read-only); files are read through
+    /// `/proc/PID/root`. Gone with the daemon: no restarts.
+    pub tmpfs_spool: Option<&'a str>,
 }
 
 /// One default connector: everyone, accepted domains only, no relay.
 pub const INTERNET: &str = "[[inbound_connectors]]\nname = \"internet\"\n";
+
+/// A connector for the test's clients on 127.0.0.1: they may send anywhere.
+pub const LOOPBACK_RELAY: &str =
+    "[[inbound_connectors]]\nname = \"loopback\"\nsources = [\"127.0.0.1\"]\nrelay = true\n";
+
+/// An outbound connector table: `domains` through `hops` (smart hosts, in
+/// order), opportunistic TLS unless `extra` says otherwise.
+pub fn outbound(name: &str, domains: &[&str], hops: &[String], extra: &str) -> String {
+    let list = |v: Vec<String>| v.join(", ");
+    let tls = if extra.contains("tls =") {
+        ""
+    } else {
+        "tls = \"opportunistic\"\n"
+    };
+    format!(
+        "[[outbound_connectors]]\nname = \"{name}\"\nrecipient_domains = [{}]\nsmart_hosts = [{}]\n{tls}{extra}\n",
+        list(domains.iter().map(|d| format!("\"{d}\"")).collect()),
+        list(hops.iter().map(|h| format!("\"{h}\"")).collect()),
+    )
+}
 
 impl Default for Setup<'_> {
     fn default() -> Self {
@@ -50,6 +74,7 @@ impl Default for Setup<'_> {
             queue: "",
             tail: "",
             umask: None,
+            tmpfs_spool: None,
         }
     }
 }
@@ -61,6 +86,7 @@ pub struct Edge {
     pub port: u16,
     daemon: Daemon,
     starts: u32,
+    tmpfs: bool,
 }
 
 impl Edge {
@@ -115,18 +141,23 @@ key = "{key}"
             tail = setup.tail,
         );
         std::fs::write(d.join("smtp-edge.toml"), config).expect("config");
-        let daemon = Daemon::start_with_umask(
-            None,
+        let spool = d.join("spool");
+        let daemon = Daemon::launch(
+            &crate::Launch {
+                ns: None,
+                umask: setup.umask,
+                tmpfs: setup.tmpfs_spool.map(|size| (spool.as_path(), size)),
+            },
             &d.join("smtp-edge.toml"),
             &d.join("control.sock"),
             &d.join("daemon-1.log"),
-            setup.umask,
         );
         let edge = Edge {
             dir,
             port,
             daemon,
             starts: 1,
+            tmpfs: setup.tmpfs_spool.is_some(),
         };
         edge.wait_smtp();
         edge
@@ -135,6 +166,7 @@ key = "{key}"
     /// Kills the daemon (if it still runs) and starts it again on the same
     /// configuration and spool.
     pub fn restart(&mut self) {
+        assert!(!self.tmpfs, "a tmpfs spool does not survive a restart");
         self.daemon.kill9();
         self.starts += 1;
         let d = self.dir.path();
@@ -215,9 +247,13 @@ key = "{key}"
         a
     }
 
-    /// A spool subdirectory.
+    /// A spool subdirectory, as the daemon sees it.
     pub fn spool_dir(&self, sub: &str) -> PathBuf {
-        self.dir.path().join("spool").join(sub)
+        let p = self.dir.path().join("spool").join(sub);
+        match self.tmpfs {
+            true => self.daemon.seen_path(&p),
+            false => p,
+        }
     }
 
     /// The file names in a spool subdirectory, sorted.

@@ -13,6 +13,7 @@ pub mod certs;
 pub mod edge;
 pub mod frames;
 pub mod netns;
+pub mod nexthop;
 pub mod nsd;
 pub mod sink;
 pub mod smtp;
@@ -116,6 +117,18 @@ pub fn cli(ns: Option<&str>, args: &[&str]) -> Output {
     run(&mut cmd)
 }
 
+/// How to start a daemon.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Launch<'a> {
+    /// In this network namespace.
+    pub ns: Option<&'a str>,
+    /// With this umask.
+    pub umask: Option<u32>,
+    /// In a mount namespace of its own where this directory is a tmpfs of
+    /// this size (e.g. "4m").
+    pub tmpfs: Option<(&'a Path, &'a str)>,
+}
+
 /// A running `smtp-edge run` process, killed on drop.
 pub struct Daemon {
     child: Option<Child>,
@@ -128,7 +141,15 @@ impl Daemon {
     /// Starts the daemon (inside `ns` when given) and waits until its control
     /// socket answers, at most 20 s.
     pub fn start(ns: Option<&str>, config: &Path, socket: &Path, log: &Path) -> Daemon {
-        Daemon::start_with_umask(ns, config, socket, log, None)
+        Daemon::launch(
+            &Launch {
+                ns,
+                ..Launch::default()
+            },
+            config,
+            socket,
+            log,
+        )
     }
 
     /// [`Daemon::start`] with the process's umask set to `umask` first.
@@ -139,17 +160,52 @@ impl Daemon {
         log: &Path,
         umask: Option<u32>,
     ) -> Daemon {
+        Daemon::launch(
+            &Launch {
+                ns,
+                umask,
+                ..Launch::default()
+            },
+            config,
+            socket,
+            log,
+        )
+    }
+
+    /// Starts the daemon as `how` says and waits until its control socket
+    /// answers, at most 20 s.
+    pub fn launch(how: &Launch<'_>, config: &Path, socket: &Path, log: &Path) -> Daemon {
         let bin = smtp_edge_bin();
         let logf = std::fs::File::create(log).expect("daemon log");
-        let mut cmd = in_netns(ns, &bin);
-        cmd.arg("--config")
-            .arg(config)
-            .arg("run")
-            .env("RUST_LOG", "info")
+        let mut cmd = match how.tmpfs {
+            None => {
+                let mut c = in_netns(how.ns, &bin);
+                c.arg("--config").arg(config).arg("run");
+                c
+            }
+            Some((dir, size)) => {
+                // Its own mount namespace, where `dir` is a small tmpfs the
+                // test can fill or make read-only; the host's mounts are not
+                // touched. The shell execs the daemon: same pid.
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg(
+                        "mkdir -p \"$1\" && mount -t tmpfs -o \"size=$2,mode=0700\" tmpfs \"$1\" \
+                         && exec \"$3\" --config \"$4\" run",
+                    )
+                    .arg("sh")
+                    .arg(dir)
+                    .arg(size)
+                    .arg(&bin)
+                    .arg(config);
+                c
+            }
+        };
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);
-        if let Some(mask) = umask {
+        if let Some(mask) = how.umask {
             use std::os::unix::process::CommandExt;
             // SAFETY: umask(2) is async-signal-safe and touches only the
             // child between fork and exec.
@@ -193,6 +249,27 @@ impl Daemon {
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// `path` as the daemon sees it (through its mount namespace).
+    pub fn seen_path(&self, path: &Path) -> PathBuf {
+        let pid = self.pid().expect("daemon running");
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        Path::new(&format!("/proc/{pid}/root")).join(rel)
+    }
+
+    /// Runs a command in the daemon's mount namespace (e.g. `mount -o
+    /// remount,ro DIR`); must succeed.
+    pub fn in_mounts(&self, args: &[&str]) -> Output {
+        let pid = self.pid().expect("daemon running");
+        run_ok(
+            Command::new("nsenter")
+                .arg("-t")
+                .arg(pid.to_string())
+                .arg("-m")
+                .arg("--")
+                .args(args),
+        )
     }
 
     /// Its resident memory now (VmRSS), in KiB.

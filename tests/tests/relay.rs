@@ -9,18 +9,16 @@
 //! killed on drop.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use smtp_edge_tests::edge::{Edge, Setup as EdgeSetup};
+use smtp_edge_tests::edge::{Edge, LOOPBACK_RELAY, Setup as EdgeSetup, outbound};
+use smtp_edge_tests::nexthop::{NextHop, RcptRule, Script};
 use smtp_edge_tests::nsd::Nsd;
 use smtp_edge_tests::sink::{Sink, envelope};
-use smtp_edge_tests::smtp::{
-    Client, READ_TIMEOUT, data_of, free_port, message, send, unfold, wait_for,
-};
+use smtp_edge_tests::smtp::{Client, data_of, free_port, message, send, unfold, wait_for};
 
 /// The default `[queue]`: retries after 1 s, then every 2 s.
 const QUEUE: &str = "retry_schedule = [1, 2]\n";
@@ -33,12 +31,11 @@ fn relay(setup: Setup) -> Edge {
     Edge::start(EdgeSetup {
         smtp: setup.smtp,
         accepted: "\"contoso.com\", \"fabrikam.com\"",
-        connectors: "# The test's clients on loopback may send anywhere.\n\
-            [[inbound_connectors]]\nname = \"loopback\"\nsources = [\"127.0.0.1\"]\nrelay = true\n",
+        connectors: LOOPBACK_RELAY,
         outbound: setup.outbound,
         queue: setup.queue,
         tail: setup.tail,
-        umask: None,
+        ..EdgeSetup::default()
     })
 }
 
@@ -65,109 +62,9 @@ impl Default for Setup<'_> {
     }
 }
 
-/// A scripted SMTP server: every RCPT gets `rcpt_reply`; it records the
-/// MAIL FROM and RCPT TO commands it saw. Stopped on drop.
-struct Scripted {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Scripted {
-    fn start(rcpt_reply: &'static str) -> Scripted {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind scripted");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("address");
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, seen2) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let seen = seen2.clone();
-                        std::thread::spawn(move || {
-                            let _ = Scripted::session(s, rcpt_reply, &seen);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Scripted {
-            addr,
-            stop,
-            seen,
-            thread: Some(thread),
-        }
-    }
-
-    fn session(s: TcpStream, rcpt_reply: &str, seen: &Mutex<Vec<String>>) -> io::Result<()> {
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(READ_TIMEOUT))?;
-        let mut w = s.try_clone()?;
-        let mut r = BufReader::new(s);
-        w.write_all(b"220 scripted.test ESMTP\r\n")?;
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-            let reply = match verb.as_str() {
-                "EHLO" => "250-scripted.test\r\n250 ENHANCEDSTATUSCODES\r\n".to_string(),
-                "HELO" => "250 scripted.test\r\n".to_string(),
-                "MAIL" => {
-                    seen.lock().unwrap().push(line.trim_end().to_string());
-                    "250 2.1.0 ok\r\n".to_string()
-                }
-                "RCPT" => {
-                    seen.lock().unwrap().push(line.trim_end().to_string());
-                    format!("{rcpt_reply}\r\n")
-                }
-                "DATA" => {
-                    w.write_all(b"354 go ahead\r\n")?;
-                    loop {
-                        let mut l = String::new();
-                        if r.read_line(&mut l)? == 0 {
-                            return Ok(());
-                        }
-                        if l == ".\r\n" {
-                            break;
-                        }
-                    }
-                    "250 2.0.0 ok\r\n".to_string()
-                }
-                "QUIT" => {
-                    w.write_all(b"221 2.0.0 bye\r\n")?;
-                    return Ok(());
-                }
-                "RSET" | "NOOP" => "250 2.0.0 ok\r\n".to_string(),
-                _ => "502 5.5.1 not implemented\r\n".to_string(),
-            };
-            w.write_all(reply.as_bytes())?;
-        }
-    }
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// An outbound connector table.
 fn connector(name: &str, domains: &[&str], hops: &[String]) -> String {
-    let list = |v: Vec<String>| v.join(", ");
-    format!(
-        "[[outbound_connectors]]\nname = \"{name}\"\nrecipient_domains = [{}]\nsmart_hosts = [{}]\ntls = \"opportunistic\"\n\n",
-        list(domains.iter().map(|d| format!("\"{d}\"")).collect()),
-        list(hops.iter().map(|h| format!("\"{h}\"")).collect()),
-    )
+    outbound(name, domains, hops, "")
 }
 
 /// The DSN checks common to every bounce: from MAILER-DAEMON with the null
@@ -352,14 +249,13 @@ fn outage_defers_then_delivers_everything() {
 /// its own connector) gets a DSN with the remote reply.
 #[test]
 fn permanent_failure_bounces_to_the_sender() {
-    let rejecting = Scripted::start("550 5.1.1 <nobody@contoso.com>: no such user");
+    let rejecting = NextHop::start(Script {
+        rcpt: RcptRule::All("550 5.1.1 <nobody@contoso.com>: no such user".into()),
+        ..Script::default()
+    });
     let senders = Sink::start(&[]);
     let outbound = [
-        connector(
-            "to-contoso",
-            &["contoso.com"],
-            &[rejecting.addr.to_string()],
-        ),
+        connector("to-contoso", &["contoso.com"], &[rejecting.host()]),
         connector("to-fabrikam", &["fabrikam.com"], &[senders.host()]),
     ]
     .concat();
@@ -385,17 +281,21 @@ fn permanent_failure_bounces_to_the_sender() {
     ] {
         assert!(text.contains(want), "DSN lacks {want:?}:\n{}", d[0]);
     }
-    let seen = rejecting.seen.lock().unwrap().clone();
     assert!(
-        seen.iter()
-            .any(|l| l.eq_ignore_ascii_case("RCPT TO:<nobody@contoso.com>")),
-        "{seen:?}"
+        rejecting
+            .rcpts()
+            .iter()
+            .any(|(a, code)| a == "nobody@contoso.com" && *code == 550),
+        "{:?}",
+        rejecting.rcpts()
     );
     assert!(
-        seen.iter().any(|l| l
-            .to_ascii_uppercase()
-            .starts_with("MAIL FROM:<ALICE@FABRIKAM.COM>")),
-        "{seen:?}"
+        rejecting
+            .mails()
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case("alice@fabrikam.com")),
+        "{:?}",
+        rejecting.mails()
     );
     assert!(edge.queued(&id).is_none());
     edge.wait_queue_empty(5);

@@ -215,16 +215,14 @@ impl Store {
     /// the next start), never a message without its state (which would be
     /// sent again to everyone).
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        match fs::remove_file(self.message_path(id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        match fs::remove_file(self.state_path(id)) {
-            Ok(()) => Ok(()),
+        let gone = |r: io::Result<()>| match r {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
+            other => other,
+        };
+        let r = gone(fs::remove_file(self.message_path(id)))
+            .and_then(|()| gone(fs::remove_file(self.state_path(id))));
+        self.spool.health().record(&r);
+        r
     }
 
     /// Queues a message this host made (a DSN): durable before it returns;
