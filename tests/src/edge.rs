@@ -147,6 +147,7 @@ key = "{key}"
                 ns: None,
                 umask: setup.umask,
                 tmpfs: setup.tmpfs_spool.map(|size| (spool.as_path(), size)),
+                ready_within: None,
             },
             &d.join("smtp-edge.toml"),
             &d.join("control.sock"),

@@ -127,6 +127,8 @@ pub struct Launch<'a> {
     /// In a mount namespace of its own where this directory is a tmpfs of
     /// this size (e.g. "4m").
     pub tmpfs: Option<(&'a Path, &'a str)>,
+    /// How long to wait for the control socket (default 20 s).
+    pub ready_within: Option<Duration>,
 }
 
 /// A running `smtp-edge run` process, killed on drop.
@@ -222,12 +224,12 @@ impl Daemon {
             log: log.to_path_buf(),
             socket: socket.to_path_buf(),
         };
-        d.wait_ready();
+        d.wait_ready(how.ready_within.unwrap_or(Duration::from_secs(20)));
         d
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
         loop {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;

@@ -90,6 +90,8 @@ pub struct Transaction {
     pub rcpts: Vec<String>,
     /// The message as sent (dot-stuffed, without the final dot line).
     pub data: Vec<u8>,
+    /// When its final dot was answered.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -265,6 +267,9 @@ fn session(s: TcpStream, shared: &Shared) -> io::Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     s.set_nonblocking(false)?;
+    // Replies go out one write each: without this, Nagle and the client's
+    // delayed ACK hold the second of two pipelined replies for 40 ms.
+    s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut w = s.try_clone()?;
     let mut r = BufReader::new(s);
@@ -379,6 +384,7 @@ fn session(s: TcpStream, shared: &Shared) -> io::Result<()> {
                                 mail_from: from.take().unwrap_or_default(),
                                 rcpts: std::mem::take(&mut rcpts),
                                 data,
+                                at: Instant::now(),
                             });
                     }
                     from = None;

@@ -9,6 +9,7 @@
 //! - `cargo xtask bench xdp`  the gate's benchmarks (last line: JSON)
 //! - `cargo xtask bench smtp-in`  the receiving side against Postfix (last line: JSON)
 //! - `cargo xtask bench relay`  the whole relay against Postfix (last line: JSON)
+//! - `cargo xtask bench queue`  the queue with 100,000 deferred messages (last line: JSON)
 //! - `cargo xtask fuzz [--minutes N] [TARGET]`  every fuzz target in turn
 //!   (last line: JSON with executions and minutes per target)
 
@@ -53,7 +54,7 @@ enum Cmd {
     },
     /// Benchmarks.
     Bench {
-        /// Which one: xdp, smtp-in or relay.
+        /// Which one: xdp, smtp-in, relay or queue.
         which: String,
         /// Extra arguments passed to the benchmark.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -371,7 +372,8 @@ fn main() -> Result<()> {
             "xdp" => run_tool("smtp-edge-bench-xdp", true, &args),
             "smtp-in" => run_tool("smtp-edge-bench-smtp-in", true, &args),
             "relay" => run_tool("smtp-edge-bench-relay", true, &args),
-            other => bail!("unknown benchmark `{other}` (known: xdp, smtp-in, relay)"),
+            "queue" => run_tool("smtp-edge-bench-queue", true, &args),
+            other => bail!("unknown benchmark `{other}` (known: xdp, smtp-in, relay, queue)"),
         },
     }
 }
