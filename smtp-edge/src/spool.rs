@@ -172,22 +172,24 @@ impl Health {
         self.full.load(Ordering::Relaxed)
     }
 
-    /// Records the outcome of a write.
+    /// Records the outcome of a write: a failure for lack of space (or a
+    /// read-only file system) marks the spool full. Only [`Spool::probe`]
+    /// marks it writable again (a small write that happens to succeed on a
+    /// full disk says little).
     pub fn record<T, E: AsStorage>(&self, r: &Result<T, E>) {
-        match r {
-            Ok(_) => {
-                if self.full.swap(false, Ordering::Relaxed) {
-                    tracing::warn!("the spool takes mail again");
-                }
-            }
-            Err(e) if e.is_storage() => {
-                if !self.full.swap(true, Ordering::Relaxed) {
-                    tracing::error!(
-                        "the spool's file system is full or read-only: refusing mail with 452 4.3.1 until it can be written"
-                    );
-                }
-            }
-            Err(_) => {}
+        if let Err(e) = r
+            && e.is_storage()
+            && !self.full.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(
+                "the spool's file system is full or read-only: refusing mail with 452 4.3.1 until it can be written"
+            );
+        }
+    }
+
+    fn writable(&self) {
+        if self.full.swap(false, Ordering::Relaxed) {
+            tracing::warn!("the spool takes mail again");
         }
     }
 }
@@ -322,7 +324,10 @@ impl Spool {
             f.sync_all()
         });
         let _ = fs::remove_file(&path);
-        self.health.record(&r);
+        match &r {
+            Ok(()) => self.health.writable(),
+            Err(_) => self.health.record(&r),
+        }
         r
     }
 
@@ -377,9 +382,9 @@ impl Spool {
     }
 }
 
-/// The longest envelope line read (200 recipients with 500-octet ORCPTs fit
-/// many times over).
-const MAX_ENVELOPE: u64 = 4 * 1024 * 1024;
+/// The longest envelope line read: `smtp.max_recipients` (at most 10,000)
+/// recipients with 500-octet ORCPTs fit.
+const MAX_ENVELOPE: u64 = 16 * 1024 * 1024;
 
 /// Reads the envelope of a spool file and where its content starts, without
 /// reading the content.

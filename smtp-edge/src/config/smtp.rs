@@ -271,6 +271,15 @@ pub(super) fn validate(
             ));
         }
     }
+    if raw.max_recipients > 10_000 {
+        errors.push(at(
+            0..0,
+            format!(
+                "smtp.max_recipients = {} is above 10000",
+                raw.max_recipients
+            ),
+        ));
+    }
     for (name, value) in [
         ("timeouts.command", raw.timeouts.command),
         ("timeouts.data_block", raw.timeouts.data_block),

@@ -21,9 +21,7 @@
 //!   likely than waiting does.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use super::limiter::Limiter;
 use super::manager::QueueConfig;
 use super::state::Outcome;
 use crate::delivery::client::{
@@ -37,45 +35,65 @@ const MAX_ROUNDS: usize = 100;
 /// Host errors kept for the reason of a deferral.
 const MAX_ERRORS: usize = 4;
 
-/// The destinations (for the dispatcher's per-destination count) of the
-/// recipients `addresses`: a smart-host connector is one destination, an MX
-/// connector one per recipient domain.
+/// The destination a smart-host connector's sessions count against (its
+/// host list); `None` for MX connectors (known only after the lookup).
+fn smart_key(c: &crate::routing::Outbound) -> Option<String> {
+    match &c.next_hop {
+        NextHop::SmartHosts(hosts) => Some(format!(
+            "smart:{}",
+            hosts
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
+        NextHop::Mx => None,
+    }
+}
+
+/// The destinations known before an attempt (smart hosts) of the
+/// recipients `addresses`, for the dispatcher.
 pub fn destinations(cfg: &QueueConfig, addresses: &[&str]) -> Vec<String> {
     let owned: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
     let split = crate::routing::split(&owned, &cfg.connectors, &cfg.accepted);
     let mut out = Vec::new();
     for r in &split.routes {
-        let Some(c) = cfg.connectors.get(r.connector) else {
-            continue;
-        };
-        let d = match (&c.next_hop, &r.domain) {
-            (NextHop::Mx, Some(domain)) => format!("mx:{domain}"),
-            _ => format!("connector:{}", c.name),
-        };
-        if !out.contains(&d) {
-            out.push(d);
+        if let Some(k) = cfg.connectors.get(r.connector).and_then(smart_key)
+            && !out.contains(&k)
+        {
+            out.push(k);
         }
     }
     out
 }
 
-/// Delivers the `pending` recipients of a message; an outcome for each.
-pub async fn deliver(
+/// Where a group of recipients goes: through one connector to its next hops
+/// (resolved), whose sessions count against `key`.
+#[derive(Debug)]
+pub struct Route {
+    /// The connector (position).
+    pub connector: usize,
+    /// The recipients (positions in the envelope).
+    pub indices: Vec<usize>,
+    /// The next hops with their addresses.
+    pub hops: Vec<(String, Vec<SocketAddr>)>,
+    /// The destination.
+    pub key: String,
+}
+
+/// Routes the `pending` recipients (position and address) and resolves
+/// their next hops: the routes, and the outcomes of recipients that
+/// cannot go anywhere (unroutable, null MX, no address).
+pub async fn routes(
     cfg: &QueueConfig,
-    limiter: &Arc<Limiter>,
-    env: &Envelope,
-    content: &Content,
-    pending: &[usize],
-) -> Vec<(usize, Outcome)> {
-    let addresses: Vec<String> = pending
-        .iter()
-        .filter_map(|&i| env.recipients.get(i).map(|r| r.address.clone()))
-        .collect();
+    pending: &[(usize, String)],
+) -> (Vec<Route>, Vec<(usize, Outcome)>) {
+    let addresses: Vec<String> = pending.iter().map(|(_, a)| a.clone()).collect();
     let split = crate::routing::split(&addresses, &cfg.connectors, &cfg.accepted);
-    let mut out = Vec::new();
+    let mut done = Vec::new();
     for &u in &split.unroutable {
-        out.push((
-            pending[u],
+        done.push((
+            pending[u].0,
             Outcome::Failed {
                 remote: None,
                 status: (5, 4, 4),
@@ -83,22 +101,93 @@ pub async fn deliver(
             },
         ));
     }
-    for route in &split.routes {
-        let indices: Vec<usize> = route.recipients.iter().map(|&r| pending[r]).collect();
-        out.extend(
-            deliver_route(
-                cfg,
-                limiter,
-                env,
-                content,
-                route.connector,
-                route.domain.as_deref(),
+    let mut out = Vec::new();
+    for r in &split.routes {
+        let indices: Vec<usize> = r.recipients.iter().map(|&i| pending[i].0).collect();
+        let Some(connector) = cfg.connectors.get(r.connector) else {
+            done.extend(deferred_all(
                 &indices,
-            )
-            .await,
-        );
+                (4, 3, 5),
+                "outbound connector gone".into(),
+            ));
+            continue;
+        };
+        let domain = r
+            .domain
+            .clone()
+            .or_else(|| {
+                r.recipients
+                    .first()
+                    .and_then(|&i| crate::policy::domain_of(&pending[i].1).map(str::to_string))
+            })
+            .unwrap_or_default();
+        match next_hops(cfg, connector, &domain).await {
+            Ok((hops, key)) => out.push(Route {
+                connector: r.connector,
+                indices,
+                hops,
+                key,
+            }),
+            Err(o) => done.extend(indices.iter().map(|&i| (i, o.clone()))),
+        }
     }
-    out
+    (out, done)
+}
+
+/// A connector's next hops for `domain` and the destination key; the
+/// outcome for its recipients when there are none.
+async fn next_hops(
+    cfg: &QueueConfig,
+    connector: &crate::routing::Outbound,
+    domain: &str,
+) -> Result<(Vec<(String, Vec<SocketAddr>)>, String), Outcome> {
+    let (hops, key) = match &connector.next_hop {
+        NextHop::SmartHosts(hosts) => {
+            let mut v = Vec::new();
+            for h in hosts {
+                match cfg.resolver.smart_host(h).await {
+                    Ok(addrs) => v.push((h.host.clone(), addrs)),
+                    Err(e) => {
+                        tracing::info!(host = %h, error = %e, "smart host does not resolve")
+                    }
+                }
+            }
+            (v, smart_key(connector).unwrap_or_default())
+        }
+        NextHop::Mx => match cfg.resolver.mx(domain).await {
+            Ok(list) => {
+                let mut names: Vec<String> =
+                    list.iter().map(|m| m.name.to_ascii_lowercase()).collect();
+                names.sort();
+                names.dedup();
+                let key = format!("mx:{}", names.join(","));
+                (list.into_iter().map(|m| (m.name, m.addrs)).collect(), key)
+            }
+            Err(e) => {
+                return Err(if e.is_permanent() {
+                    Outcome::Failed {
+                        remote: None,
+                        status: e.status(),
+                        reason: e.to_string(),
+                    }
+                } else {
+                    Outcome::Deferred {
+                        remote: None,
+                        status: e.status(),
+                        reason: e.to_string(),
+                    }
+                });
+            }
+        },
+    };
+    if hops.is_empty() {
+        return Err(Outcome::Deferred {
+            remote: None,
+            status: (4, 4, 3),
+            reason: format!("no next hop of connector {} resolves", connector.name),
+        });
+    }
+    Ok((hops, key))
 }
 
 fn deferred_all(
@@ -155,83 +244,19 @@ fn outcome_of(r: &RcptResult, remote: &str) -> Outcome {
     }
 }
 
-async fn deliver_route(
+/// Delivers a route's recipients, trying its next hops in order; an
+/// outcome for each.
+pub async fn deliver_route(
     cfg: &QueueConfig,
-    limiter: &Arc<Limiter>,
     env: &Envelope,
     content: &Content,
-    c: usize,
-    domain: Option<&str>,
-    indices: &[usize],
+    route: &Route,
 ) -> Vec<(usize, Outcome)> {
+    let c = route.connector;
     let Some(connector) = cfg.connectors.get(c) else {
-        return deferred_all(indices, (4, 3, 5), "outbound connector gone".into());
+        return deferred_all(&route.indices, (4, 3, 5), "outbound connector gone".into());
     };
-    let first_domain = domain
-        .map(str::to_string)
-        .or_else(|| {
-            indices.first().and_then(|&i| {
-                crate::policy::domain_of(&env.recipients[i].address).map(str::to_string)
-            })
-        })
-        .unwrap_or_default();
-    // The next hops, and the destination key their sessions count against.
-    let (hops, key): (Vec<(String, Vec<SocketAddr>)>, String) = match &connector.next_hop {
-        NextHop::SmartHosts(hosts) => {
-            let mut v = Vec::new();
-            for h in hosts {
-                match cfg.resolver.smart_host(h).await {
-                    Ok(addrs) => v.push((h.host.clone(), addrs)),
-                    Err(e) => {
-                        tracing::info!(host = %h, error = %e, "smart host does not resolve")
-                    }
-                }
-            }
-            let key = format!(
-                "smart:{}",
-                hosts
-                    .iter()
-                    .map(|h| h.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            (v, key)
-        }
-        NextHop::Mx => match cfg.resolver.mx(&first_domain).await {
-            Ok(list) => {
-                let mut names: Vec<String> =
-                    list.iter().map(|m| m.name.to_ascii_lowercase()).collect();
-                names.sort();
-                names.dedup();
-                let key = format!("mx:{}", names.join(","));
-                (list.into_iter().map(|m| (m.name, m.addrs)).collect(), key)
-            }
-            Err(e) => {
-                let o = if e.is_permanent() {
-                    Outcome::Failed {
-                        remote: None,
-                        status: e.status(),
-                        reason: e.to_string(),
-                    }
-                } else {
-                    Outcome::Deferred {
-                        remote: None,
-                        status: e.status(),
-                        reason: e.to_string(),
-                    }
-                };
-                return indices.iter().map(|&i| (i, o.clone())).collect();
-            }
-        },
-    };
-    if hops.is_empty() {
-        return deferred_all(
-            indices,
-            (4, 4, 3),
-            format!("no next hop of connector {} resolves", connector.name),
-        );
-    }
-    let _slot = limiter.acquire(&key).await;
+    let (hops, indices) = (&route.hops, &route.indices);
     let settings = ClientSettings::for_connector(
         connector,
         &cfg.hostname,
@@ -245,7 +270,7 @@ async fn deliver_route(
     let mut last_status = (4, 4, 1);
     let (mut addresses, mut sessions) = (0u32, 0u32);
     let limits = (cfg.settings.max_addresses, cfg.settings.max_sessions);
-    'hosts: for (host, addrs) in &hops {
+    'hosts: for (host, addrs) in hops {
         for &addr in addrs {
             if pending.is_empty() || addresses >= limits.0 || sessions >= limits.1 {
                 break 'hosts;

@@ -8,6 +8,14 @@
 //! it waits in that destination's line and goes first when a session to it
 //! ends), busy (an attempt runs), or resting (held, frozen, or waiting for
 //! nothing).
+//!
+//! The index is the one place that counts sessions per destination (a next
+//! hop: a smart host list, or an MX host set). Destinations known before an
+//! attempt (smart hosts) are claimed when it is dispatched; those an attempt
+//! learns on the way (an MX lookup) it claims with [`Index::claim`], and
+//! when one is full the attempt stops there and the message waits in that
+//! destination's line. No attempt ever waits for a destination while it
+//! holds one of the global slots.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -44,6 +52,19 @@ pub struct Entry {
     scheduled: Option<u64>,
     /// The destination it waits for, when parked.
     parked: Option<String>,
+}
+
+/// How an attempt ended, for [`Index::finish`].
+#[derive(Debug, Default)]
+pub struct Finish {
+    /// The new state; `None`: the message left the queue.
+    pub state: Option<MessageState>,
+    /// Why its state could not be saved, if it could not.
+    pub frozen: Option<String>,
+    /// Destinations claimed on the way.
+    pub held: Vec<String>,
+    /// A full destination it stopped at: it waits in that line.
+    pub park_on: Option<String>,
 }
 
 /// An attempt to start.
@@ -128,20 +149,29 @@ impl Index {
     }
 
     /// Puts a resting message where it belongs: scheduled by its next
-    /// attempt unless busy, held, frozen or parked.
-    pub fn schedule(&mut self, id: &str) {
+    /// attempt unless busy, held, frozen or parked; `false` when it was not
+    /// scheduled.
+    pub fn schedule(&mut self, id: &str) -> bool {
+        self.schedule_with(id, None)
+    }
+
+    /// [`schedule`](Self::schedule), at `at` instead of its next attempt
+    /// (0: ahead of everything due).
+    fn schedule_with(&mut self, id: &str, at: Option<u64>) -> bool {
         let Some(key) = self.entries.get_key_value(id).map(|(k, _)| k.clone()) else {
-            return;
+            return false;
         };
         self.unschedule(&key);
         let Some(e) = self.entries.get_mut(&key) else {
-            return;
+            return false;
         };
         if e.busy || e.state.held || e.frozen.is_some() || e.parked.is_some() {
-            return;
+            return false;
         }
-        e.scheduled = Some(e.state.next_attempt);
-        self.due.insert((e.state.next_attempt, key));
+        let at = at.unwrap_or(e.state.next_attempt);
+        e.scheduled = Some(at);
+        self.due.insert((at, key));
+        true
     }
 
     fn unschedule(&mut self, id: &Arc<str>) {
@@ -171,9 +201,26 @@ impl Index {
             self.schedule(&key);
             return Some(Err(()));
         }
+        // Out of any line (its stale place there is skipped).
+        e.parked = None;
         let r = f(e);
         self.schedule(&key);
         Some(Ok(r))
+    }
+
+    /// Takes a resting message for work outside an attempt (saving its
+    /// state): busy until [`settle`](Self::settle). Its state, or `None`
+    /// when it is unknown or busy.
+    pub fn take(&mut self, id: &str) -> Option<MessageState> {
+        let key = self.entries.get_key_value(id)?.0.clone();
+        if self.entries.get(&key)?.busy {
+            return None;
+        }
+        self.unschedule(&key);
+        let e = self.entries.get_mut(&key)?;
+        e.parked = None;
+        e.busy = true;
+        Some(e.state.clone())
     }
 
     /// Removes a resting message; `Err(())` when it is busy.
@@ -233,21 +280,36 @@ impl Index {
         out
     }
 
+    /// An attempt learnt it needs `dest`: a slot for it (counted until the
+    /// attempt finishes), or `false` when it is full.
+    pub fn claim(&mut self, dest: &str, max_per_destination: u32) -> bool {
+        let n = self.active.entry(dest.to_string()).or_insert(0);
+        if *n >= max_per_destination {
+            if *n == 0 {
+                self.active.remove(dest);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
     /// An attempt ended: `state` is the message's new state (`None`: it
-    /// left the queue), `frozen` why its state could not be saved. The
-    /// destinations it held let the first message waiting for each go.
-    pub fn finish(&mut self, d: &Dispatch, state: Option<MessageState>, frozen: Option<String>) {
+    /// left the queue), `frozen` why its state could not be saved, `held`
+    /// the destinations it claimed on the way (besides those of the
+    /// dispatch), `park_on` a full destination it stopped at (it waits in
+    /// that line). Freed slots let waiting messages go.
+    pub fn finish(&mut self, d: &Dispatch, end: Finish, max_per_destination: u32) {
         self.running = self.running.saturating_sub(1);
-        for dest in &d.destinations {
+        for dest in d.destinations.iter().chain(&end.held) {
             if let Some(n) = self.active.get_mut(dest) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     self.active.remove(dest);
                 }
             }
-            self.release_one(dest);
         }
-        match state {
+        match end.state {
             None => {
                 self.entries.remove(&d.id);
             }
@@ -255,32 +317,56 @@ impl Index {
                 if let Some(e) = self.entries.get_mut(&d.id) {
                     e.busy = false;
                     e.state = st;
-                    e.frozen = frozen;
+                    e.frozen = end.frozen;
+                    if let Some(dest) = end.park_on
+                        && e.frozen.is_none()
+                        && !e.state.held
+                    {
+                        e.parked = Some(dest.clone());
+                        self.waiting
+                            .entry(dest)
+                            .or_default()
+                            .push_back(d.id.clone());
+                    }
                 }
                 self.schedule(&d.id);
             }
         }
+        self.release_spare(max_per_destination);
     }
 
-    /// The first message still waiting for `dest` goes back to the due set
-    /// (ahead of later ones: its next attempt is in the past).
-    fn release_one(&mut self, dest: &str) {
-        while let Some(q) = self.waiting.get_mut(dest) {
-            let Some(id) = q.pop_front() else {
-                self.waiting.remove(dest);
-                return;
-            };
-            if q.is_empty() {
-                self.waiting.remove(dest);
-            }
-            match self.entries.get_mut(&id) {
-                Some(e) if e.parked.as_deref() == Some(dest) => {
-                    e.parked = None;
-                    self.schedule(&id);
-                    return;
+    /// Every destination with free slots lets as many of its waiting
+    /// messages go, to the front of the due set: they waited their turn. A
+    /// released message that finds another destination full waits in that
+    /// one's line; one no longer waiting here (deleted, flushed, held) gives
+    /// its turn to the next.
+    fn release_spare(&mut self, max_per_destination: u32) {
+        let lines: Vec<String> = self.waiting.keys().cloned().collect();
+        for dest in lines {
+            let busy = self.active.get(&dest).copied().unwrap_or(0);
+            let free = max_per_destination.saturating_sub(busy);
+            let mut released = 0;
+            while released < free {
+                let Some(q) = self.waiting.get_mut(&dest) else {
+                    break;
+                };
+                let Some(id) = q.pop_front() else {
+                    self.waiting.remove(&dest);
+                    break;
+                };
+                if q.is_empty() {
+                    self.waiting.remove(&dest);
                 }
-                // Deleted or flushed meanwhile: the next one.
-                _ => continue,
+                let Some(e) = self.entries.get_mut(&id) else {
+                    continue;
+                };
+                if e.parked.as_deref() != Some(dest.as_str()) {
+                    continue;
+                }
+                e.parked = None;
+                if self.schedule_with(&id, Some(0)) {
+                    released += 1;
+                }
             }
         }
     }
@@ -381,6 +467,13 @@ mod tests {
         )
     }
 
+    fn done(state: Option<MessageState>) -> Finish {
+        Finish {
+            state,
+            ..Finish::default()
+        }
+    }
+
     fn dest(d: &str) -> impl Fn(&Entry) -> Vec<String> + '_ {
         move |_| vec![d.to_string()]
     }
@@ -401,8 +494,8 @@ mod tests {
         // Busy messages are not taken again; finishing reschedules.
         let mut st = ix.get("a").unwrap().state.clone();
         st.next_attempt = 100;
-        ix.finish(&got[0], Some(st), None);
-        ix.finish(&got[1], None, None);
+        ix.finish(&got[0], done(Some(st)), 10);
+        ix.finish(&got[1], done(None), 10);
         assert!(ix.get("b").is_none());
         assert_eq!(ix.next_due(), Some(30));
         assert_eq!(ix.take_due(99, 10, 10, dest("x")).len(), 1);
@@ -436,16 +529,90 @@ mod tests {
         let st = ix.get("slow0").unwrap().state.clone();
         ix.finish(
             &got[0],
-            Some(MessageState {
+            done(Some(MessageState {
                 next_attempt: 500,
                 ..st
-            }),
-            None,
+            })),
+            2,
         );
+        // A new message to the same destination does not jump the line
+        // (queue ids sort by arrival: a newer one sorts later).
+        let (s, st) = msg("slowz", 0);
+        ix.insert(s, st);
         let next = ix.take_due(0, 10, 2, pick);
         assert_eq!(next.len(), 1);
         assert_eq!(&*next[0].id, "slow2");
-        assert_eq!(ix.counts().waiting, 2);
+        assert_eq!(ix.counts().waiting, 3);
+    }
+
+    #[test]
+    fn a_line_is_never_stranded() {
+        let mut ix = Index::new();
+        for id in ["a", "b", "c"] {
+            let (s, st) = msg(id, 0);
+            ix.insert(s, st);
+        }
+        let got = ix.take_due(0, 10, 1, dest("d"));
+        assert_eq!(got.len(), 1);
+        // b is held while it waits; when a's slot frees, c goes.
+        assert_eq!(ix.modify("b", |e| e.state.held = true), Some(Ok(())));
+        let st = ix.get("a").unwrap().state.clone();
+        let later = MessageState {
+            next_attempt: 900,
+            ..st
+        };
+        ix.finish(&got[0], done(Some(later)), 1);
+        let next = ix.take_due(0, 10, 1, dest("d"));
+        assert_eq!(next.iter().map(|d| &*d.id).collect::<Vec<_>>(), ["c"]);
+        // Flushing a parked message takes it out of its line at once.
+        let (s, st) = msg("e", 0);
+        ix.insert(s, st);
+        assert!(ix.take_due(0, 10, 1, dest("d")).is_empty());
+        assert_eq!(ix.counts().waiting, 1);
+        assert_eq!(ix.modify("e", |e| e.state.next_attempt = 0), Some(Ok(())));
+        assert_eq!(ix.counts().waiting, 0);
+    }
+
+    #[test]
+    fn destinations_learnt_on_the_way_are_claimed_and_waited_for() {
+        let mut ix = Index::new();
+        for id in ["m1", "m2"] {
+            let (s, st) = msg(id, 0);
+            ix.insert(s, st);
+        }
+        let got = ix.take_due(0, 10, 1, |_| Vec::new());
+        assert_eq!(got.len(), 2);
+        assert!(ix.claim("mx:a", 1));
+        assert!(!ix.claim("mx:a", 1), "full");
+        // m2 stops there and waits in mx:a's line; m1 ends, m2 goes.
+        let st2 = ix.get("m2").unwrap().state.clone();
+        ix.finish(
+            &got[1],
+            Finish {
+                state: Some(st2),
+                park_on: Some("mx:a".into()),
+                ..Finish::default()
+            },
+            1,
+        );
+        assert_eq!(ix.counts().waiting, 1);
+        let st1 = ix.get("m1").unwrap().state.clone();
+        ix.finish(
+            &got[0],
+            Finish {
+                state: Some(MessageState {
+                    next_attempt: 900,
+                    ..st1
+                }),
+                held: vec!["mx:a".into()],
+                ..Finish::default()
+            },
+            1,
+        );
+        assert_eq!(ix.counts().waiting, 0);
+        let next = ix.take_due(0, 10, 1, |_| Vec::new());
+        assert_eq!(&*next[0].id, "m2");
+        assert_eq!(ix.running(), 1);
     }
 
     #[test]

@@ -20,8 +20,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
 use super::attempt;
-use super::index::{Counts, Dispatch, Entry, Index, Summary};
-use super::limiter::Limiter;
+use super::index::{Counts, Dispatch, Entry, Finish, Index, Summary};
 use super::report::{self, Plan, Reporting};
 use super::state::{MessageState, Rcpt};
 use super::store::Store;
@@ -124,9 +123,45 @@ impl QueueHandle {
 pub struct Manager {
     store: Store,
     cfg: RwLock<Arc<QueueConfig>>,
-    limiter: RwLock<Arc<Limiter>>,
     index: Mutex<Index>,
     wake: Notify,
+}
+
+/// The destinations an attempt holds slots of (those of its dispatch and
+/// those it claimed), and the first one it found full.
+struct Claims {
+    held: Vec<String>,
+    claimed: Vec<String>,
+    blocked: Option<String>,
+}
+
+/// What one attempt did.
+struct Attempted {
+    state: Option<MessageState>,
+    frozen: Option<String>,
+    dsn: Option<Envelope>,
+    park_on: Option<String>,
+}
+
+fn listed(id: &str, e: &Entry, now: u64) -> Listed {
+    Listed {
+        id: id.to_string(),
+        age: now.saturating_sub(e.summary.received_at),
+        sender: e.summary.mail_from.to_string(),
+        recipients: e
+            .summary
+            .recipients
+            .iter()
+            .map(|r| r.to_string())
+            .zip(e.state.recipients.iter().cloned())
+            .collect(),
+        next_attempt: e.state.next_attempt,
+        held: e.state.held,
+        attempts: e.state.attempts,
+        frozen: e.frozen.clone(),
+        corrupt: None,
+        busy: e.busy,
+    }
 }
 
 fn summary(env: &Envelope) -> Summary {
@@ -181,16 +216,15 @@ impl Manager {
             seconds = started.elapsed().as_secs_f64(),
             "queue loaded"
         );
-        let limiter = Limiter::new(cfg.settings.max_per_destination as usize);
         let (tx, rx) = mpsc::unbounded_channel();
         let m = Arc::new(Manager {
             store,
             cfg: RwLock::new(Arc::new(cfg)),
-            limiter: RwLock::new(limiter),
             index: Mutex::new(index),
             wake: Notify::new(),
         });
         tokio::spawn(m.clone().run(rx));
+        tokio::spawn(m.clone().maintenance());
         Ok((m, QueueHandle(tx)))
     }
 
@@ -200,11 +234,9 @@ impl Manager {
     }
 
     /// Takes a new configuration (reload): attempts that run keep theirs,
-    /// the next ones use this.
+    /// the next ones use this; the index keeps counting their sessions.
     pub fn reconfigure(&self, cfg: QueueConfig) {
-        let per_destination = cfg.settings.max_per_destination as usize;
         *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
-        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = Limiter::new(per_destination);
         self.wake.notify_one();
     }
 
@@ -218,15 +250,22 @@ impl Manager {
     }
 
     async fn run(self: Arc<Self>, mut arrivals: mpsc::UnboundedReceiver<Envelope>) {
-        let mut maintenance = tokio::time::interval(MAINTENANCE);
         loop {
             self.dispatch();
             let sleep = {
-                let next = self.index().next_due();
+                let ix = self.index();
+                let full = ix.running() >= self.config().settings.max_concurrency as usize;
                 let now = spool::now();
-                next.map_or(MAX_SLEEP, |t| {
-                    Duration::from_secs(t.saturating_sub(now)).min(MAX_SLEEP)
-                })
+                match ix.next_due() {
+                    // Nothing can start before an attempt ends (it wakes us).
+                    _ if full => MAX_SLEEP,
+                    None => MAX_SLEEP,
+                    // Due times are whole seconds: just after one turns.
+                    Some(t) if t > now => {
+                        Duration::from_secs(t - now).min(MAX_SLEEP) + Duration::from_millis(5)
+                    }
+                    Some(_) => Duration::ZERO,
+                }
             };
             tokio::select! {
                 arrived = arrivals.recv() => {
@@ -238,9 +277,7 @@ impl Manager {
                     }
                 }
                 _ = self.wake.notified() => {}
-                // Due times are in whole seconds: wake just after one turns.
-                _ = tokio::time::sleep(sleep + Duration::from_millis(if sleep.is_zero() { 0 } else { 5 })) => {}
-                _ = maintenance.tick() => self.maintain().await,
+                _ = tokio::time::sleep(sleep) => {}
             }
         }
     }
@@ -267,84 +304,221 @@ impl Manager {
             let me = self.clone();
             let cfg = cfg.clone();
             tokio::spawn(async move {
-                let (state, frozen, dsn) = me.attempt(&cfg, &d).await;
+                let claims = Arc::new(Mutex::new(Claims {
+                    held: d.destinations.clone(),
+                    claimed: Vec::new(),
+                    blocked: None,
+                }));
+                let before = me.index().get(&d.id).map(|e| e.state.clone());
+                // Run apart: a panic must not leave the message busy and
+                // its slots taken for good.
+                let (me2, d2, c2) = (me.clone(), d.clone(), claims.clone());
+                let run = tokio::spawn(async move { me2.attempt(&cfg, &d2, &c2).await }).await;
+                let a = run.unwrap_or_else(|e| {
+                    tracing::error!(id = %d.id, error = %e, "delivery attempt failed; the message is frozen");
+                    Attempted {
+                        state: before,
+                        frozen: Some("the delivery attempt failed (see the log)".into()),
+                        dsn: None,
+                        park_on: None,
+                    }
+                });
+                let held =
+                    std::mem::take(&mut claims.lock().unwrap_or_else(|p| p.into_inner()).claimed);
+                let max = me.config().settings.max_per_destination;
                 let mut ix = me.index();
-                if let Some(env) = dsn {
+                if let Some(env) = a.dsn {
                     ix.insert(summary(&env), MessageState::new(&env));
                 }
-                ix.finish(&d, state, frozen);
+                ix.finish(
+                    &d,
+                    Finish {
+                        state: a.state,
+                        frozen: a.frozen,
+                        held,
+                        park_on: a.park_on,
+                    },
+                    max,
+                );
                 drop(ix);
                 me.wake.notify_one();
             });
         }
     }
 
-    /// One attempt: the new state (`None`: the message left the queue), why
-    /// it is frozen if it is, and a DSN it queued.
-    async fn attempt(
-        &self,
-        cfg: &QueueConfig,
-        d: &Dispatch,
-    ) -> (Option<MessageState>, Option<String>, Option<Envelope>) {
+    /// A slot of `key` for an attempt (already held, or claimed now);
+    /// `false` when it is full.
+    fn claim(&self, claims: &Mutex<Claims>, key: &str) -> bool {
+        let mut c = claims.lock().unwrap_or_else(|p| p.into_inner());
+        if c.held.iter().any(|k| k == key) {
+            return true;
+        }
+        let max = self.config().settings.max_per_destination;
+        if self.index().claim(key, max) {
+            c.held.push(key.to_string());
+            c.claimed.push(key.to_string());
+            true
+        } else {
+            c.blocked.get_or_insert_with(|| key.to_string());
+            false
+        }
+    }
+
+    /// One attempt: routes, claims the destinations, delivers what it got
+    /// slots for, records, reports, persists.
+    async fn attempt(&self, cfg: &QueueConfig, d: &Dispatch, claims: &Mutex<Claims>) -> Attempted {
         let id = d.id.to_string();
-        let Some(mut st) = self.index().get(&id).map(|e| e.state.clone()) else {
-            return (None, None, None);
+        let gone = Attempted {
+            state: None,
+            frozen: None,
+            dsn: None,
+            park_on: None,
         };
+        let Some((mut st, addresses)) = self.index().get(&id).map(|e| {
+            (
+                e.state.clone(),
+                e.summary
+                    .recipients
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        }) else {
+            return gone;
+        };
+        let pending: Vec<(usize, String)> = st
+            .pending()
+            .into_iter()
+            .filter_map(|i| addresses.get(i).map(|a| (i, a.clone())))
+            .collect();
+        // Next hops first: a full destination costs no file read.
+        let (routes, mut outcomes) = attempt::routes(cfg, &pending).await;
+        let ready: Vec<attempt::Route> = routes
+            .into_iter()
+            .filter(|r| self.claim(claims, &r.key))
+            .collect();
+        let park_on = claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .blocked
+            .clone();
+        if ready.is_empty() && outcomes.is_empty() && park_on.is_some() && !st.has_unreported() {
+            // Its destination is full: it waits in that line, unchanged.
+            return Attempted {
+                state: Some(st),
+                park_on,
+                ..gone
+            };
+        }
+        if !ready.is_empty() || (outcomes.is_empty() && park_on.is_none()) || st.has_unreported() {
+            let store = self.store.clone();
+            let id2 = id.clone();
+            let opened = blocking(move || store.open(&id2)).await;
+            let (env, content) = match opened {
+                Some(Ok(x)) => x,
+                Some(Err(SpoolError::Io { source, .. }))
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    tracing::warn!(id, "queued message gone from the spool");
+                    let store = self.store.clone();
+                    blocking(move || store.remove(&id)).await;
+                    return gone;
+                }
+                Some(Err(e @ SpoolError::Format { .. })) => {
+                    self.quarantine(&id, &e.to_string()).await;
+                    return gone;
+                }
+                other => {
+                    let why = match other {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "spool read task failed".into(),
+                    };
+                    tracing::error!(id, error = %why, "cannot read a queued message; trying again later");
+                    st.next_attempt = spool::now() + REPORT_RETRY;
+                    return Attempted {
+                        state: Some(st),
+                        ..gone
+                    };
+                }
+            };
+            if !st.fits(&env) {
+                self.quarantine(&id, "the state does not fit the envelope")
+                    .await;
+                return gone;
+            }
+            for r in &ready {
+                outcomes.extend(attempt::deliver_route(cfg, &env, &content, r).await);
+            }
+            return self.conclude(cfg, &env, st, outcomes, park_on).await;
+        }
+        // Nothing could go: it waits for its destination (no attempt is
+        // counted), or it has only outcomes without a next hop.
         let store = self.store.clone();
         let id2 = id.clone();
-        let opened = blocking(move || store.open(&id2)).await;
-        let (env, content) = match opened {
-            Some(Ok(x)) => x,
-            Some(Err(SpoolError::Io { source, .. }))
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                tracing::warn!(id, "queued message gone from the spool");
-                let store = self.store.clone();
-                blocking(move || store.remove(&id)).await;
-                return (None, None, None);
+        match blocking(move || store.envelope(&id2)).await {
+            Some(Ok(env)) if st.fits(&env) => self.conclude(cfg, &env, st, outcomes, park_on).await,
+            Some(Ok(_)) => {
+                self.quarantine(&id, "the state does not fit the envelope")
+                    .await;
+                gone
             }
             Some(Err(e @ SpoolError::Format { .. })) => {
-                let reason = e.to_string();
-                tracing::error!(id, %reason, "unusable queued message quarantined in corrupt/");
-                let (store, id2, r2) = (self.store.clone(), id.clone(), reason.clone());
-                blocking(move || store.quarantine(&id2, &r2)).await;
-                self.index().add_corrupt(&id, &reason);
-                return (None, None, None);
+                self.quarantine(&id, &e.to_string()).await;
+                gone
             }
-            other => {
-                let why = match other {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "spool read task failed".into(),
-                };
-                tracing::error!(id, error = %why, "cannot read a queued message; trying again later");
+            _ => {
                 st.next_attempt = spool::now() + REPORT_RETRY;
-                return (Some(st), None, None);
+                Attempted {
+                    state: Some(st),
+                    ..gone
+                }
             }
-        };
-        if !st.fits(&env) {
-            let reason = "the state does not fit the envelope".to_string();
-            let (store, id2, r2) = (self.store.clone(), id.clone(), reason.clone());
-            blocking(move || store.quarantine(&id2, &r2)).await;
-            self.index().add_corrupt(&id, &reason);
-            return (None, None, None);
         }
-        let pending = st.pending();
-        if !pending.is_empty() {
-            let limiter = self
-                .limiter
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let outcomes = attempt::deliver(cfg, &limiter, &env, &content, &pending).await;
+    }
+
+    /// Records outcomes (an attempt counts when there were any), reports
+    /// and persists.
+    async fn conclude(
+        &self,
+        cfg: &QueueConfig,
+        env: &Envelope,
+        mut st: MessageState,
+        outcomes: Vec<(usize, super::state::Outcome)>,
+        park_on: Option<String>,
+    ) -> Attempted {
+        let before = st.clone();
+        if !outcomes.is_empty() {
             let now = spool::now();
             for (i, o) in outcomes {
                 st.record(i, o, now);
             }
             st.after_attempt(now, &cfg.settings.retry_schedule, cfg.settings.max_age);
         }
-        let dsn = self.report(cfg, &env, &mut st).await;
+        let dsn = self.report(cfg, env, &mut st).await;
+        if st == before && dsn.is_none() && !st.pending().is_empty() {
+            // Nothing happened to it: nothing to write.
+            return Attempted {
+                state: Some(st),
+                frozen: None,
+                dsn,
+                park_on,
+            };
+        }
         let (state, frozen) = self.persist(st).await;
-        (state, frozen, dsn)
+        Attempted {
+            state,
+            frozen,
+            dsn,
+            park_on,
+        }
+    }
+
+    /// Moves an unusable message to `corrupt/` and lists it there.
+    async fn quarantine(&self, id: &str, reason: &str) {
+        tracing::error!(id, %reason, "unusable queued message quarantined in corrupt/");
+        let (store, id2, r2) = (self.store.clone(), id.to_string(), reason.to_string());
+        blocking(move || store.quarantine(&id2, &r2)).await;
+        self.index().add_corrupt(id, reason);
     }
 
     /// Sends what DSN is due; marks the recipients reported only once it is
@@ -461,38 +635,43 @@ impl Manager {
         }
     }
 
-    /// Frozen messages: saved (or removed) again when the disk allows; a
-    /// full spool probed so the receiving side takes mail again when it can.
-    async fn maintain(&self) {
-        if self.store.spool().health().is_full() {
+    /// Frozen messages are saved (or removed) again when the disk allows,
+    /// a few at a time; a full spool is probed so the receiving side takes
+    /// mail again when it can. Its own task: the dispatcher never waits on
+    /// it.
+    async fn maintenance(self: Arc<Self>) {
+        const BATCH: usize = 64;
+        let mut tick = tokio::time::interval(MAINTENANCE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
             let spool = self.store.spool().clone();
-            blocking(move || spool.probe()).await;
-        }
-        let frozen = self.index().frozen();
-        for id in frozen {
-            let Some(st) = self
-                .index()
-                .modify(&id, |e| {
-                    e.busy = true;
-                    e.state.clone()
-                })
-                .and_then(Result::ok)
-            else {
-                continue;
-            };
-            let (state, frozen) = self.persist(st).await;
-            let mut ix = self.index();
-            let thawed = frozen.is_none();
-            match state {
-                None => {
-                    ix.remove_busy(&id);
-                }
-                Some(st) => {
-                    ix.settle(&id, st, frozen);
+            if spool.health().is_full() {
+                let writable = blocking(move || spool.probe().is_ok()).await == Some(true);
+                if !writable {
+                    continue;
                 }
             }
-            if thawed {
-                tracing::info!(%id, "queue state written again; message thawed");
+            let frozen = self.index().frozen();
+            for id in frozen.into_iter().take(BATCH) {
+                let Some(st) = self.index().take(&id) else {
+                    continue;
+                };
+                let (state, frozen) = self.persist(st).await;
+                let thawed = frozen.is_none();
+                {
+                    let mut ix = self.index();
+                    match state {
+                        None => ix.remove_busy(&id),
+                        Some(st) => ix.settle(&id, st, frozen),
+                    }
+                }
+                if thawed {
+                    tracing::info!(%id, "queue state written again; message thawed");
+                    self.wake.notify_one();
+                } else {
+                    break;
+                }
             }
         }
     }
@@ -501,27 +680,7 @@ impl Manager {
     pub fn list(&self) -> Vec<Listed> {
         let now = spool::now();
         let ix = self.index();
-        let mut out: Vec<Listed> = ix
-            .entries()
-            .map(|(id, e)| Listed {
-                id: id.to_string(),
-                age: now.saturating_sub(e.summary.received_at),
-                sender: e.summary.mail_from.to_string(),
-                recipients: e
-                    .summary
-                    .recipients
-                    .iter()
-                    .map(|r| r.to_string())
-                    .zip(e.state.recipients.iter().cloned())
-                    .collect(),
-                next_attempt: e.state.next_attempt,
-                held: e.state.held,
-                attempts: e.state.attempts,
-                frozen: e.frozen.clone(),
-                corrupt: None,
-                busy: e.busy,
-            })
-            .collect();
+        let mut out: Vec<Listed> = ix.entries().map(|(id, e)| listed(id, e, now)).collect();
         out.extend(ix.corrupt().iter().map(|(id, why)| Listed {
             id: id.clone(),
             age: 0,
@@ -541,11 +700,13 @@ impl Manager {
     /// `queue show ID`: the listing plus the message's header section.
     pub fn show(&self, id: &str) -> Result<(Listed, String), QueueError> {
         let id = checked(id)?;
-        let listed = self
-            .list()
-            .into_iter()
-            .find(|l| l.id == id && l.corrupt.is_none())
-            .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+        let listed = {
+            let ix = self.index();
+            let e = ix
+                .get(id)
+                .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+            listed(id, e, spool::now())
+        };
         let headers = self
             .store
             .original(id, false, 0)
@@ -554,31 +715,39 @@ impl Manager {
     }
 
     /// Changes a resting message and saves its state (blocking: called from
-    /// the control socket's blocking task); the change is undone when the
-    /// state cannot be saved.
+    /// the control socket's blocking task). The message is busy meanwhile,
+    /// so no attempt starts on it; when the state cannot be saved nothing
+    /// changes.
     fn modify(&self, id: &str, f: impl FnOnce(&mut MessageState)) -> Result<(), QueueError> {
         let id = checked(id)?;
-        let before = {
+        let (before, frozen) = {
             let mut ix = self.index();
-            let r = ix.modify(id, |e| {
-                let before = e.state.clone();
-                f(&mut e.state);
-                (before, e.state.clone())
-            });
-            match r {
-                None => return Err(QueueError::NotFound(id.to_string())),
-                Some(Err(())) => return Err(QueueError::Busy(id.to_string())),
-                Some(Ok(pair)) => pair,
-            }
+            let frozen = ix
+                .get(id)
+                .ok_or_else(|| QueueError::NotFound(id.to_string()))?
+                .frozen
+                .clone();
+            (
+                ix.take(id)
+                    .ok_or_else(|| QueueError::Busy(id.to_string()))?,
+                frozen,
+            )
         };
-        if let Err(e) = self.store.save(&before.1) {
-            let _ = self.index().modify(id, |entry| entry.state = before.0);
-            return Err(QueueError::Io(format!(
-                "cannot save the state of {id}: {e}"
-            )));
+        let mut after = before.clone();
+        f(&mut after);
+        match self.store.save(&after) {
+            Ok(()) => {
+                self.index().settle(id, after, None);
+                self.wake.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                self.index().settle(id, before, frozen);
+                Err(QueueError::Io(format!(
+                    "cannot save the state of {id}: {e}"
+                )))
+            }
         }
-        self.wake.notify_one();
-        Ok(())
     }
 
     /// `queue flush [ID]`: retry now (nothing to save: a restart keeps the

@@ -7,11 +7,9 @@
 //! - [`report`] — which DSN a state calls for, and to whom (pure).
 //! - [`state`] — the per-message delivery state kept on disk (pure).
 //! - [`store`] — the queue's files (blocking I/O).
-//! - [`limiter`] — sessions at once per next hop.
 
 pub mod attempt;
 pub mod index;
-pub mod limiter;
 pub mod manager;
 pub mod report;
 pub mod state;

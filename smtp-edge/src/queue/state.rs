@@ -179,7 +179,7 @@ impl MessageState {
     /// `schedule` (seconds; the last entry repeats). Recipients still pending
     /// past `max_age` fail with 4.4.7 (delivery time expired).
     pub fn after_attempt(&mut self, now: u64, schedule: &[u64], max_age: u64) -> Next {
-        self.attempts += 1;
+        self.attempts = self.attempts.saturating_add(1);
         if now.saturating_sub(self.arrived_at) >= max_age {
             for r in &mut self.recipients {
                 if let Rcpt::Pending {

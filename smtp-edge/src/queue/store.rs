@@ -139,18 +139,22 @@ impl Store {
         Ok(scan)
     }
 
-    /// Moves a message (and its state) to `corrupt/`, with the reason.
+    /// Moves a message (and its state) to `corrupt/`, with the reason. The
+    /// reason is written first, then the message moves, then its state: a
+    /// crash in between leaves the message quarantined (a state left behind
+    /// is removed as an orphan at the next start), never a message in
+    /// `incoming/` without its state (which would be sent again).
     pub fn quarantine(&self, id: &str, reason: &str) -> io::Result<()> {
         fsutil::write_atomic(
             &self.corrupt.join(format!("{id}.reason")),
             reason.as_bytes(),
         )?;
+        fs::rename(self.message_path(id), self.corrupt.join(id))?;
+        fsutil::sync_dir(self.spool.incoming())?;
         let state = self.state_path(id);
         if state.exists() {
             fs::rename(&state, self.corrupt.join(format!("{id}.json")))?;
         }
-        fs::rename(self.message_path(id), self.corrupt.join(id))?;
-        fsutil::sync_dir(self.spool.incoming())?;
         fsutil::sync_dir(&self.corrupt)
     }
 

@@ -148,8 +148,16 @@ fn send(port: u16, n: usize, tag: &str) -> Result<Vec<(String, Instant)>> {
     for i in 0..n {
         interrupted()?;
         let mut c = Client::greeted(port)?;
-        let content = message("alice@contoso.com", "bob@healthy.test", &format!("{tag} {i}"));
-        let id = c.submit("alice@contoso.com", &["bob@healthy.test"], &data_of(&content))?;
+        let content = message(
+            "alice@contoso.com",
+            "bob@healthy.test",
+            &format!("{tag} {i}"),
+        );
+        let id = c.submit(
+            "alice@contoso.com",
+            &["bob@healthy.test"],
+            &data_of(&content),
+        )?;
         out.push((id, Instant::now()));
         let _ = c.try_cmd("QUIT", 221);
         // One at a time: the latency of each, not of a backlog.
@@ -165,14 +173,18 @@ fn latency_p50(sent: &[(String, Instant)], hop: &NextHop) -> Result<f64> {
     for (id, acked) in sent {
         let needle = format!("id {id}");
         loop {
-            let found = hop.transactions().into_iter().find(|t| {
-                String::from_utf8_lossy(&t.data).contains(&needle)
-            });
+            let found = hop
+                .transactions()
+                .into_iter()
+                .find(|t| String::from_utf8_lossy(&t.data).contains(&needle));
             if let Some(t) = found {
                 ms.push(t.at.saturating_duration_since(*acked).as_secs_f64() * 1000.0);
                 break;
             }
-            ensure!(Instant::now() < deadline, "message {id} never reached the next hop");
+            ensure!(
+                Instant::now() < deadline,
+                "message {id} never reached the next hop"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -194,7 +206,12 @@ fn write_deferred(spool_dir: &Path, n: usize) -> Result<()> {
             interrupted()?;
         }
         // Ids sortable, unique, 22 hex characters, as the spool makes them.
-        let id = format!("{:013x}{:05x}{:04x}", now * 1_000_000 + i as u64, 0xbeefu32, i % 0x10000);
+        let id = format!(
+            "{:013x}{:05x}{:04x}",
+            now * 1_000_000 + i as u64,
+            0xbeefu32,
+            i % 0x10000
+        );
         let env = Envelope {
             id: id.clone(),
             received_at: now - 60,
@@ -231,9 +248,15 @@ fn write_deferred(spool_dir: &Path, n: usize) -> Result<()> {
 
 fn run(args: &Args) -> Result<()> {
     ensure!(is_root(), "the benchmark needs root");
-    ensure!((1..=1_000_000).contains(&args.deferred), "--deferred in 1..=1000000");
+    ensure!(
+        (1..=1_000_000).contains(&args.deferred),
+        "--deferred in 1..=1000000"
+    );
     ensure!((10..=10_000).contains(&args.new), "--new in 10..=10000");
-    ensure!((5..=600).contains(&args.idle_seconds), "--idle-seconds in 5..=600");
+    ensure!(
+        (5..=600).contains(&args.idle_seconds),
+        "--idle-seconds in 5..=600"
+    );
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
         .prefix("smtp-edge-bench-queue.")
@@ -245,7 +268,10 @@ fn run(args: &Args) -> Result<()> {
         ..Script::default()
     });
     let port = smtp_edge_tests::smtp::free_port();
-    std::fs::write(d.join("c.toml"), config(d, port, &healthy.host(), &deferring.host()))?;
+    std::fs::write(
+        d.join("c.toml"),
+        config(d, port, &healthy.host(), &deferring.host()),
+    )?;
     let mut out = JsonMap::new();
     println!(
         "smtp-edge queue at scale ({} CPUs): {} deferred messages, {} new ones timed",
@@ -295,9 +321,14 @@ fn run(args: &Args) -> Result<()> {
     let index_s = field("seconds").context("no seconds in the log line")?;
     let count = field("messages").unwrap_or(0.0) as usize;
     if count != args.deferred {
-        bail!("the queue loaded {count} messages, not {}: {loaded}", args.deferred);
+        bail!(
+            "the queue loaded {count} messages, not {}: {loaded}",
+            args.deferred
+        );
     }
-    println!("  started on them: queue loaded in {index_s:.2} s, control socket after {ready:.2} s");
+    println!(
+        "  started on them: queue loaded in {index_s:.2} s, control socket after {ready:.2} s"
+    );
     std::thread::sleep(Duration::from_secs(3));
     let full_rss = daemon.rss_kib();
     let per_msg = (full_rss.saturating_sub(empty_rss)) as f64 * 1024.0 / args.deferred as f64;
@@ -310,7 +341,10 @@ fn run(args: &Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let idle = (cpu_seconds(pid)? - c0) / t0.elapsed().as_secs_f64() * 100.0;
-    println!("  idle CPU with the queue full: {idle:.2} % of one core over {} s", args.idle_seconds);
+    println!(
+        "  idle CPU with the queue full: {idle:.2} % of one core over {} s",
+        args.idle_seconds
+    );
     let sent = send(port, args.new, "full")?;
     let full_p50 = latency_p50(&sent, &healthy)?;
     let ratio = full_p50 / empty_p50;
@@ -332,7 +366,10 @@ fn run(args: &Args) -> Result<()> {
     out.insert("queue_index_seconds".into(), json!(round(index_s, 3)));
     out.insert("queue_ready_seconds".into(), json!(round(ready, 3)));
     out.insert("queue_idle_cpu_percent".into(), json!(round(idle, 3)));
-    out.insert("queue_rss_per_message_bytes".into(), json!(round(per_msg, 0)));
+    out.insert(
+        "queue_rss_per_message_bytes".into(),
+        json!(round(per_msg, 0)),
+    );
     out.insert("queue_latency_ratio".into(), json!(round(ratio, 3)));
     out.insert("empty_p50_ms".into(), json!(round(empty_p50, 3)));
     out.insert("full_p50_ms".into(), json!(round(full_p50, 3)));

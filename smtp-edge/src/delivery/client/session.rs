@@ -21,9 +21,10 @@ use crate::routing::TlsLevel;
 /// [`ClientSettings::tls_name`], and the SNI. See the module documentation
 /// for what is sent and what the results mean.
 ///
-/// Under [`TlsLevel::Opportunistic`], a TLS handshake that fails is tried
-/// again at once on a new connection without TLS, as Exchange and Postfix
-/// do (with a log line); stricter levels never fall back.
+/// Under [`TlsLevel::Opportunistic`], a TLS handshake that fails (or times
+/// out, or cannot be set up) is tried again at once on a new connection
+/// without TLS, as Exchange and Postfix do (with a log line); stricter
+/// levels never fall back.
 pub async fn deliver(
     addr: SocketAddr,
     host: &str,
@@ -32,8 +33,18 @@ pub async fn deliver(
     content: &Content,
 ) -> Result<Outcome, DeliveryError> {
     let first = deliver_once(addr, host, settings, txn, content).await;
+    let tls_failed = |e: &DeliveryError| {
+        matches!(
+            e,
+            DeliveryError::TlsHandshake(_)
+                | DeliveryError::Settings(_)
+                | DeliveryError::Timeout {
+                    stage: Stage::TlsHandshake
+                }
+        )
+    };
     match &first {
-        Err(e @ DeliveryError::TlsHandshake(_)) if settings.tls == TlsLevel::Opportunistic => {
+        Err(e) if settings.tls == TlsLevel::Opportunistic && tls_failed(e) => {
             tracing::info!(%host, %addr, error = %e, "TLS handshake failed; opportunistic TLS, trying again without TLS");
             let clear = ClientSettings {
                 tls: TlsLevel::None,
