@@ -531,13 +531,31 @@ pub fn queue_config(config: &Config) -> Result<crate::queue::manager::QueueConfi
     }
     let resolver = crate::resolve::Resolver::new(&config.dns)
         .map_err(|e| DaemonError::Queue(e.to_string()))?;
+    let system = crate::delivery::client::system_roots();
+    let mut roots = Vec::new();
+    for c in &config.outbound {
+        roots.push(match &c.tls_trust {
+            None => system.clone(),
+            Some(path) => {
+                let mut store = rustls::RootCertStore::empty();
+                for cert in
+                    crate::tls::load_chain(path).map_err(crate::smtp::server::SetupError::Tls)?
+                {
+                    store
+                        .add(cert)
+                        .map_err(|e| DaemonError::Queue(format!("{}: {e}", path.display())))?;
+                }
+                Arc::new(store)
+            }
+        });
+    }
     Ok(crate::queue::manager::QueueConfig {
         connectors: config.outbound.clone(),
         identities,
         accepted: config.smtp.accepted.clone(),
         settings: config.queue.clone(),
         hostname: config.smtp.hostname.clone(),
-        roots: crate::delivery::client::system_roots(),
+        roots,
         resolver,
     })
 }

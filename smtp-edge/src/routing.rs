@@ -458,6 +458,10 @@ pub struct Outbound {
     pub client_cert: Option<ClientCert>,
     /// EHLO name; the host name when not set.
     pub ehlo_name: Option<String>,
+    /// CA certificates (a PEM file) the next hop's certificate must chain
+    /// to under certificate or domain validation; `None`: the system's
+    /// roots.
+    pub tls_trust: Option<std::path::PathBuf>,
 }
 
 impl Outbound {
@@ -637,6 +641,7 @@ mod tests {
             tls_domain: None,
             client_cert: None,
             ehlo_name: None,
+            tls_trust: None,
         }
     }
 

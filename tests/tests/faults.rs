@@ -807,3 +807,123 @@ fn kill_9_while_bounces_are_written_loses_no_bounce() {
     eprintln!("kill -9 during bounces: {N} messages, {duplicates} duplicate bounces");
     assert!(duplicates <= 3 * 4 * 2, "{duplicates} duplicate bounces");
 }
+
+// ---------------------------------------------------------------------------
+// 11. Domain validation without tls_domain checks the next hop's name
+
+const DV_ZONE: &str = r#"$ORIGIN test.
+$TTL 300
+@               SOA   ns.test. hostmaster.test. 1 3600 600 86400 300
+@               NS    ns.test.
+ns              A     127.0.0.1
+; Mail for fabrikam.test is hosted elsewhere, as EOP hosts many domains.
+fabrikam        MX    10 mx.hosting.test.
+mx.hosting      A     127.0.25.4
+; The same host under a name its certificate does not carry.
+other           MX    10 alias.hosting.test.
+alias.hosting   A     127.0.25.4
+"#;
+
+#[test]
+fn domain_validation_checks_the_next_hops_own_name() {
+    let mx_addr: std::net::SocketAddr = "127.0.25.4:25".parse().expect("address");
+    assert!(
+        std::net::TcpListener::bind(mx_addr).is_ok(),
+        "{mx_addr} is taken; the test needs it"
+    );
+    let nsd = smtp_edge_tests::nsd::Nsd::start(DV_ZONE);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_path_buf();
+    let ca = Ca::new("Hosting Test CA");
+    let ca_file = ca.write(&d.join("ca.pem"));
+    // The next hop: smtp-edge on 127.0.25.4:25 with a certificate for its
+    // own name only (not for fabrikam.test).
+    let (cert, key) = Leaf::new(&["mx.hosting.test"], Some(&ca), false).write(&d, "mx");
+    let rd = d.join("mx");
+    std::fs::create_dir_all(&rd).expect("dir");
+    std::fs::write(
+        rd.join("c.toml"),
+        format!(
+            r#"[daemon]
+state_dir = "{r}/state"
+control_socket = "{r}/control.sock"
+[filter]
+enabled = false
+[smtp]
+enabled = true
+listen = ["{mx_addr}"]
+hostname = "mx.hosting.test"
+accepted_domains = ["fabrikam.test"]
+spool_dir = "{r}/spool"
+[smtp.tls]
+certificate = "{c}"
+key = "{k}"
+[[inbound_connectors]]
+name = "internet"
+"#,
+            r = rd.display(),
+            c = cert.display(),
+            k = key.display()
+        ),
+    )
+    .expect("config");
+    let _mx = smtp_edge_tests::Daemon::start(
+        None,
+        &rd.join("c.toml"),
+        &rd.join("control.sock"),
+        &rd.join("log"),
+    );
+    let out = format!(
+        "[[outbound_connectors]]\nname = \"internet\"\nrecipient_domains = [\"*\"]\nuse_mx = true\ntls = \"domain-validation\"\ntls_trust = \"{}\"\n",
+        ca_file.display()
+    );
+    let tail = format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout_seconds = 2\n",
+        nsd.addr
+    );
+    let e = Edge::start_in(
+        dir,
+        Setup {
+            tail: &tail,
+            ..setup(&out, "retry_schedule = [60]\n")
+        },
+    );
+    send(
+        e.port,
+        "alice@contoso.com",
+        &["bob@fabrikam.test"],
+        &message("alice@contoso.com", "bob@fabrikam.test", "verified"),
+    );
+    let incoming = rd.join("spool/incoming");
+    let id = wait_for("the message at the MX host", 15, || {
+        std::fs::read_dir(&incoming)
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(|f| f.ok())
+            .map(|f| f.file_name().to_string_lossy().into_owned())
+            .ok_or_else(|| e.log())
+    });
+    let m = smtp_edge::spool::read_file(&incoming.join(&id)).expect("spooled");
+    assert!(m.envelope.tls.is_some(), "over TLS");
+    e.wait_queue_empty(10);
+    // Through a name the certificate does not carry: refused, kept.
+    let id = send(
+        e.port,
+        "alice@contoso.com",
+        &["carol@other.test"],
+        &message("alice@contoso.com", "carol@other.test", "not verified"),
+    );
+    let err = wait_for("the name check to fail", 15, || {
+        let m = e.queued(&id).ok_or("gone")?;
+        let err = m["recipients"][0][1]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if err.contains("certificate") {
+            Ok(err)
+        } else {
+            Err(m.to_string())
+        }
+    });
+    assert!(err.contains("name does not match"), "{err}");
+}

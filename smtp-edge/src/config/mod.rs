@@ -570,6 +570,8 @@ recipient_domains = ["accepted"]
 smart_hosts = ["exchange.contoso.com", "exchange2.contoso.com:25"]   # in order, with failover
 tls = "domain-validation"             # none, opportunistic, encryption-only,
 tls_domain = "*.contoso.com"          # certificate-validation, domain-validation
+                                      # (without tls_domain: the next hop's own name)
+tls_trust = "system"                  # or a PEM file of your own CA(s)
 
 [[outbound_connectors]]
 name = "to-microsoft-365"

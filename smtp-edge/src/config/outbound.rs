@@ -38,6 +38,10 @@ pub struct RawOutbound {
     /// EHLO name (default: `smtp.hostname`).
     #[serde(default)]
     pub ehlo_name: Option<String>,
+    /// Trust for the next hop's certificate: "system" (default) or a PEM
+    /// file of CA certificates (an organisation's own CA).
+    #[serde(default)]
+    pub tls_trust: Option<Spanned<String>>,
 }
 
 fn opportunistic() -> Spanned<String> {
@@ -230,6 +234,20 @@ pub(super) fn validate(
             tls_domain: c.tls_domain.clone(),
             client_cert,
             ehlo_name: c.ehlo_name.clone(),
+            tls_trust: match &c.tls_trust {
+                None => None,
+                Some(t) if t.get_ref() == "system" => None,
+                Some(t) => {
+                    let p = PathBuf::from(t.get_ref());
+                    if !p.is_file() {
+                        errors.push(at(
+                            t.span(),
+                            format!("CA file {} does not exist", p.display()),
+                        ));
+                    }
+                    Some(p)
+                }
+            },
         };
         if let Err(e) = o.check()
             && !matches!(&o.next_hop, NextHop::SmartHosts(h) if h.is_empty())

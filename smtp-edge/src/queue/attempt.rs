@@ -261,7 +261,10 @@ pub async fn deliver_route(
         connector,
         &cfg.hostname,
         cfg.identities.get(c).cloned().flatten(),
-        cfg.roots.clone(),
+        cfg.roots
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| std::sync::Arc::new(rustls::RootCertStore::empty())),
         cfg.settings.timeouts.to_client(),
     );
     let mut pending: Vec<usize> = indices.to_vec();

@@ -51,8 +51,8 @@ pub struct QueueConfig {
     pub settings: QueueSettings,
     /// This host's name (EHLO default, DSN reporter).
     pub hostname: String,
-    /// Trusted roots for certificate validation.
-    pub roots: Arc<rustls::RootCertStore>,
+    /// Trusted roots for certificate validation, by connector position.
+    pub roots: Vec<Arc<rustls::RootCertStore>>,
     /// DNS.
     pub resolver: Resolver,
 }
