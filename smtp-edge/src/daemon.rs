@@ -555,6 +555,7 @@ pub fn queue_config(config: &Config) -> Result<crate::queue::manager::QueueConfi
         accepted: config.smtp.accepted.clone(),
         settings: config.queue.clone(),
         hostname: config.smtp.hostname.clone(),
+        tls_configs: config.outbound.iter().map(|_| Arc::default()).collect(),
         roots,
         resolver,
     })

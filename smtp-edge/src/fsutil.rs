@@ -44,6 +44,56 @@ pub fn create_new(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// An unnamed file in `dir` (`O_TMPFILE`, mode 0600): nothing to clean up
+/// after a crash, given a name only by [`link_anonymous`]. `Ok(None)` when
+/// the file system does not support it.
+pub fn create_anonymous(dir: &Path) -> io::Result<Option<File>> {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(FILE_MODE)
+        .open(dir)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives an unnamed file (from [`create_anonymous`]) the name `to`, unless
+/// `to` exists (then `AlreadyExists`): a link never replaces.
+pub fn link_anonymous(file: &File, to: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "fd path"))?;
+    let to = cstring(to)?;
+    // SAFETY: two valid NUL-terminated paths; linkat has no other
+    // preconditions. AT_SYMLINK_FOLLOW resolves the /proc fd link to the
+    // open file (no CAP_DAC_READ_SEARCH needed, unlike AT_EMPTY_PATH).
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn cstring(p: &Path) -> io::Result<std::ffi::CString> {
     std::ffi::CString::new(p.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
@@ -238,6 +288,33 @@ mod tests {
         rename_noreplace(&a, &b).unwrap();
         assert_eq!(fs::read(&b).unwrap(), b"first");
         assert!(!a.exists());
+    }
+
+    #[test]
+    fn anonymous_files_get_a_name_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(mut f) = create_anonymous(dir.path()).unwrap() else {
+            return; // not supported here: the spool falls back to tmp/
+        };
+        f.write_all(b"message").unwrap();
+        assert!(
+            fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "no name yet"
+        );
+        let name = dir.path().join("id");
+        fs::write(&name, b"acknowledged").unwrap();
+        assert_eq!(
+            link_anonymous(&f, &name).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(fs::read(&name).unwrap(), b"acknowledged");
+        fs::remove_file(&name).unwrap();
+        link_anonymous(&f, &name).unwrap();
+        assert_eq!(fs::read(&name).unwrap(), b"message");
+        assert_eq!(
+            fs::metadata(&name).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //!   (the client never got 250) and is removed at start.
 //! - `incoming/` — complete messages, one file each, named by queue id.
 //!
-//! Accepting a message is: write `tmp/ID` (created exclusively), fsync it,
-//! rename it to `incoming/ID` (never over an existing file), fsync
-//! `incoming/` (one fsync shared by the messages committed at the same
-//! time). Only then does the client get 250. A rename is atomic, so
-//! `incoming/` never holds a half-written message. Directories are 0700 and
+//! Accepting a message is: write an unnamed file in `incoming/`
+//! (`O_TMPFILE`; on a file system without it, `tmp/ID` created
+//! exclusively), fsync it, give it its name `incoming/ID` (a link, or a
+//! rename, never over an existing file), fsync `incoming/` (one fsync shared
+//! by the messages committed at the same time). Only then does the client
+//! get 250. Naming is atomic, so `incoming/` never holds a half-written
+//! message; an unnamed file left by a crash is gone with it. Directories are 0700 and
 //! files 0600 whatever the umask.
 //!
 //! File format (version 1), documented for the queue and the CLI:
@@ -224,6 +226,8 @@ pub struct Spooled {
 /// The spool directory.
 #[derive(Debug)]
 pub struct Spool {
+    /// `O_TMPFILE` works here (else messages are written in `tmp/`).
+    anonymous: std::sync::atomic::AtomicBool,
     root: PathBuf,
     tmp: PathBuf,
     incoming: PathBuf,
@@ -288,6 +292,7 @@ impl Spool {
         }
         Ok((
             Spool {
+                anonymous: std::sync::atomic::AtomicBool::new(true),
                 incoming_sync: Arc::new(GroupSync::new(&incoming)),
                 root: dir.to_path_buf(),
                 tmp,
@@ -331,31 +336,37 @@ impl Spool {
         r
     }
 
-    /// Starts writing a message under a fresh id: `tmp/ID` is created
-    /// exclusively (mode 0600) and no complete message has that id; a taken
-    /// id (a clock step, a reused process id) makes it draw another.
+    /// Starts writing a message under a fresh id that no complete message
+    /// has (a taken id — a clock step, a reused process id — makes it draw
+    /// another). The file is unnamed (`O_TMPFILE` in `incoming/`: nothing to
+    /// clean up after a crash, one directory change per message) where the
+    /// file system allows, else `tmp/ID` created exclusively; mode 0600.
     pub fn create(&self) -> Result<SpoolWriter, SpoolError> {
         let mut last = None;
         for _ in 0..ID_ATTEMPTS {
             let id = new_id();
-            let path = self.tmp.join(&id);
             let final_path = self.incoming.join(&id);
             if final_path.exists() {
                 last = Some(final_path);
                 continue;
             }
-            match fsutil::create_new(&path) {
-                Ok(file) => {
-                    return Ok(SpoolWriter {
-                        file,
-                        id,
-                        path,
-                        final_path,
-                        fsync: self.fsync,
-                        sync: self.incoming_sync.clone(),
-                        done: false,
-                    });
+            if self.anonymous.load(Ordering::Relaxed) {
+                match fsutil::create_anonymous(&self.incoming) {
+                    Ok(Some(file)) => {
+                        return Ok(self.writer(file, id, None, final_path));
+                    }
+                    Ok(None) => self.anonymous.store(false, Ordering::Relaxed),
+                    Err(source) => {
+                        return Err(SpoolError::Io {
+                            path: self.incoming.clone(),
+                            source,
+                        });
+                    }
                 }
+            }
+            let path = self.tmp.join(&id);
+            match fsutil::create_new(&path) {
+                Ok(file) => return Ok(self.writer(file, id, Some(path), final_path)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(path),
                 Err(e) => return Err(SpoolError::Io { path, source: e }),
             }
@@ -363,6 +374,24 @@ impl Spool {
         Err(SpoolError::IdTaken {
             path: last.unwrap_or_else(|| self.tmp.clone()),
         })
+    }
+
+    fn writer(
+        &self,
+        file: File,
+        id: String,
+        tmp: Option<PathBuf>,
+        final_path: PathBuf,
+    ) -> SpoolWriter {
+        SpoolWriter {
+            file,
+            id,
+            tmp,
+            final_path,
+            fsync: self.fsync,
+            sync: self.incoming_sync.clone(),
+            done: false,
+        }
     }
 
     /// Ids of complete messages, oldest first.
@@ -437,7 +466,8 @@ pub fn read_file(path: &Path) -> Result<Spooled, SpoolError> {
 pub struct SpoolWriter {
     file: File,
     id: String,
-    path: PathBuf,
+    /// Its name in `tmp/` (none for an unnamed file).
+    tmp: Option<PathBuf>,
     final_path: PathBuf,
     fsync: bool,
     sync: Arc<GroupSync>,
@@ -450,12 +480,17 @@ impl SpoolWriter {
         &self.id
     }
 
+    /// The path errors name: its file in `tmp/`, or the name it will have.
+    fn shown(&self) -> &Path {
+        self.tmp.as_deref().unwrap_or(&self.final_path)
+    }
+
     /// Writes the header and the envelope (its id set to this message's);
     /// call once, before the content.
     pub fn write_envelope(&mut self, env: &mut Envelope) -> Result<(), SpoolError> {
         env.id = self.id.clone();
         let line = serde_json::to_string(env).map_err(|e| SpoolError::Format {
-            path: self.path.clone(),
+            path: self.shown().to_path_buf(),
             reason: e.to_string(),
         })?;
         let mut head = Vec::with_capacity(MAGIC.len() + line.len() + 2);
@@ -468,24 +503,30 @@ impl SpoolWriter {
 
     /// Appends content bytes.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        self.file.write_all(bytes).map_err(io(&self.path))
+        let path = self.shown().to_path_buf();
+        self.file.write_all(bytes).map_err(io(&path))
     }
 
-    /// fsync, rename into `incoming/` (never over an existing message),
-    /// fsync the directory (shared with concurrent commits). On failure
-    /// nothing is left in `incoming/`.
+    /// fsync, give it its name in `incoming/` (never over an existing
+    /// message), fsync the directory (shared with concurrent commits). On
+    /// failure nothing is left in `incoming/`.
     pub fn commit(mut self) -> Result<(), SpoolError> {
+        let path = self.shown().to_path_buf();
         if self.fsync {
-            self.file.sync_all().map_err(io(&self.path))?;
+            self.file.sync_all().map_err(io(&path))?;
         }
-        fsutil::rename_noreplace(&self.path, &self.final_path).map_err(|source| {
+        let named = match &self.tmp {
+            None => fsutil::link_anonymous(&self.file, &self.final_path),
+            Some(tmp) => fsutil::rename_noreplace(tmp, &self.final_path),
+        };
+        named.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
                 SpoolError::IdTaken {
                     path: self.final_path.clone(),
                 }
             } else {
                 SpoolError::Io {
-                    path: self.path.clone(),
+                    path: path.clone(),
                     source,
                 }
             }
@@ -508,8 +549,11 @@ impl SpoolWriter {
 
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.path);
+        // An unnamed file goes with its descriptor.
+        if !self.done
+            && let Some(tmp) = &self.tmp
+        {
+            let _ = fs::remove_file(tmp);
         }
     }
 }

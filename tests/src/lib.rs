@@ -274,6 +274,21 @@ impl Daemon {
         )
     }
 
+    /// The octets in the files it has open under `dir` (also unnamed ones:
+    /// messages being received).
+    pub fn open_bytes_under(&self, dir: &Path) -> u64 {
+        let pid = self.pid().expect("daemon running");
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return 0;
+        };
+        fds.flatten()
+            .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(dir)))
+            .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Its resident memory now (VmRSS), in KiB.
     pub fn rss_kib(&self) -> u64 {
         let pid = self.pid().expect("daemon running");

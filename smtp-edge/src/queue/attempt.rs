@@ -257,7 +257,7 @@ pub async fn deliver_route(
         return deferred_all(&route.indices, (4, 3, 5), "outbound connector gone".into());
     };
     let (hops, indices) = (&route.hops, &route.indices);
-    let settings = ClientSettings::for_connector(
+    let mut settings = ClientSettings::for_connector(
         connector,
         &cfg.hostname,
         cfg.identities.get(c).cloned().flatten(),
@@ -267,6 +267,7 @@ pub async fn deliver_route(
             .unwrap_or_else(|| std::sync::Arc::new(rustls::RootCertStore::empty())),
         cfg.settings.timeouts.to_client(),
     );
+    settings.tls_configs = cfg.tls_configs.get(c).cloned();
     let mut pending: Vec<usize> = indices.to_vec();
     let mut done: Vec<(usize, Outcome)> = Vec::new();
     let mut errors: Vec<String> = Vec::new();

@@ -53,6 +53,8 @@ pub struct QueueConfig {
     pub hostname: String,
     /// Trusted roots for certificate validation, by connector position.
     pub roots: Vec<Arc<rustls::RootCertStore>>,
+    /// TLS configurations kept per next hop, by connector position.
+    pub tls_configs: Vec<Arc<crate::delivery::client::TlsConfigs>>,
     /// DNS.
     pub resolver: Resolver,
 }

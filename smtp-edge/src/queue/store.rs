@@ -20,6 +20,9 @@ use crate::delivery::client::Content;
 use crate::fsutil;
 use crate::spool::{self, Envelope, Spool, SpoolError};
 
+/// Messages up to this size are delivered from memory.
+const SMALL: u64 = 128 * 1024;
+
 /// The queue's directories.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -168,10 +171,22 @@ impl Store {
     pub fn open(&self, id: &str) -> Result<(Envelope, Content), SpoolError> {
         let path = self.message_path(id);
         let (env, offset) = spool::read_envelope(&path)?;
-        let content = Content::file(&path, offset).map_err(|source| SpoolError::Io {
+        let io_err = |source| SpoolError::Io {
             path: path.clone(),
             source,
-        })?;
+        };
+        let size = fs::metadata(&path).map_err(io_err)?.len();
+        // Small messages (most) are read once into memory; large ones stream
+        // from the file: a delivery holds at most SMALL octets of a message.
+        let content = if size.saturating_sub(offset) <= SMALL {
+            let mut f = fs::File::open(&path).map_err(io_err)?;
+            io::Seek::seek(&mut f, io::SeekFrom::Start(offset)).map_err(io_err)?;
+            let mut bytes = Vec::with_capacity((size - offset) as usize);
+            f.read_to_end(&mut bytes).map_err(io_err)?;
+            Content::memory(bytes)
+        } else {
+            Content::file(&path, offset).map_err(io_err)?
+        };
         Ok((env, content))
     }
 

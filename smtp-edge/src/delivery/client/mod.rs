@@ -126,3 +126,4 @@ pub use outcome::{Disposition, Outcome, RcptResult, TlsSession};
 pub use reply::{Extensions, MAX_REPLY_BYTES, MAX_REPLY_LINES, Reply, Status, parse_reply};
 pub use session::deliver;
 pub use settings::{ClientIdentity, ClientSettings, Timeouts, system_roots};
+pub use tls::TlsConfigs;

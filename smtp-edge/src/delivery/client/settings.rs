@@ -111,6 +111,9 @@ pub struct ClientSettings {
     pub roots: Arc<RootCertStore>,
     /// Time limits.
     pub timeouts: Timeouts,
+    /// rustls configurations kept per next hop (TLS session resumption);
+    /// `None`: a fresh one per session.
+    pub tls_configs: Option<Arc<super::tls::TlsConfigs>>,
 }
 
 impl ClientSettings {
@@ -124,6 +127,7 @@ impl ClientSettings {
             client_cert: None,
             roots: Arc::new(RootCertStore::empty()),
             timeouts: Timeouts::default(),
+            tls_configs: None,
         }
     }
 
@@ -149,6 +153,7 @@ impl ClientSettings {
             client_cert,
             roots,
             timeouts,
+            tls_configs: None,
         }
     }
 }
