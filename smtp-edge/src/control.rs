@@ -75,6 +75,20 @@ pub enum Request {
         /// Queue id.
         id: String,
     },
+    /// Check the web service for new Exchange Online ranges now.
+    RangesUpdate {
+        /// Dry run, accept a shrink, force a fetch.
+        #[serde(default)]
+        options: crate::ranges::Options,
+    },
+    /// Take a saved endpoints answer as the Exchange Online list.
+    RangesImport {
+        /// The selection from the file.
+        selection: crate::allowlist::exchange::Selection,
+        /// Dry run, accept a shrink.
+        #[serde(default)]
+        options: crate::ranges::Options,
+    },
 }
 
 /// The daemon's answer: a JSON value on success, a message on failure.

@@ -17,6 +17,7 @@ pub mod filter;
 pub mod fsutil;
 pub mod policy;
 pub mod queue;
+pub mod ranges;
 pub mod resolve;
 pub mod routing;
 pub mod smtp;

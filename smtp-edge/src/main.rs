@@ -148,16 +148,38 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum RangesCmd {
-    /// Select the Exchange/port-25 sets from a saved endpoints web-service JSON
-    /// file and use them instead of the bundled ranges.
-    Import {
-        /// The saved answer of https://endpoints.office.com/endpoints/worldwide?clientrequestid=GUID
-        file: PathBuf,
-        /// Only show the selection.
+    /// Ask Microsoft's endpoints web service now: version first, the list
+    /// only when it changed; additions at once, removals after
+    /// ranges.removal_grace.
+    Update {
+        /// Show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Take a list that removes more than ranges.max_shrink.
+        #[arg(long)]
+        accept_shrink: bool,
+        /// Fetch the list even when the version did not change.
+        #[arg(long)]
+        force: bool,
     },
-    /// Show the Exchange Online ranges in use.
+    /// What an update would add and remove (the published list against the
+    /// one in force, whatever the version).
+    Diff,
+    /// Instance, version in force, last check, pending removals, request id.
+    Status,
+    /// Take a saved endpoints web-service answer (JSON) as the list in force,
+    /// with the same checks, grace and shrink limit as an update.
+    Import {
+        /// The saved answer of {service_url}/endpoints/Worldwide?ClientRequestId=GUID
+        file: PathBuf,
+        /// Only show the selection and what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Take a list that removes more than ranges.max_shrink.
+        #[arg(long)]
+        accept_shrink: bool,
+    },
+    /// The Exchange Online entries of the gate.
     List,
 }
 
@@ -570,25 +592,112 @@ fn detach(cli: &Cli) -> Result<()> {
 }
 
 fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
+    use smtp_edge::ranges::{self, Options, status};
+    let cfg = load_config(&cli.config)?;
+    let now = smtp_edge::spool::now();
+    let update = |options: Options| -> Result<ranges::Report> {
+        if let Some(v) = ask(&cfg, &Request::RangesUpdate { options })? {
+            return Ok(serde_json::from_value(v)?);
+        }
+        let r = ranges::check(&state_dir(&cfg)?, &cfg.ranges, options, now)?;
+        if !options.dry_run && r.changes.allowed_changes() {
+            eprintln!("the daemon is not running: the new list takes effect when it starts");
+        }
+        Ok(r)
+    };
     match cmd {
-        RangesCmd::Import { file, dry_run } => {
-            let sel = exchange::import(file)?;
+        RangesCmd::Update {
+            dry_run,
+            accept_shrink,
+            force,
+        } => {
+            let r = update(Options {
+                dry_run: *dry_run,
+                accept_shrink: *accept_shrink,
+                force: *force,
+            })?;
             if cli.json {
-                print_json(&sel)?;
+                print_json(&r)?;
             } else {
-                println!("endpoint sets: {:?} ({})", sel.sets, sel.urls.join(", "));
-                for r in &sel.ranges {
-                    println!("  {r}");
+                print!("{}", status::render_report(&r));
+            }
+            match r.outcome {
+                ranges::Outcome::Refused { .. } | ranges::Outcome::Failed { .. } => {
+                    std::process::exit(2)
                 }
+                _ => Ok(()),
             }
-            if *dry_run {
-                return Ok(());
+        }
+        RangesCmd::Diff => {
+            let r = update(Options {
+                dry_run: true,
+                accept_shrink: true,
+                force: true,
+            })?;
+            if cli.json {
+                return print_json(&r);
             }
-            let cfg = load_config(&cli.config)?;
-            state_dir(&cfg)?.set_exchange(&sel)?;
-            match ask(&cfg, &Request::Reload)? {
-                Some(_) => eprintln!("imported {} ranges; in force now", sel.ranges.len()),
-                None => eprintln!(
+            if let ranges::Outcome::Failed { error } = &r.outcome {
+                bail!("{error}");
+            }
+            let text = status::render_changes(&r.changes);
+            if text.is_empty() {
+                println!(
+                    "no difference: the published list (version {}) is the one in force",
+                    r.latest.as_deref().unwrap_or("?")
+                );
+            } else {
+                print!("{text}");
+            }
+            Ok(())
+        }
+        RangesCmd::Status => {
+            let dir = state_dir(&cfg)?;
+            let s = status::Status::new(
+                &ranges::load(&dir),
+                &cfg.ranges,
+                cfg.uses_exchange_ranges(),
+                dir.client_request_id()?,
+                now,
+            );
+            if cli.json {
+                print_json(&s)
+            } else {
+                print!("{}", s.render());
+                Ok(())
+            }
+        }
+        RangesCmd::Import {
+            file,
+            dry_run,
+            accept_shrink,
+        } => {
+            let sel = exchange::import(file)?;
+            let options = Options {
+                dry_run: *dry_run,
+                accept_shrink: *accept_shrink,
+                force: false,
+            };
+            let req = Request::RangesImport {
+                selection: sel.clone(),
+                options,
+            };
+            let (changes, running) = match ask(&cfg, &req)? {
+                Some(v) => (serde_json::from_value(v)?, true),
+                None => (
+                    ranges::import(&state_dir(&cfg)?, &sel, &cfg.ranges, options, now)?,
+                    false,
+                ),
+            };
+            if cli.json {
+                return print_json(&serde_json::json!({"selection": sel, "changes": changes}));
+            }
+            println!("endpoint sets: {:?} ({})", sel.sets, sel.urls.join(", "));
+            print!("{}", status::render_changes(&changes));
+            match (dry_run, running) {
+                (true, _) => {}
+                (false, true) => eprintln!("imported {} ranges; in force now", sel.ranges.len()),
+                (false, false) => eprintln!(
                     "imported {} ranges; they take effect when the daemon starts",
                     sel.ranges.len()
                 ),
@@ -596,9 +705,7 @@ fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
             Ok(())
         }
         RangesCmd::List => {
-            let cfg = load_config(&cli.config)?;
-            let imported = state_dir(&cfg)?.exchange()?;
-            let entries = cfg.exchange_entries(imported.as_ref());
+            let entries = cfg.exchange_entries(&ranges::load(&state_dir(&cfg)?));
             if cli.json {
                 return print_json(&entries);
             }

@@ -73,6 +73,8 @@ pub struct StateDir {
 
 const CLI_ENTRIES: &str = "allowlist.json";
 const EXCHANGE: &str = "exchange-online.json";
+const RANGES: &str = "ranges.json";
+const REQUEST_ID: &str = "client-request-id";
 /// File name of the filter state (kept next to the config's state_dir).
 pub const FILTER: &str = "filter.json";
 
@@ -132,6 +134,33 @@ impl StateDir {
         self.write(EXCHANGE, sel)
     }
 
+    /// The Exchange Online list in force and the updater's record.
+    pub fn ranges(&self) -> Result<Option<crate::ranges::RangesState>, StateError> {
+        self.read(RANGES)
+    }
+
+    /// Replaces the Exchange Online list in force.
+    pub fn set_ranges(&self, state: &crate::ranges::RangesState) -> Result<(), StateError> {
+        self.write(RANGES, state)
+    }
+
+    /// This machine's `ClientRequestId` for the web service: a GUID made
+    /// once and kept (Microsoft asks for one per machine).
+    pub fn client_request_id(&self) -> Result<String, StateError> {
+        let path = self.dir.join(REQUEST_ID);
+        match fs::read_to_string(&path) {
+            Ok(text) if uuid::Uuid::parse_str(text.trim()).is_ok() => {
+                return Ok(text.trim().to_string());
+            }
+            Ok(_) => tracing::warn!(path = %path.display(), "not a GUID; making a new one"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StateError::Io { path, source }),
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        write_atomic(&path, format!("{id}\n").as_bytes())?;
+        Ok(id)
+    }
+
     /// What is in the kernel.
     pub fn filter(&self) -> Result<Option<FilterState>, StateError> {
         self.read(FILTER)
@@ -174,6 +203,17 @@ mod tests {
             .map(|d| d.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec![CLI_ENTRIES]);
+    }
+
+    #[test]
+    fn the_request_id_is_made_once_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateDir::open(tmp.path()).unwrap();
+        let a = s.client_request_id().unwrap();
+        assert!(uuid::Uuid::parse_str(&a).is_ok(), "{a}");
+        assert_eq!(s.client_request_id().unwrap(), a);
+        let again = StateDir::open(tmp.path()).unwrap();
+        assert_eq!(again.client_request_id().unwrap(), a);
     }
 
     #[test]

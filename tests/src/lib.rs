@@ -18,6 +18,7 @@ pub mod nsd;
 pub mod sink;
 pub mod smtp;
 pub mod tools;
+pub mod webservice;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -110,10 +111,32 @@ pub fn in_netns(ns: Option<&str>, program: &Path) -> Command {
     }
 }
 
+/// The proxy variables smtp-edge's HTTP client reads: removed from every
+/// program the tests start, so a machine's proxy never carries a test's
+/// request (tests that test the proxy set them again).
+pub const PROXY_ENV: [&str; 8] = [
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// Removes [`PROXY_ENV`] from `cmd`'s environment.
+pub fn without_proxy(cmd: &mut Command) -> &mut Command {
+    for v in PROXY_ENV {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
 /// `smtp-edge ARGS` (inside network namespace `ns` when given).
 pub fn cli(ns: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = in_netns(ns, &smtp_edge_bin());
-    cmd.args(args);
+    without_proxy(&mut cmd).args(args);
     run(&mut cmd)
 }
 
@@ -203,7 +226,8 @@ impl Daemon {
                 c
             }
         };
-        cmd.env("RUST_LOG", "info")
+        without_proxy(&mut cmd)
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);

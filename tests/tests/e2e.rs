@@ -68,6 +68,12 @@ drop_events_per_second = 5
 [allowlist]
 exchange_online = true
 
+# The bundled list, never the web service (tests/tests/ranges.rs serves
+# recorded answers on loopback).
+[ranges]
+auto_update = false
+removal_grace = 3
+
 [[allowlist.entries]]
 source = "{OK4}"
 comment = "on-prem server"
@@ -387,24 +393,63 @@ fn bad_input_gets_clear_errors() {
 }
 
 #[test]
-fn ranges_import_replaces_the_bundled_set() {
+fn ranges_import_applies_additions_at_once_and_removals_after_the_grace() {
     let lab = Lab::new("");
     let file = lab.dir.path().join("endpoints.json");
     std::fs::write(
         &file,
-        r#"[{"id":10,"serviceArea":"Exchange","urls":["*.mail.protection.outlook.com"],"ips":["40.92.0.0/15","2a01:111:f400::/48"],"tcpPorts":"25","category":"Allow","required":true},
+        r#"[{"id":10,"serviceArea":"Exchange","urls":["*.mail.protection.outlook.com"],"ips":["40.92.0.0/15","2a01:111:f400::/48","198.18.0.0/15"],"tcpPorts":"25","category":"Allow","required":true},
            {"id":1,"serviceArea":"Exchange","ips":["13.107.6.152/31"],"tcpPorts":"80,443","category":"Optimize","required":true}]"#,
     )
     .expect("write");
     let _daemon = lab.start();
     assert_eq!(lab.json(&["check", "104.47.1.1"])["verdict"], "pass");
-    lab.cli_ok(&["ranges", "import", file.to_str().expect("path")]);
-    assert_eq!(lab.json(&["check", "104.47.1.1"])["verdict"], "drop");
-    assert_eq!(lab.json(&["check", "40.92.1.1"])["verdict"], "pass");
+    assert_eq!(lab.json(&["check", "198.18.0.1"])["verdict"], "drop");
+    // Four of the six bundled prefixes would go at once: over max_shrink.
+    let out = lab.cli(&["ranges", "import", file.to_str().expect("path")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("would remove 4 of 6") && err.contains("--accept-shrink"),
+        "{err}"
+    );
+    assert_eq!(lab.json(&["check", "198.18.0.1"])["verdict"], "drop");
+    // Taken: the addition at once, the removals after the grace (3 s).
+    let shown = lab.cli_ok(&[
+        "ranges",
+        "import",
+        "--accept-shrink",
+        file.to_str().expect("path"),
+    ]);
+    assert!(
+        shown.contains("+ 198.18.0.0/15") && shown.contains("- 104.47.0.0/17"),
+        "{shown}"
+    );
+    assert_eq!(lab.json(&["check", "198.18.0.1"])["verdict"], "pass");
     assert_eq!(lab.json(&["check", "13.107.6.152"])["verdict"], "drop");
+    assert_eq!(lab.json(&["check", "104.47.1.1"])["verdict"], "pass");
     let listed = lab.cli_ok(&["ranges", "list"]);
     assert!(
-        listed.contains("40.92.0.0/15") && !listed.contains("104.47.0.0/17"),
+        listed.contains("104.47.0.0/17") && listed.contains("no longer listed"),
         "{listed}"
     );
+    let status = lab.json(&["ranges", "status"]);
+    assert_eq!(status["origin"], "imported");
+    assert_eq!(
+        status["pending_removal"].as_array().map(Vec::len),
+        Some(4),
+        "{status}"
+    );
+    // The daemon lets them go on their date.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lab.json(&["check", "104.47.1.1"])["verdict"] == "pass" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the grace never ended"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(lab.json(&["check", "40.92.1.1"])["verdict"], "pass");
+    let listed = lab.cli_ok(&["ranges", "list"]);
+    assert!(!listed.contains("104.47.0.0/17"), "{listed}");
 }

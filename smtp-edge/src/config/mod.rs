@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod outbound;
+pub mod ranges;
 pub mod smtp;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::allowlist::{Entry, Origin, exchange};
+use crate::allowlist::{Entry, Origin};
 use smtp_edge_common::capacity;
 
 /// One problem in a configuration file.
@@ -226,6 +227,8 @@ struct Raw {
     queue: outbound::Queue,
     #[serde(default)]
     dns: dns::Dns,
+    #[serde(default)]
+    ranges: ranges::RawRanges,
 }
 
 /// A validated configuration.
@@ -251,6 +254,8 @@ pub struct Config {
     pub queue: outbound::Queue,
     /// `[dns]`.
     pub dns: dns::Dns,
+    /// `[ranges]`.
+    pub ranges: ranges::Ranges,
     /// Valid settings worth a second look (shown by `config check`, logged
     /// at start and reload).
     pub warnings: Vec<ConfigError>,
@@ -372,6 +377,7 @@ impl Config {
             &mut warnings,
         );
         let outbound = outbound::validate(raw.outbound_connectors, &raw.queue, &at, &mut errors);
+        let ranges = ranges::validate(raw.ranges, &at, &mut errors, &mut warnings);
         for message in raw.dns.problems() {
             errors.push(ConfigError {
                 file: file.clone(),
@@ -388,6 +394,7 @@ impl Config {
             outbound,
             queue: raw.queue,
             dns: raw.dns,
+            ranges,
             path: path.to_path_buf(),
             daemon: raw.daemon,
             filter: raw.filter,
@@ -407,25 +414,38 @@ impl Config {
             .collect()
     }
 
-    /// The Exchange Online entries: the imported selection when there is one,
-    /// else the bundled list; none when `allowlist.exchange_online` is false.
-    pub fn exchange_entries(&self, imported: Option<&exchange::Selection>) -> Vec<Entry> {
+    /// The Exchange Online entries of the gate: the list in force (bundled,
+    /// imported or fetched, with the prefixes waiting for their removal
+    /// date); none when `allowlist.exchange_online` is false.
+    pub fn exchange_entries(&self, ranges: &crate::ranges::RangesState) -> Vec<Entry> {
         if !self.allowlist.exchange_online {
             return Vec::new();
         }
-        let ranges: Vec<String> = match imported {
-            Some(sel) => sel.ranges.clone(),
-            None => exchange::BUNDLED.iter().map(|s| s.to_string()).collect(),
+        let comment = match (ranges.origin, &ranges.version) {
+            (crate::ranges::Origin::Service, Some(v)) => format!("Exchange Online (version {v})"),
+            (origin, _) => format!("Exchange Online ({origin} list)"),
         };
-        let comment = if imported.is_some() {
-            "Exchange Online (imported)"
-        } else {
-            "Exchange Online (bundled, endpoint set 10)"
-        };
-        ranges
+        let mut out: Vec<Entry> = ranges
+            .ranges
             .iter()
-            .filter_map(|r| Entry::parse(Origin::ExchangeOnline, r, comment).ok())
-            .collect()
+            .filter_map(|l| Entry::parse(Origin::ExchangeOnline, &l.prefix, &comment).ok())
+            .collect();
+        out.extend(ranges.pending_removal.iter().filter_map(|p| {
+            let note = format!(
+                "Exchange Online (no longer listed; allowed until {})",
+                crate::smtp::trace::rfc5322_date(p.remove_at)
+            );
+            Entry::parse(Origin::ExchangeOnline, &p.prefix, &note).ok()
+        }));
+        out
+    }
+
+    /// Whether anything uses the Exchange Online ranges: the gate's entries
+    /// or an inbound connector with the `exchange-online` source. Only then
+    /// does the daemon keep them current.
+    pub fn uses_exchange_ranges(&self) -> bool {
+        (self.filter.enabled && self.allowlist.exchange_online)
+            || (self.smtp.raw.enabled && self.smtp.connectors.iter().any(|c| c.exchange_online))
     }
 }
 
@@ -626,7 +646,11 @@ mod tests {
         assert_eq!(c.interfaces(), vec!["eth0"]);
         assert_eq!(c.static_entries.len(), 3);
         assert_eq!(c.static_entries[1].source, "198.51.100.64/26");
-        assert_eq!(c.exchange_entries(None).len(), 6);
+        assert_eq!(
+            c.exchange_entries(&crate::ranges::RangesState::bundled())
+                .len(),
+            6
+        );
     }
 
     #[test]

@@ -182,6 +182,9 @@ pub struct InboundConnector {
     pub policy: Inbound,
     /// Trust for client certificates.
     pub trust: Trust,
+    /// Its sources include `exchange-online`: the list in force is added to
+    /// `policy.sources` when the server is built (and again when it changes).
+    pub exchange_online: bool,
 }
 
 /// Validated `[smtp]` and connectors.
@@ -322,15 +325,10 @@ pub(super) fn validate(
         }
         names.push(name.clone());
         let mut sources: Vec<IpNet> = Vec::new();
-        let mut shared_sources = false;
+        let mut exchange_online = false;
         for s in &c.sources {
             if s.get_ref() == "exchange-online" {
-                shared_sources = true;
-                for r in exchange::BUNDLED {
-                    if let Ok(n) = spec::parse(r) {
-                        sources.extend(n);
-                    }
-                }
+                exchange_online = true;
                 continue;
             }
             match spec::parse(s.get_ref()) {
@@ -378,11 +376,12 @@ pub(super) fn validate(
                 ));
             }
         }
+        let mut shared_sources = exchange_online;
         shared_sources |= sources
             .iter()
             .any(|n| exo.iter().any(|e| e.contains(n) || n.contains(e)));
         // No sources: everyone, the Exchange Online ranges included.
-        shared_sources |= sources.is_empty();
+        shared_sources |= sources.is_empty() && !exchange_online;
         if c.trusted_headers && shared_sources {
             warnings.push(at(
                 c.name.span(),
@@ -406,6 +405,7 @@ pub(super) fn validate(
                 trusted_headers: c.trusted_headers,
             },
             trust,
+            exchange_online,
         });
     }
     Smtp {

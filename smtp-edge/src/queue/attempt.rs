@@ -91,6 +91,17 @@ pub async fn routes(
     let addresses: Vec<String> = pending.iter().map(|(_, a)| a.clone()).collect();
     let split = crate::routing::split(&addresses, &cfg.connectors, &cfg.accepted);
     let mut done = Vec::new();
+    if cfg.connectors.is_empty() {
+        // A reload that removed every connector is a configuration being
+        // reworked, not a verdict on the recipients: they wait.
+        let all: Vec<usize> = pending.iter().map(|(i, _)| *i).collect();
+        done.extend(deferred_all(
+            &all,
+            (4, 3, 5),
+            "no outbound connectors are configured".into(),
+        ));
+        return (Vec::new(), done);
+    }
     for &u in &split.unroutable {
         done.push((
             pending[u].0,

@@ -121,6 +121,31 @@ impl QueueHandle {
     }
 }
 
+/// Where the receiving side finds the queue: empty until the queue runs
+/// (without outbound connectors it does not), one slot shared by every
+/// server configuration so a session that began before the queue started
+/// still hands its messages over.
+#[derive(Debug, Default)]
+pub struct QueueSlot(std::sync::RwLock<Option<QueueHandle>>);
+
+impl QueueSlot {
+    /// Tells the queue about a message, when one runs.
+    pub fn arrived(&self, envelope: Envelope) {
+        if let Some(q) = &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            q.arrived(envelope);
+        }
+    }
+
+    /// Whether a queue takes the messages.
+    pub fn is_set(&self) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    fn set(&self, handle: Option<QueueHandle>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = handle;
+    }
+}
+
 /// The manager.
 pub struct Manager {
     store: Store,
@@ -192,12 +217,32 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl Manager {
     /// Reads the queue from disk (quarantining what cannot be used) and
-    /// starts the manager; the handle is for the receiving side.
+    /// starts the manager. The receiving side's `slot` gets the handle
+    /// before the spool is read, so a message accepted meanwhile is either
+    /// read from disk or announced (a message both read and announced is
+    /// queued once).
     pub async fn start(
         spool: Arc<Spool>,
         cfg: QueueConfig,
-    ) -> Result<(Arc<Manager>, QueueHandle), QueueError> {
+        slot: &QueueSlot,
+    ) -> Result<Arc<Manager>, QueueError> {
         let store = Store::new(spool).map_err(|e| QueueError::Io(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        slot.set(Some(QueueHandle(tx)));
+        match Self::load(store, cfg, rx).await {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                slot.set(None);
+                Err(e)
+            }
+        }
+    }
+
+    async fn load(
+        store: Store,
+        cfg: QueueConfig,
+        rx: mpsc::UnboundedReceiver<Envelope>,
+    ) -> Result<Arc<Manager>, QueueError> {
         let started = Instant::now();
         let s2 = store.clone();
         let scan = blocking(move || s2.scan())
@@ -218,7 +263,6 @@ impl Manager {
             seconds = started.elapsed().as_secs_f64(),
             "queue loaded"
         );
-        let (tx, rx) = mpsc::unbounded_channel();
         let m = Arc::new(Manager {
             store,
             cfg: RwLock::new(Arc::new(cfg)),
@@ -227,7 +271,7 @@ impl Manager {
         });
         tokio::spawn(m.clone().run(rx));
         tokio::spawn(m.clone().maintenance());
-        Ok((m, QueueHandle(tx)))
+        Ok(m)
     }
 
     /// The configuration in force.

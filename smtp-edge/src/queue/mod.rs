@@ -15,4 +15,4 @@ pub mod report;
 pub mod state;
 pub mod store;
 
-pub use manager::{QueueError, QueueHandle};
+pub use manager::{QueueError, QueueHandle, QueueSlot};

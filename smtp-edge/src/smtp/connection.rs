@@ -510,9 +510,7 @@ async fn finish(
                     "message accepted"
                 );
                 let reply = Reply::queued(&env.id);
-                if let Some(q) = &cfg.queue {
-                    q.arrived(env);
-                }
+                cfg.queue.arrived(env);
                 reply
             }
             Err(n) if n.reply.code >= 500 => {

@@ -29,14 +29,35 @@ use crate::spool::{Spool, TlsInfo};
 use crate::tls::{ClientTrust, certificate_subject};
 
 /// One inbound connector with the trust for its client certificates.
+#[derive(Clone)]
 pub struct Connector {
-    /// Policy.
+    /// Policy (its sources include the Exchange Online list in force when
+    /// the connector names `exchange-online`).
     pub policy: Arc<Inbound>,
     /// Trust (when the connector checks client certificates).
     pub trust: Option<ClientTrust>,
+    /// The sources written in the configuration.
+    configured_sources: Vec<IpNet>,
+    /// Whether `exchange-online` is among them.
+    exchange_online: bool,
+}
+
+impl Connector {
+    fn with_exchange(&self, exchange: &[IpNet]) -> Connector {
+        let mut policy = (*self.policy).clone();
+        policy.sources = self.configured_sources.clone();
+        if self.exchange_online {
+            policy.sources.extend_from_slice(exchange);
+        }
+        Connector {
+            policy: Arc::new(policy),
+            ..self.clone()
+        }
+    }
 }
 
 /// Everything the server needs.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Session settings.
     pub session: Arc<SessionConfig>,
@@ -69,8 +90,10 @@ pub struct ServerConfig {
     pub min_data_rate: u64,
     /// Where accepted messages go.
     pub spool: Arc<Spool>,
-    /// Told about each accepted message (the queue manager).
-    pub queue: Option<crate::queue::QueueHandle>,
+    /// Told about each accepted message: the queue manager, once it runs
+    /// (one slot shared by every configuration, so a session that began
+    /// before the queue started still hands its messages over).
+    pub queue: Arc<crate::queue::QueueSlot>,
 }
 
 /// Errors setting the server up.
@@ -110,10 +133,12 @@ impl ServerConfig {
     }
 
     /// Builds the server from the configuration: loads the certificate and
-    /// key and each connector's trust.
+    /// key and each connector's trust; `exchange` is the Exchange Online list
+    /// in force, for connectors with the `exchange-online` source.
     pub fn from_config(
         c: &crate::config::smtp::Smtp,
         spool: Arc<Spool>,
+        exchange: &[IpNet],
     ) -> Result<ServerConfig, SetupError> {
         let tls = match &c.raw.tls {
             Some(t) => Some(crate::tls::server_config(&t.certificate, &t.key)?),
@@ -126,10 +151,13 @@ impl ServerConfig {
             } else {
                 Some(ClientTrust::new(&ic.trust)?)
             };
-            connectors.push(Connector {
+            let c = Connector {
                 policy: Arc::new(ic.policy.clone()),
                 trust,
-            });
+                configured_sources: ic.policy.sources.clone(),
+                exchange_online: ic.exchange_online,
+            };
+            connectors.push(c.with_exchange(exchange));
         }
         let r = &c.raw;
         Ok(ServerConfig {
@@ -172,8 +200,23 @@ impl ServerConfig {
             session_timeout: Duration::from_secs(r.timeouts.session),
             min_data_rate: r.min_data_rate,
             spool,
-            queue: None,
+            queue: Arc::default(),
         })
+    }
+}
+
+impl ServerConfig {
+    /// The same server with another Exchange Online list in force (what the
+    /// ranges updater publishes; nothing is read from disk).
+    pub fn with_exchange(&self, exchange: &[IpNet]) -> ServerConfig {
+        ServerConfig {
+            connectors: self
+                .connectors
+                .iter()
+                .map(|c| c.with_exchange(exchange))
+                .collect(),
+            ..self.clone()
+        }
     }
 }
 
@@ -260,58 +303,68 @@ impl Limits {
     }
 }
 
-/// The configuration in force; a reload swaps it, and each new connection
-/// takes the one current when it arrives.
-pub type Shared = Arc<std::sync::RwLock<Arc<ServerConfig>>>;
+/// The configuration in force; a reload or a new Exchange Online list
+/// publishes another, and each new connection takes the one current when it
+/// arrives (sessions keep theirs to the end).
+pub type Current = tokio::sync::watch::Receiver<Arc<ServerConfig>>;
 
-/// Accepts connections on `listeners` until the task is dropped.
-pub async fn serve(listeners: Vec<TcpListener>, shared: Shared) {
-    let limits = Arc::new(Limits::default());
-    let mut tasks = Vec::new();
-    for l in listeners {
-        let (shared, limits) = (shared.clone(), limits.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Ok((stream, peer)) = l.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let cfg = shared.read().unwrap_or_else(|p| p.into_inner()).clone();
-                let limits = limits.clone();
-                tokio::spawn(async move {
-                    let ip = canonical_ip(peer.ip());
-                    let source = source_of(ip, cfg.source_prefix);
-                    match limits.take(source, cfg.max_connections, cfg.max_connections_per_source) {
-                        Some(slot) => {
-                            handle(stream, ip, cfg).await;
-                            drop(slot);
-                        }
-                        None => {
-                            let mut s = stream;
-                            let r = Reply::new(
-                                421,
-                                (4, 7, 0),
-                                &format!(
-                                    "{} Too many connections, try again later",
-                                    cfg.session.hostname
-                                ),
-                            );
-                            let _ = tokio::time::timeout(
-                                Duration::from_secs(5),
-                                s.write_all(&r.to_bytes()),
-                            )
-                            .await;
-                            tracing::info!(%ip, %source, "connection refused: limit reached");
-                        }
+/// The connection limits every listener shares.
+#[derive(Default)]
+pub struct ConnectionLimits(Arc<Limits>);
+
+impl ConnectionLimits {
+    /// Connections open now.
+    pub fn open(&self) -> u32 {
+        self.0.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Accepts connections on `listener` until the task is aborted (a reload
+/// that drops the address): open sessions go on to their end.
+pub fn spawn_listener(
+    listener: TcpListener,
+    current: Current,
+    limits: &ConnectionLimits,
+) -> tokio::task::JoinHandle<()> {
+    let limits = limits.0.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let cfg = current.borrow().clone();
+            let limits = limits.clone();
+            tokio::spawn(async move {
+                let ip = canonical_ip(peer.ip());
+                let source = source_of(ip, cfg.source_prefix);
+                match limits.take(source, cfg.max_connections, cfg.max_connections_per_source) {
+                    Some(slot) => {
+                        handle(stream, ip, cfg).await;
+                        drop(slot);
                     }
-                });
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+                    None => {
+                        let mut s = stream;
+                        let r = Reply::new(
+                            421,
+                            (4, 7, 0),
+                            &format!(
+                                "{} Too many connections, try again later",
+                                cfg.session.hostname
+                            ),
+                        );
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            s.write_all(&r.to_bytes()),
+                        )
+                        .await;
+                        tracing::info!(%ip, %source, "connection refused: limit reached");
+                    }
+                }
+            });
+        }
+    })
 }
 
 fn canonical_ip(ip: IpAddr) -> IpAddr {

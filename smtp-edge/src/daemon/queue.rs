@@ -1,0 +1,137 @@
+//! The queue service: starts the queue manager once there are outbound
+//! connectors (at start or at the reload that adds the first), hands it each
+//! reloaded configuration (connectors, `[queue]`, `[dns]`, client
+//! certificates read again), and answers the queue commands without
+//! touching the gate.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+use super::DaemonError;
+use crate::config::Config;
+use crate::control::Request;
+use crate::queue::QueueSlot;
+use crate::queue::manager::{Manager, QueueConfig, QueueError};
+use crate::spool::Spool;
+
+/// The queue's configuration from the file: client certificates and CA files
+/// loaded (once per reload), the resolver made.
+pub fn queue_config(config: &Config) -> Result<QueueConfig, DaemonError> {
+    let mut identities = Vec::new();
+    for c in &config.outbound {
+        identities.push(match &c.client_cert {
+            Some(cc) => Some(Arc::new(
+                crate::delivery::client::ClientIdentity::load(cc)
+                    .map_err(crate::smtp::server::SetupError::Tls)?,
+            )),
+            None => None,
+        });
+    }
+    let resolver = crate::resolve::Resolver::new(&config.dns)
+        .map_err(|e| DaemonError::Queue(e.to_string()))?;
+    let system = crate::delivery::client::system_roots();
+    let mut roots = Vec::new();
+    for c in &config.outbound {
+        roots.push(match &c.tls_trust {
+            None => system.clone(),
+            Some(path) => {
+                let mut store = rustls::RootCertStore::empty();
+                for cert in
+                    crate::tls::load_chain(path).map_err(crate::smtp::server::SetupError::Tls)?
+                {
+                    store
+                        .add(cert)
+                        .map_err(|e| DaemonError::Queue(format!("{}: {e}", path.display())))?;
+                }
+                Arc::new(store)
+            }
+        });
+    }
+    Ok(QueueConfig {
+        connectors: config.outbound.clone(),
+        identities,
+        accepted: config.smtp.accepted.clone(),
+        settings: config.queue.clone(),
+        hostname: config.smtp.hostname.clone(),
+        tls_configs: config.outbound.iter().map(|_| Arc::default()).collect(),
+        roots,
+        resolver,
+    })
+}
+
+/// The queue of a running daemon (none before the first outbound
+/// connector).
+#[derive(Default)]
+pub struct QueueService {
+    manager: Mutex<Option<Arc<Manager>>>,
+}
+
+const NOT_RUNNING: &str =
+    "the queue is not running: it needs [smtp] enabled and at least one [[outbound_connectors]]";
+
+impl QueueService {
+    fn manager(&self) -> Option<Arc<Manager>> {
+        self.manager
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the manager runs.
+    pub fn running(&self) -> bool {
+        self.manager().is_some()
+    }
+
+    /// Puts `cfg` in force: the running manager takes it (attempts under
+    /// way keep theirs), or the manager starts when there is none and `cfg`
+    /// has connectors.
+    pub async fn apply(
+        &self,
+        cfg: QueueConfig,
+        spool: &Arc<Spool>,
+        slot: &QueueSlot,
+    ) -> Result<(), DaemonError> {
+        if let Some(m) = self.manager() {
+            m.reconfigure(cfg);
+            return Ok(());
+        }
+        if cfg.connectors.is_empty() {
+            return Ok(());
+        }
+        let connectors = cfg.connectors.len();
+        let m = Manager::start(spool.clone(), cfg, slot)
+            .await
+            .map_err(|e| DaemonError::Queue(e.to_string()))?;
+        *self.manager.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+        tracing::info!(connectors, "queue running");
+        Ok(())
+    }
+
+    /// Answers a queue command.
+    pub async fn handle(&self, req: Request) -> Result<serde_json::Value, String> {
+        let q = self.manager().ok_or(NOT_RUNNING)?;
+        let done = |r: Result<(), QueueError>| {
+            r.map(|()| json!({ "ok": true })).map_err(|e| e.to_string())
+        };
+        // The manager's commands do blocking file work.
+        tokio::task::spawn_blocking(move || match req {
+            Request::QueueList => serde_json::to_value(q.list()).map_err(|e| e.to_string()),
+            Request::QueueShow { id } => q
+                .show(&id)
+                .map(|(l, headers)| json!({ "message": l, "headers": headers }))
+                .map_err(|e| e.to_string()),
+            Request::QueueFlush { id } => q
+                .flush(id.as_deref())
+                .map(|n| json!({ "flushed": n }))
+                .map_err(|e| e.to_string()),
+            Request::QueueHold { id } => done(q.hold(&id, true)),
+            Request::QueueRelease { id } => done(q.hold(&id, false)),
+            Request::QueueDelete { id } => done(q.delete(&id)),
+            Request::QueueBounce { id } => done(q.bounce(&id)),
+            _ => Err("not a queue command".into()),
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("internal error: {e}")))
+    }
+}
