@@ -70,6 +70,27 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Checks that `key` (read from `key_path`) is usable and belongs to the
+/// first certificate of `chain` (read from `cert_path`), so a renewed
+/// certificate installed without its new key is refused when it is loaded,
+/// not at the first handshake.
+pub fn check_pair(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), TlsError> {
+    rustls::sign::CertifiedKey::from_der(chain.to_vec(), key.clone_key(), &provider())
+        .map(drop)
+        .map_err(|e| TlsError::File {
+            path: key_path.display().to_string(),
+            message: format!(
+                "not a usable key for the certificate {}: {e}",
+                cert_path.display()
+            ),
+        })
+}
+
 /// Accepts any client certificate whose holder proves possession of its key;
 /// the chain is verified later per connector.
 #[derive(Debug)]
@@ -123,9 +144,10 @@ impl ClientCertVerifier for RequestAnyClientCert {
 }
 
 /// The server side TLS configuration from the certificate and key files.
-pub fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(certificate: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = load_chain(certificate)?;
-    let key = load_key(key)?;
+    let key = load_key(key_path)?;
+    check_pair(&chain, &key, certificate, key_path)?;
     let provider = provider();
     let verifier = Arc::new(RequestAnyClientCert {
         algorithms: provider.signature_verification_algorithms,

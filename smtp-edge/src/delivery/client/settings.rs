@@ -85,10 +85,10 @@ impl Clone for ClientIdentity {
 impl ClientIdentity {
     /// Reads the PEM files of a connector's client certificate.
     pub fn load(cert: &crate::routing::ClientCert) -> Result<Self, TlsError> {
-        Ok(ClientIdentity {
-            chain: load_chain(&cert.certificate)?,
-            key: load_key(&cert.key)?,
-        })
+        let chain = load_chain(&cert.certificate)?;
+        let key = load_key(&cert.key)?;
+        crate::tls::check_pair(&chain, &key, &cert.certificate, &cert.key)?;
+        Ok(ClientIdentity { chain, key })
     }
 }
 
