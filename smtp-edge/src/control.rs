@@ -39,6 +39,8 @@ pub enum Request {
     Stats,
     /// Gate status.
     Status,
+    /// Every service on one screen (`smtp-edge status`).
+    Overview,
     /// Re-read the configuration file.
     Reload,
     /// Remove the gate from every interface.

@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod dsn;
 pub mod filter;
 pub mod fsutil;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod ranges;

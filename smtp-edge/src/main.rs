@@ -50,6 +50,9 @@ enum Cmd {
         #[arg(long, short, default_value_t = 25)]
         port: u16,
     },
+    /// Every service on one screen: gate, listeners, connectors, queue,
+    /// ranges, metrics, warnings.
+    Status,
     /// Counters by reason and per allowlist entry.
     Stats {
         /// Print again every SECONDS until interrupted.
@@ -202,6 +205,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Allow(a) => allow(&cli, a),
         Cmd::Check { address, port } => check(&cli, *address, *port),
         Cmd::Stats { watch } => stats(&cli, *watch),
+        Cmd::Status => overview(&cli),
         Cmd::Filter(FilterCmd::Status) => status(&cli),
         Cmd::Filter(FilterCmd::Detach) => detach(&cli),
         Cmd::Ranges(r) => ranges(&cli, r),
@@ -522,6 +526,24 @@ fn humantime_now() -> String {
     )
 }
 
+fn overview(cli: &Cli) -> Result<()> {
+    let cfg = load_config(&cli.config)?;
+    match ask(&cfg, &Request::Overview)? {
+        Some(v) => {
+            if cli.json {
+                return print_json(&v);
+            }
+            let o: daemon::overview::Overview = serde_json::from_value(v)?;
+            print!("{}", o.render());
+            Ok(())
+        }
+        None => bail!(
+            "the daemon is not running (no answer on {}); `smtp-edge filter status` and `ranges status` read what it left",
+            cfg.daemon.control_socket.display()
+        ),
+    }
+}
+
 fn status(cli: &Cli) -> Result<()> {
     let cfg = load_config(&cli.config)?;
     let s: Status = match ask(&cfg, &Request::Status)? {
@@ -599,9 +621,18 @@ fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
         if let Some(v) = ask(&cfg, &Request::RangesUpdate { options })? {
             return Ok(serde_json::from_value(v)?);
         }
-        let r = ranges::check(&state_dir(&cfg)?, &cfg.ranges, options, now)?;
+        let dir = state_dir(&cfg)?;
+        let before = ranges::load(&dir)?;
+        let mut r = ranges::check(&dir, &cfg.ranges, options, now)?;
         if !options.dry_run && r.changes.allowed_changes() {
-            eprintln!("the daemon is not running: the new list takes effect when it starts");
+            // What the daemon would do at its start: the gate must hold it.
+            if let Err(e) = fits_the_gate(&cfg, &dir) {
+                ranges::roll_back(&dir, &before, r.latest.as_deref(), &e, &cfg.ranges, now)?;
+                r.outcome = ranges::Outcome::Refused { reason: e };
+                r.changes = ranges::Changes::default();
+            } else {
+                eprintln!("the daemon is not running: the new list takes effect when it starts");
+            }
         }
         Ok(r)
     };
@@ -637,8 +668,12 @@ fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
             if cli.json {
                 return print_json(&r);
             }
-            if let ranges::Outcome::Failed { error } = &r.outcome {
-                bail!("{error}");
+            match &r.outcome {
+                ranges::Outcome::Failed { error } => bail!("{error}"),
+                ranges::Outcome::Refused { reason } => {
+                    bail!("the published list would be refused: {reason}")
+                }
+                _ => {}
             }
             let text = status::render_changes(&r.changes);
             if text.is_empty() {
@@ -654,10 +689,11 @@ fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
         RangesCmd::Status => {
             let dir = state_dir(&cfg)?;
             let s = status::Status::new(
-                &ranges::load(&dir),
+                &ranges::load(&dir)?,
                 &cfg.ranges,
                 cfg.uses_exchange_ranges(),
-                dir.client_request_id()?,
+                dir.peek_request_id()?
+                    .unwrap_or_else(|| "(none yet: made at the first check)".into()),
                 now,
             );
             if cli.json {
@@ -684,10 +720,18 @@ fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
             };
             let (changes, running) = match ask(&cfg, &req)? {
                 Some(v) => (serde_json::from_value(v)?, true),
-                None => (
-                    ranges::import(&state_dir(&cfg)?, &sel, &cfg.ranges, options, now)?,
-                    false,
-                ),
+                None => {
+                    let dir = state_dir(&cfg)?;
+                    let before = ranges::load(&dir)?;
+                    let changes = ranges::import(&dir, &sel, &cfg.ranges, options, now)?;
+                    if !options.dry_run
+                        && let Err(e) = fits_the_gate(&cfg, &dir)
+                    {
+                        ranges::roll_back(&dir, &before, None, &e, &cfg.ranges, now)?;
+                        bail!("import refused: {e}");
+                    }
+                    (changes, false)
+                }
             };
             if cli.json {
                 return print_json(&serde_json::json!({"selection": sel, "changes": changes}));
@@ -705,7 +749,7 @@ fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
             Ok(())
         }
         RangesCmd::List => {
-            let entries = cfg.exchange_entries(&ranges::load(&state_dir(&cfg)?));
+            let entries = cfg.exchange_entries(&ranges::load(&state_dir(&cfg)?)?);
             if cli.json {
                 return print_json(&entries);
             }
@@ -720,6 +764,23 @@ fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Whether the gate's tables hold the allowlist with the list on disk (the
+/// daemon's check before it puts a list in force).
+fn fits_the_gate(cfg: &Config, dir: &StateDir) -> std::result::Result<(), String> {
+    if !cfg.filter.enabled {
+        return Ok(());
+    }
+    let entries = daemon::desired_entries(cfg, dir).map_err(|e| e.to_string())?;
+    let previous = dir
+        .filter()
+        .map_err(|e| e.to_string())?
+        .map(|f| f.ids())
+        .unwrap_or_default();
+    smtp_edge::allowlist::compile(&entries, &previous, cfg.filter.capacity.entries)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn rcpt_state(v: &Value) -> String {

@@ -75,6 +75,11 @@ const CLI_ENTRIES: &str = "allowlist.json";
 const EXCHANGE: &str = "exchange-online.json";
 const RANGES: &str = "ranges.json";
 const REQUEST_ID: &str = "client-request-id";
+const RANGES_LOCK: &str = "ranges.lock";
+
+/// An exclusive lock on the ranges state, released on drop (the daemon's
+/// checks and a CLI run while the daemon is down never interleave).
+pub struct RangesLock(#[allow(dead_code)] fs::File);
 /// File name of the filter state (kept next to the config's state_dir).
 pub const FILTER: &str = "filter.json";
 
@@ -142,6 +147,42 @@ impl StateDir {
     /// Replaces the Exchange Online list in force.
     pub fn set_ranges(&self, state: &crate::ranges::RangesState) -> Result<(), StateError> {
         self.write(RANGES, state)
+    }
+
+    /// Takes the ranges lock (waits for another holder).
+    pub fn lock_ranges(&self) -> Result<RangesLock, StateError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(RANGES_LOCK);
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        // SAFETY: flock(2) on a descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        Ok(RangesLock(f))
+    }
+
+    /// The request id if one was made (nothing is created).
+    pub fn peek_request_id(&self) -> Result<Option<String>, StateError> {
+        let path = self.dir.join(REQUEST_ID);
+        match fs::read_to_string(&path) {
+            Ok(text) if uuid::Uuid::parse_str(text.trim()).is_ok() => {
+                Ok(Some(text.trim().to_string()))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
     }
 
     /// This machine's `ClientRequestId` for the web service: a GUID made

@@ -15,6 +15,7 @@ pub mod frames;
 pub mod netns;
 pub mod nexthop;
 pub mod nsd;
+pub mod scrape;
 pub mod sink;
 pub mod smtp;
 pub mod tools;

@@ -218,10 +218,11 @@ impl WebService {
 impl Drop for WebService {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop; from another network namespace than the
+        // one it listens in this reaches nothing, so the thread is left to
+        // end with the process rather than joined.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
     }
 }
 

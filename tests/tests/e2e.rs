@@ -30,6 +30,11 @@ struct Lab {
 
 impl Lab {
     fn new(extra_config: &str) -> Lab {
+        Lab::with_ranges(extra_config, "auto_update = false\nremoval_grace = 3\n")
+    }
+
+    /// `extra_config` goes into `[filter]`, `ranges` into `[ranges]`.
+    fn with_ranges(extra_config: &str, ranges: &str) -> Lab {
         let client = Netns::new("cl");
         let edge = Netns::new("ed");
         veth(&client, "c0", &edge, "e0");
@@ -68,11 +73,14 @@ drop_events_per_second = 5
 [allowlist]
 exchange_online = true
 
-# The bundled list, never the web service (tests/tests/ranges.rs serves
-# recorded answers on loopback).
+# Inside the edge's namespace.
+[metrics]
+listen = "127.0.0.1:9325"
+
+# The bundled list, or recorded answers served in the namespace; never
+# the real web service.
 [ranges]
-auto_update = false
-removal_grace = 3
+{ranges}
 
 [[allowlist.entries]]
 source = "{OK4}"
@@ -85,6 +93,7 @@ comment = "on-prem server (v6)"
             state = dir.path().join("state").display(),
             sock = dir.path().join("control.sock").display(),
             pin = pin.0.display(),
+            ranges = ranges,
         );
         std::fs::write(&config, text).expect("config");
         Lab {
@@ -199,6 +208,29 @@ fn gate_end_to_end_with_cli_kill_restart_and_detach() {
     assert!(lab.counter("dropped_not_allowed_v4") >= 1);
     assert!(lab.counter("dropped_not_allowed_v6") >= 1);
     assert!(lab.counter("passed_allowed") >= 2);
+    // The same counters on the metrics endpoint (scraped inside the
+    // namespace), and each entry's hits.
+    let body = lab
+        .edge
+        .within(|| smtp_edge_tests::scrape::scrape(SocketAddr::from(([127, 0, 0, 1], 9325))));
+    let dropped = smtp_edge_tests::scrape::sample(
+        &body,
+        "smtp_edge_gate_packets_total",
+        "reason=\"dropped_not_allowed_v4\"",
+    )
+    .unwrap_or_else(|| panic!("no gate counters in\n{body}"));
+    assert_eq!(
+        dropped as u64,
+        lab.counter("dropped_not_allowed_v4"),
+        "{body}"
+    );
+    let hits = smtp_edge_tests::scrape::sum(
+        &body,
+        "smtp_edge_gate_entry_hits_total",
+        "source=\"198.51.100.10/32\"",
+    );
+    assert!(hits >= 1.0, "{body}");
+    assert!(body.contains("comment=\"on-prem server\""), "{body}");
 
     // Per-entry hits and the check command.
     let list = lab.json(&["allow", "list"]);
@@ -452,4 +484,72 @@ fn ranges_import_applies_additions_at_once_and_removals_after_the_grace() {
     assert_eq!(lab.json(&["check", "40.92.1.1"])["verdict"], "pass");
     let listed = lab.cli_ok(&["ranges", "list"]);
     assert!(!listed.contains("104.47.0.0/17"), "{listed}");
+}
+
+#[test]
+fn a_list_the_gate_cannot_hold_is_refused_once_and_the_old_one_stays() {
+    // The recorded answers are served inside the edge's namespace.
+    let lab_dir_ranges = |url: &str| {
+        format!(
+            "service_url = \"{url}\"\ncheck_interval = 1\nmax_shrink = 100\nremoval_grace = 3\n"
+        )
+    };
+    // Lab first (its namespace), then the service in it, then the config.
+    let lab = Lab::with_ranges("[filter.capacity]\nentries = 12\n", "auto_update = false\n");
+    let ws = lab
+        .edge
+        .within(smtp_edge_tests::webservice::WebService::start);
+    let text = std::fs::read_to_string(&lab.config).expect("config");
+    std::fs::write(
+        &lab.config,
+        text.replace("auto_update = false\n", &lab_dir_ranges(&ws.url())),
+    )
+    .expect("config");
+    // Twelve prefixes + two static entries: more than the 12 counters.
+    let big: Vec<String> = (0..12).map(|i| format!("198.18.{i}.0/24")).collect();
+    let big: Vec<&str> = big.iter().map(String::as_str).collect();
+    ws.publish("2026110100", &big);
+    let _daemon = lab.start();
+    std::thread::sleep(Duration::from_secs(4));
+    let endpoints = ws
+        .paths()
+        .iter()
+        .filter(|p| p.starts_with("/endpoints/"))
+        .count();
+    assert_eq!(
+        endpoints,
+        1,
+        "fetched once, not again and again: {:?}",
+        ws.paths()
+    );
+    let status = lab.json(&["ranges", "status"]);
+    assert_eq!(status["refused"]["version"], "2026110100", "{status}");
+    assert!(
+        status["refused"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gate"),
+        "{status}"
+    );
+    assert_eq!(
+        status["origin"], "bundled",
+        "the list in force stays: {status}"
+    );
+    assert_eq!(lab.json(&["check", "104.47.1.1"])["verdict"], "pass");
+    assert_eq!(lab.json(&["check", "198.18.1.1"])["verdict"], "drop");
+    // A list that fits is taken; what it no longer lists waits its grace.
+    ws.publish("2026110200", &["198.18.1.0/24", "40.92.0.0/15"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lab.json(&["check", "198.18.1.1"])["verdict"] != "pass" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fitting list was not taken"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        lab.json(&["check", "104.47.1.1"])["verdict"],
+        "pass",
+        "in its grace"
+    );
 }

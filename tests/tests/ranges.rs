@@ -52,11 +52,15 @@ impl Host {
         Host { dir }
     }
 
+    /// A host asking `ws`; without a `removal_grace` in `extra`, removals
+    /// go at once (a test's list in force starts clean).
     fn for_service(ws: &WebService, extra: &str) -> Host {
-        Host::new(&format!(
-            "service_url = \"{}\"\nremoval_grace = 600\n{extra}",
-            ws.url()
-        ))
+        let grace = if extra.contains("removal_grace") {
+            ""
+        } else {
+            "removal_grace = 0\n"
+        };
+        Host::new(&format!("service_url = \"{}\"\n{grace}{extra}", ws.url()))
     }
 
     fn config(&self) -> PathBuf {
@@ -206,7 +210,7 @@ fn additions_at_once_removals_after_the_grace() {
     ];
     ws.publish("2026110100", &base);
     // The bundled list goes at once: allowed here (max_shrink = 100).
-    let host = Host::for_service(&ws, "max_shrink = 100\n");
+    let host = Host::for_service(&ws, "max_shrink = 100\nremoval_grace = 600\n");
     assert_eq!(host.update(&[]).0, 0);
     assert_eq!(sorted(host.prefixes()), owned(&base));
     assert_eq!(
@@ -277,6 +281,15 @@ fn in_force(ws: &WebService, host: &Host, base: &[&str]) {
     assert_eq!(sorted(host.prefixes()), owned(base));
 }
 
+/// How a check of the list in force ends.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Ends {
+    /// Failed: tried again after a backoff.
+    Failed,
+    /// The published list is unusable: refused, not fetched again.
+    Refused,
+}
+
 #[test]
 fn every_failure_keeps_the_list_says_why_and_backs_off() {
     let ws = WebService::start();
@@ -284,75 +297,100 @@ fn every_failure_keeps_the_list_says_why_and_backs_off() {
     let host = Host::for_service(&ws, "timeout = 1\n");
     in_force(&ws, &host, &base);
     let endpoints_ok = Answer::json(smtp_edge_tests::webservice::endpoints(&["192.0.2.0/24"]));
-    let cases: Vec<(&str, Answer, Option<Answer>, &str)> = vec![
-        ("version 400", Answer::status(400), None, "HTTP 400"),
-        ("version 500", Answer::status(500), None, "HTTP 500"),
+    use Ends::*;
+    let cases: Vec<(&str, Answer, Option<Answer>, Ends, &str)> = vec![
+        ("version 400", Answer::status(400), None, Failed, "HTTP 400"),
+        ("version 500", Answer::status(500), None, Failed, "HTTP 500"),
         (
             "version 429",
             Answer::status(429).header("Retry-After", "7200"),
             None,
+            Failed,
             "HTTP 429 (Retry-After 7200 s)",
         ),
         (
             "version timeout",
             Answer::version("2026110200").after(Duration::from_secs(4)),
             None,
+            Failed,
             "no answer within 1 s",
         ),
         (
             "version garbage",
             Answer::json("<html>maintenance</html>"),
             None,
+            Failed,
             "not a version answer",
         ),
         (
             "version not a version",
             Answer::json(r#"{"instance":"Worldwide","latest":"soon"}"#),
             None,
+            Failed,
             "`soon` is not a version",
+        ),
+        (
+            "version redirected",
+            Answer::status(302).header("Location", "http://127.0.0.1:9/"),
+            None,
+            Failed,
+            "HTTP 302",
         ),
         (
             "endpoints 429",
             Answer::version("2026110200"),
             Some(Answer::status(429)),
+            Failed,
             "HTTP 429",
         ),
         (
             "endpoints 500",
             Answer::version("2026110200"),
             Some(Answer::status(500)),
+            Failed,
             "HTTP 500",
         ),
         (
             "endpoints garbage",
             Answer::version("2026110200"),
             Some(Answer::json("<html>proxy error</html>")),
+            Failed,
             "is not a Microsoft 365 endpoints JSON list",
-        ),
-        (
-            "endpoints without the port-25 set",
-            Answer::version("2026110200"),
-            Some(Answer::json(
-                r#"[{"id":1,"serviceArea":"Exchange","ips":["13.107.6.152/31"],"tcpPorts":"443"}]"#,
-            )),
-            "no endpoint set has serviceArea Exchange and TCP port 25",
         ),
         (
             "endpoints timeout",
             Answer::version("2026110200"),
             Some(endpoints_ok.clone().after(Duration::from_secs(4))),
+            Failed,
             "no answer within 1 s",
         ),
+        (
+            "endpoints without the port-25 set",
+            Answer::version("2026110300"),
+            Some(Answer::json(
+                r#"[{"id":1,"serviceArea":"Exchange","ips":["13.107.6.152/31"],"tcpPorts":"443"}]"#,
+            )),
+            Refused,
+            "no endpoint set has serviceArea Exchange and TCP port 25",
+        ),
+        (
+            "endpoints with a bad address",
+            Answer::version("2026110400"),
+            Some(Answer::json(
+                r#"[{"id":10,"serviceArea":"Exchange","ips":["40.92.0.0/33"],"tcpPorts":"25"}]"#,
+            )),
+            Refused,
+            "40.92.0.0/33",
+        ),
     ];
-    let mut failures = 0;
-    for (what, version, endpoints, expected) in cases {
+    let mut failures: u32 = 0;
+    for (what, version, endpoints, ends, expected) in cases {
         ws.set_version(version);
         if let Some(e) = endpoints {
             ws.set_endpoints(e);
         }
         let started = now();
         let (code, out) = host.update(&[]);
-        failures += 1;
         assert_eq!(code, 2, "{what}: {out}");
         assert!(out.contains(expected), "{what}: {out}");
         assert!(out.contains("kept version 2026110100"), "{what}: {out}");
@@ -367,34 +405,44 @@ fn every_failure_keeps_the_list_says_why_and_backs_off() {
                 .contains(expected),
             "{what}: {s}"
         );
-        assert_eq!(s["failures"], failures, "{what}");
         let next = s["next_check"].as_u64().expect("next check");
-        let min_wait = match what {
-            "version 429" => 7200,
-            "endpoints 429" => 3600,
-            _ => 60,
-        };
-        assert!(
-            next >= started + min_wait,
-            "{what}: next check {next}, started {started}"
-        );
+        match ends {
+            Failed => {
+                failures += 1;
+                assert_eq!(s["failures"], failures, "{what}");
+                // 1, 2, 4 … minutes, capped at the interval; more when asked.
+                let grown = (60u64 << (failures - 1).min(10)).min(3600);
+                let wanted = match what {
+                    "version 429" => 7200,
+                    "endpoints 429" => 3600,
+                    _ => grown,
+                };
+                assert!(
+                    next >= started + wanted,
+                    "{what}: next {next}, started {started}, +{wanted}"
+                );
+                if wanted == grown {
+                    assert!(next <= now() + grown, "{what}: next {next} beyond +{grown}");
+                }
+            }
+            Refused => {
+                // Content, not transport: this version is not fetched again.
+                failures = 0;
+                assert_eq!(s["failures"], 0, "{what}");
+                assert!(next >= started + 3600, "{what}");
+                ws.clear();
+                assert_eq!(host.update(&[]).0, 2, "{what}");
+                assert_eq!(ws.paths(), vec!["/version/Worldwide"], "{what}");
+            }
+        }
     }
-    // The backoff grows: 60 s, 120 s, … within the check interval.
-    ws.set_version(Answer::status(503));
-    let t = now();
-    host.update(&[]);
-    let next = host.status()["next_check"].as_u64().expect("next");
-    assert!(
-        next >= t + 3600 - 1,
-        "after {} failures: {next} vs {t}",
-        failures + 1
-    );
     // A good answer clears it.
-    ws.publish("2026110200", &base);
+    ws.publish("2026110500", &base);
     assert_eq!(host.update(&[]).0, 0);
     let s = host.status();
     assert_eq!(s["failures"], 0);
-    assert_eq!(s["version"], "2026110200");
+    assert_eq!(s["version"], "2026110500");
+    assert_eq!(s["last_check"]["ok"], true);
 }
 
 #[test]
@@ -435,7 +483,7 @@ fn sanity_checks_and_the_shrink_limit() {
     let (code, out) = host.update(&[]);
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("would remove 2 of 4 prefixes (50%)") && out.contains("--accept-shrink"),
+        out.contains("would remove 2 of 4 prefixes (50%") && out.contains("--accept-shrink"),
         "{out}"
     );
     let s = host.status();
@@ -450,14 +498,16 @@ fn sanity_checks_and_the_shrink_limit() {
         vec!["/version/Worldwide"],
         "the refused list is not fetched again"
     );
-    // The admin takes it: the two go after the grace.
+    // The admin takes it (removals at once here: no grace configured).
     let (code, out) = host.update(&["--accept-shrink"]);
     assert_eq!(code, 0, "{out}");
-    let pending = host.pending();
     assert!(
-        pending.contains(&"198.18.0.0/15".to_string())
-            && pending.contains(&"203.0.113.0/24".to_string()),
-        "{pending:?}"
+        out.contains("- 203.0.113.0/24") && out.contains("- 198.18.0.0/15"),
+        "{out}"
+    );
+    assert_eq!(
+        sorted(host.prefixes()),
+        owned(&["192.0.2.0/24", "198.51.100.0/24"])
     );
     assert!(host.status()["refused"].is_null());
 }
@@ -499,6 +549,80 @@ fn dry_runs_and_diff_change_nothing() {
     ws.publish("2026110300", &base);
     let shown = text(&host.run(&["ranges", "diff"]));
     assert!(shown.contains("no difference"), "{shown}");
+    // A list that would be refused is not "no difference".
+    ws.publish("2026110400", &["192.0.2.0/24", "0.0.0.0/1"]);
+    let out = host.run(&["ranges", "diff"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("would be refused") && text(&out).contains("broader than /8"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn an_older_version_is_not_taken() {
+    let ws = WebService::start();
+    let base = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"];
+    let host = Host::for_service(&ws, "");
+    in_force(&ws, &host, &base);
+    ws.publish("2026103100", &["192.0.2.0/24"]);
+    ws.clear();
+    let (code, out) = host.update(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(ws.paths(), vec!["/version/Worldwide"], "{out}");
+    assert_eq!(host.status()["version"], "2026110100");
+}
+
+#[test]
+fn an_unreadable_state_file_is_reported_never_replaced() {
+    let ws = WebService::start();
+    let host = Host::for_service(&ws, "");
+    in_force(&ws, &host, &["192.0.2.0/24", "198.51.100.0/24"]);
+    let file = host.dir.path().join("state/ranges.json");
+    std::fs::write(&file, b"{\"origin\":\"serv").expect("tear the file");
+    ws.publish(
+        "2026110200",
+        &["192.0.2.0/24", "198.51.100.0/24", "198.18.0.0/15"],
+    );
+    let (code, out) = host.update(&[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("ranges.json") && out.contains("corrupt state file"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("file"),
+        b"{\"origin\":\"serv",
+        "left as it was"
+    );
+    let out = host.run(&["ranges", "list"]);
+    assert!(
+        !out.status.success() && text(&out).contains("corrupt state file"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn only_http_proxies_and_only_https_beyond_loopback() {
+    let host = Host::new(
+        "service_url = \"http://endpoints.office.com\"\nproxy = \"socks5://127.0.0.1:1080\"\n",
+    );
+    let err = text(&host.run(&["config", "check", host.config().to_str().expect("path")]));
+    assert!(err.contains("must use https://"), "{err}");
+    assert!(err.contains("SOCKS is not supported"), "{err}");
+    let ws = WebService::start();
+    ws.publish("2026110100", &BUNDLED);
+    let host = Host::for_service(&ws, "");
+    let out = host
+        .command(&["ranges", "update"])
+        .env("ALL_PROXY", "socks5://127.0.0.1:1080")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not an HTTP proxy"), "{}", text(&out));
+    assert!(ws.requests().is_empty(), "never around the proxy");
 }
 
 #[test]
@@ -606,7 +730,7 @@ fn the_daemon_keeps_the_ranges_current_and_the_connectors_follow() {
     let ws = WebService::start();
     ws.publish("2026110100", &BUNDLED);
     let tail = format!(
-        "[ranges]\nservice_url = \"{}\"\ncheck_interval = 1\nremoval_grace = 2\n",
+        "[ranges]\nservice_url = \"{}\"\ncheck_interval = 1\nremoval_grace = 4\n",
         ws.url()
     );
     let edge = Edge::start(Setup {
@@ -668,10 +792,14 @@ fn the_daemon_keeps_the_ranges_current_and_the_connectors_follow() {
     let remove_at = s["pending_removal"]
         .as_array()
         .and_then(|p| p.iter().find(|p| p["prefix"] == "127.0.66.0/24"))
-        .and_then(|p| p["remove_at"].as_u64());
-    if remove_at.is_some_and(|at| at > now() + 1) {
-        assert_eq!(mail_reply(&edge, loopback_exo), 530, "during the grace");
-    }
+        .and_then(|p| p["remove_at"].as_u64())
+        .unwrap_or_else(|| panic!("127.0.66.0/24 must wait for its removal date: {s}"));
+    assert!(
+        remove_at >= now() + 2,
+        "a grace of 4 s: {remove_at} vs {}",
+        now()
+    );
+    assert_eq!(mail_reply(&edge, loopback_exo), 530, "during the grace");
     wait_for("the grace to end", 10, || {
         match mail_reply(&edge, loopback_exo) {
             250 => Ok(()),

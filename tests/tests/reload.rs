@@ -153,8 +153,13 @@ fn every_section_reloads_while_mail_flows() {
     let good = config_text(&edge);
     std::fs::write(edge.config_path(), good.replace("[queue]", "[queue")).expect("write");
     let e = reload(&edge).expect_err("a broken file");
+    let line = good
+        .lines()
+        .position(|l| l == "[queue]")
+        .expect("a [queue] line")
+        + 1;
     assert!(
-        e.contains("smtp-edge.toml:") && e.contains("stays in force"),
+        e.contains(&format!("smtp-edge.toml:{line}:")) && e.contains("stays in force"),
         "{e}"
     );
     std::fs::write(edge.config_path(), &good).expect("restore");
@@ -177,6 +182,15 @@ fn every_section_reloads_while_mail_flows() {
     );
     reload(&edge).expect("remove a listener");
     assert!(refused_connection(p1), "the removed address still accepts");
+    // A specific address replaced by the wildcard on the same port.
+    edit(
+        &edge,
+        &format!("listen = [\"127.0.0.1:{p2}\"]"),
+        &format!("listen = [\"0.0.0.0:{p2}\"]"),
+    );
+    reload(&edge).expect("the wildcard in place of a specific address");
+    let mut c = Client::greeted(p2).expect("the wildcard answers");
+    assert_eq!(c.cmd("QUIT").code, 221);
 
     // 4. A renewed certificate on disk, applied by SIGHUP (the same path).
     assert!(

@@ -319,10 +319,13 @@ fn fuzz(minutes: u64, only: Option<String>) -> Result<()> {
         // statistics kept.
         let mut executions = 0u64;
         let mut fuzz_secs = None;
+        let mut fuzzing = false;
         if let Some(err) = child.stderr.take() {
             use std::io::BufRead;
             for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                 eprintln!("{line}");
+                // libFuzzer's first words: the target was built and runs.
+                fuzzing |= line.starts_with("INFO: ");
                 if let Some(v) = line.strip_prefix("stat::number_of_executed_units:") {
                     executions = v.trim().parse().unwrap_or(executions);
                 }
@@ -344,6 +347,9 @@ fn fuzz(minutes: u64, only: Option<String>) -> Result<()> {
             secs / 60.0,
             if ok { "no crash" } else { "FAILED" }
         );
+        if !ok && !fuzzing {
+            bail!("fuzz target {t} did not build or start (see above)");
+        }
         if !ok {
             bail!("fuzz target {t} failed; the input is under smtp-edge/fuzz/artifacts/{t}");
         }

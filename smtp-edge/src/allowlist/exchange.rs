@@ -50,7 +50,14 @@ pub enum ImportError {
     /// No endpoint set matched.
     #[error("{0}: no endpoint set has serviceArea Exchange and TCP port 25")]
     NothingSelected(String),
+    /// Far more prefixes than Exchange Online has ever published.
+    #[error("{0}: more than {MAX_PREFIXES} prefixes in the Exchange sets with TCP port 25")]
+    TooMany(String),
 }
+
+/// The most prefixes a selection may hold (Exchange Online publishes six for
+/// TCP 25); more is not the service's answer.
+pub const MAX_PREFIXES: usize = 4096;
 
 /// One endpoint set as the web service publishes it (fields we need).
 #[derive(Debug, Deserialize)]
@@ -113,6 +120,7 @@ pub fn select(text: &str, origin: &str) -> Result<Selection, ImportError> {
         ranges: Vec::new(),
         urls: Vec::new(),
     };
+    let mut seen = std::collections::HashSet::new();
     for set in sets {
         let port25 = set
             .tcp_ports
@@ -129,7 +137,10 @@ pub fn select(text: &str, origin: &str) -> Result<Selection, ImportError> {
                     ip: ip.clone(),
                     source: Box::new(source),
                 })?;
-            if !sel.ranges.contains(&canonical) {
+            if seen.insert(canonical.clone()) {
+                if sel.ranges.len() == MAX_PREFIXES {
+                    return Err(ImportError::TooMany(origin.to_string()));
+                }
                 sel.ranges.push(canonical);
             }
         }

@@ -4,6 +4,7 @@
 //! semantic errors are reported at once, so an admin fixes a file in one pass.
 
 pub mod dns;
+pub mod metrics;
 pub mod outbound;
 pub mod ranges;
 pub mod smtp;
@@ -229,6 +230,8 @@ struct Raw {
     dns: dns::Dns,
     #[serde(default)]
     ranges: ranges::RawRanges,
+    #[serde(default)]
+    metrics: metrics::RawMetrics,
 }
 
 /// A validated configuration.
@@ -256,6 +259,8 @@ pub struct Config {
     pub dns: dns::Dns,
     /// `[ranges]`.
     pub ranges: ranges::Ranges,
+    /// `[metrics]`.
+    pub metrics: metrics::Metrics,
     /// Valid settings worth a second look (shown by `config check`, logged
     /// at start and reload).
     pub warnings: Vec<ConfigError>,
@@ -378,6 +383,7 @@ impl Config {
         );
         let outbound = outbound::validate(raw.outbound_connectors, &raw.queue, &at, &mut errors);
         let ranges = ranges::validate(raw.ranges, &at, &mut errors, &mut warnings);
+        let metrics = metrics::validate(raw.metrics, &at, &mut errors, &mut warnings);
         for message in raw.dns.problems() {
             errors.push(ConfigError {
                 file: file.clone(),
@@ -395,6 +401,7 @@ impl Config {
             queue: raw.queue,
             dns: raw.dns,
             ranges,
+            metrics,
             path: path.to_path_buf(),
             daemon: raw.daemon,
             filter: raw.filter,
@@ -492,9 +499,11 @@ v4_l3_blocks = 4096    # /24s that hold prefixes longer than /24 (1 KiB each)
 v6_prefixes = 16384    # IPv6 prefixes
 
 [allowlist]
-# Exchange Online's port-25 ranges (endpoint set 10: 40.92.0.0/15, 40.107.0.0/16,
-# 52.100.0.0/14, 104.47.0.0/17, 2a01:111:f400::/48, 2a01:111:f403::/48). Refresh
-# them from a saved endpoints web-service answer with `smtp-edge ranges import FILE`.
+# Exchange Online's port-25 ranges: the list in force, kept current from
+# Microsoft's endpoints web service (see [ranges]; `smtp-edge ranges status`).
+# A fresh install starts from the bundled list (endpoint set 10: 40.92.0.0/15,
+# 40.107.0.0/16, 52.100.0.0/14, 104.47.0.0/17, 2a01:111:f400::/48,
+# 2a01:111:f403::/48).
 exchange_online = true
 
 # Static entries: an address, CIDR, address/dotted-mask or start-end range
@@ -629,6 +638,26 @@ data_end = 600
 # Name servers for MX and smart host lookups; empty: those of /etc/resolv.conf.
 nameservers = []
 timeout_seconds = 5
+
+[ranges]
+# Keep the Exchange Online ranges current (only while something uses them:
+# allowlist.exchange_online or an inbound connector with "exchange-online").
+# The version is asked every check_interval; the list only when it changed.
+auto_update = true
+service_url = "https://endpoints.office.com"
+instance = "Worldwide"          # USGovDoD, USGovGCCHigh, China
+check_interval = 3600           # seconds (Microsoft: at most hourly)
+removal_grace = 604800          # 7 days: a prefix no longer listed stays allowed
+max_shrink = 25                 # percent one update may remove (--accept-shrink)
+stale_after = 3888000           # 45 days without a successful check: a warning
+proxy = ""                      # empty: HTTPS_PROXY / ALL_PROXY (NO_PROXY honoured)
+tls_trust = "system"            # or a PEM file (a TLS-inspecting proxy's CA)
+timeout = 30                    # seconds per request
+
+[metrics]
+# Prometheus endpoint (/metrics, OpenMetrics text); empty: off. No
+# authentication: keep it on loopback or a management network.
+listen = ""                     # e.g. "127.0.0.1:9325"
 "#;
 
 #[cfg(test)]

@@ -155,6 +155,22 @@ fn check_url(url: &str) -> Result<(), String> {
     if rest.contains(['?', '#', ' ']) {
         return Err("must not carry a query, a fragment or spaces".into());
     }
+    if url.starts_with("http://") {
+        let h = host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(
+                "must use https:// (plain http:// only on loopback, for recorded answers)".into(),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -172,14 +188,12 @@ pub(super) fn validate(
         ));
     }
     let proxy = raw.proxy.get_ref().trim().to_string();
-    if !proxy.is_empty()
-        && !["http://", "https://", "socks5://"]
-            .iter()
-            .any(|p| proxy.starts_with(p))
-    {
+    if !proxy.is_empty() && !["http://", "https://"].iter().any(|p| proxy.starts_with(p)) {
         errors.push(at(
             raw.proxy.span(),
-            format!("ranges.proxy `{proxy}` must be an http://, https:// or socks5:// URL"),
+            format!(
+                "ranges.proxy `{proxy}` must be an http:// or https:// URL (SOCKS is not supported)"
+            ),
         ));
     }
     let tls_trust = match raw.tls_trust.get_ref().as_str() {
@@ -244,6 +258,9 @@ mod tests {
         assert!(check_url("ftp://x").is_err());
         assert!(check_url("https://").is_err());
         assert!(check_url("https://x/?a=b").is_err());
+        assert!(check_url("http://endpoints.office.com").is_err());
+        assert!(check_url("http://[::1]:8080").is_ok());
+        assert!(check_url("http://localhost:9").is_ok());
     }
 
     #[test]

@@ -73,6 +73,7 @@ async fn connection(stream: UnixStream, sup: Arc<Supervisor>) {
 async fn route(sup: &Arc<Supervisor>, req: Request) -> Result<serde_json::Value, String> {
     match req {
         Request::Reload => sup.reload().await.map(|m| json!({ "message": m })),
+        Request::Overview => serde_json::to_value(sup.overview().await).map_err(|e| e.to_string()),
         Request::QueueList
         | Request::QueueShow { .. }
         | Request::QueueFlush { .. }

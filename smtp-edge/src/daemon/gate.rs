@@ -21,7 +21,7 @@ use crate::view;
 /// are two entries (two counters); the kernel holds the network once (first
 /// wins).
 pub fn desired_entries(config: &Config, state: &StateDir) -> Result<Vec<Entry>, DaemonError> {
-    let ranges = crate::ranges::load(state);
+    let ranges = crate::ranges::load(state).map_err(|e| DaemonError::Ranges(e.to_string()))?;
     let mut entries = config.exchange_entries(&ranges);
     entries.extend(config.static_entries.iter().cloned());
     for e in state.cli_entries()? {
@@ -170,6 +170,11 @@ impl GateService {
     /// Recompiles the allowlist and pushes the difference into the kernel
     /// (after a CLI edit, a reload or a new Exchange Online list).
     pub fn resync(&mut self) -> Result<(), DaemonError> {
+        if !self.config.filter.enabled {
+            // No kernel tables to fit: nothing to compile.
+            self.compiled = Compiled::default();
+            return Ok(());
+        }
         let entries = desired_entries(&self.config, &self.state)?;
         let previous = match self.compiled.entries.is_empty() {
             true => self.state.filter()?.map(|f| f.ids()).unwrap_or_default(),
@@ -232,8 +237,10 @@ impl GateService {
             }
         }
         let entries = desired_entries(next, &self.state).map_err(|e| e.to_string())?;
-        allowlist::compile(&entries, &self.compiled.ids(), next.filter.capacity.entries)
-            .map_err(|e| e.to_string())?;
+        if next.filter.enabled {
+            allowlist::compile(&entries, &self.compiled.ids(), next.filter.capacity.entries)
+                .map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 
@@ -305,6 +312,12 @@ impl GateService {
             Request::Detach => self.detach(),
             _ => Err("not a gate request".into()),
         }
+    }
+
+    /// The gate's counters (none when the filter is off or detached).
+    pub fn stats(&self) -> Option<view::Stats> {
+        let sync = self.sync.as_ref()?;
+        view::stats(sync.maps(), &self.filter_state()).ok()
     }
 
     fn check(&self, address: IpAddr, port: u16) -> Result<serde_json::Value, String> {

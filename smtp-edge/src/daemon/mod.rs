@@ -5,6 +5,7 @@
 //! - [`receiver`]: listeners, server configuration, the spool;
 //! - [`queue`]: the queue manager over the spool;
 //! - [`ranges`]: the Exchange Online list kept current;
+//! - [`metrics`]: the registry every service registers into, `/metrics`;
 //! - [`reload`]: one reload path (prepare, then commit) for SIGHUP and
 //!   `smtp-edge reload`;
 //! - [`admin`]: the control socket, routing each request to its service.
@@ -15,6 +16,8 @@
 
 pub mod admin;
 pub mod gate;
+pub mod metrics;
+pub mod overview;
 pub mod queue;
 pub mod ranges;
 pub mod receiver;
@@ -52,6 +55,14 @@ pub enum DaemonError {
     /// The queue could not start.
     #[error("queue: {0}")]
     Queue(String),
+    /// The Exchange Online list cannot be read.
+    #[error(
+        "Exchange Online ranges: {0} (fix or remove the file; without it the bundled list is used)"
+    )]
+    Ranges(String),
+    /// The metrics endpoint could not be bound.
+    #[error("{0}")]
+    Metrics(String),
     /// Control socket.
     #[error("control socket {path}: {message}")]
     Control {
@@ -64,12 +75,13 @@ pub enum DaemonError {
 
 /// The services of a running daemon.
 pub struct Supervisor {
-    config: RwLock<Arc<Config>>,
+    config: Arc<RwLock<Arc<Config>>>,
     state: StateDir,
     gate: Arc<Mutex<gate::GateService>>,
     receiver: Option<receiver::Receiver>,
     queue: queue::QueueService,
     ranges: ranges::RangesService,
+    metrics: metrics::MetricsService,
     /// Reloads and Exchange Online list changes, one at a time.
     apply: tokio::sync::Mutex<()>,
 }
@@ -96,7 +108,8 @@ impl Supervisor {
         let gate = tokio::task::spawn_blocking(move || gate::GateService::start(c, s))
             .await
             .map_err(|e| DaemonError::Queue(format!("start-up task failed: {e}")))??;
-        let exchange_list = crate::ranges::load(&state);
+        let exchange_list =
+            crate::ranges::load(&state).map_err(|e| DaemonError::Ranges(e.to_string()))?;
         if exchange_list.stale(crate::spool::now(), config.ranges.stale_after)
             && config.uses_exchange_ranges()
         {
@@ -105,11 +118,19 @@ impl Supervisor {
                 "Exchange Online ranges are stale: no successful check for longer than ranges.stale_after"
             );
         }
+        let gate = Arc::new(Mutex::new(gate));
+        let shared = Arc::new(RwLock::new(config.clone()));
+        let mut registry = crate::metrics::registry();
+        let smtp_metrics = crate::smtp::metrics::SmtpMetrics::register(&mut registry);
+        let queue = queue::QueueService::new(&mut registry);
+        metrics::register(&mut registry, gate.clone(), state.clone(), shared.clone());
         let receiver = match config.smtp.raw.enabled {
-            true => Some(receiver::Receiver::start(&config.smtp, &exchange_list.nets()).await?),
+            true => Some(
+                receiver::Receiver::start(&config.smtp, &exchange_list.nets(), smtp_metrics)
+                    .await?,
+            ),
             false => None,
         };
-        let queue = queue::QueueService::default();
         if let Some(r) = &receiver
             && !config.outbound.is_empty()
         {
@@ -119,13 +140,20 @@ impl Supervisor {
                 .map_err(|e| DaemonError::Queue(e.to_string()))??;
             queue.apply(cfg, r.spool(), &r.queue_slot()).await?;
         }
+        let metrics = metrics::MetricsService::new(registry);
+        let bound = metrics
+            .prepare(config.metrics.listen)
+            .await
+            .map_err(DaemonError::Metrics)?;
+        metrics.commit(config.metrics.listen, bound);
         Ok(Arc::new(Supervisor {
-            config: RwLock::new(config),
+            config: shared,
             state,
-            gate: Arc::new(Mutex::new(gate)),
+            gate,
             receiver,
             queue,
             ranges: ranges::RangesService::default(),
+            metrics,
             apply: tokio::sync::Mutex::new(()),
         }))
     }
@@ -188,10 +216,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     loop {
         tokio::select! {
-            _ = hup.recv() => match sup.reload().await {
-                Ok(m) => tracing::info!("{m}"),
-                Err(m) => tracing::error!("{m}"),
-            },
+            _ = hup.recv() => {
+                // Not awaited here: SIGTERM is read while a reload waits.
+                let s = sup.clone();
+                tokio::spawn(async move {
+                    match s.reload().await {
+                        Ok(m) => tracing::info!("{m}"),
+                        Err(m) => tracing::error!("{m}"),
+                    }
+                });
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -4,7 +4,7 @@
 //! certificates read again), and answers the queue commands without
 //! touching the gate.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::control::Request;
 use crate::queue::QueueSlot;
 use crate::queue::manager::{Manager, QueueConfig, QueueError};
+use crate::queue::metrics::{ManagerSlot, QueueMetrics};
 use crate::spool::Spool;
 
 /// The queue's configuration from the file: client certificates and CA files
@@ -62,20 +63,34 @@ pub fn queue_config(config: &Config) -> Result<QueueConfig, DaemonError> {
 
 /// The queue of a running daemon (none before the first outbound
 /// connector).
-#[derive(Default)]
 pub struct QueueService {
-    manager: Mutex<Option<Arc<Manager>>>,
+    manager: ManagerSlot,
+    metrics: QueueMetrics,
 }
 
 const NOT_RUNNING: &str =
     "the queue is not running: it needs [smtp] enabled and at least one [[outbound_connectors]]";
 
 impl QueueService {
+    /// The service, its metrics registered in `registry`.
+    pub fn new(registry: &mut prometheus_client::registry::Registry) -> QueueService {
+        let manager = ManagerSlot::default();
+        QueueService {
+            metrics: QueueMetrics::register(registry, manager.clone()),
+            manager,
+        }
+    }
+
     fn manager(&self) -> Option<Arc<Manager>> {
         self.manager
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Messages by state (zero while the queue does not run).
+    pub fn counts(&self) -> crate::queue::index::Counts {
+        self.manager().map(|m| m.counts()).unwrap_or_default()
     }
 
     /// Whether the manager runs.
@@ -100,7 +115,7 @@ impl QueueService {
             return Ok(());
         }
         let connectors = cfg.connectors.len();
-        let m = Manager::start(spool.clone(), cfg, slot)
+        let m = Manager::start(spool.clone(), cfg, slot, self.metrics.clone())
             .await
             .map_err(|e| DaemonError::Queue(e.to_string()))?;
         *self.manager.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);

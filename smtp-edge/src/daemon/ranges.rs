@@ -33,22 +33,59 @@ impl RangesService {
 }
 
 impl Supervisor {
-    /// One check now (scheduled, or `smtp-edge ranges update`), applied.
+    /// One check now (scheduled, or `smtp-edge ranges update`), applied. The
+    /// web service is asked without holding anything; only deciding,
+    /// writing and applying run under the apply lock (a slow service never
+    /// holds up a reload).
     pub async fn ranges_check(self: &Arc<Self>, opts: Options) -> Result<Report, String> {
-        let _apply = self.apply.lock().await;
         let cfg = self.config();
         let state = self.state.clone();
-        let before = ranges::load(&state);
         let settings = cfg.ranges.clone();
-        let mut report =
-            tokio::task::spawn_blocking(move || ranges::check(&state, &settings, opts, now()))
-                .await
-                .map_err(|e| format!("ranges check task failed: {e}"))?
-                .map_err(|e| e.to_string())?;
+        let fetched = tokio::task::spawn_blocking(move || {
+            let current = ranges::load(&state)?;
+            let id = match opts.dry_run {
+                true => state
+                    .peek_request_id()?
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                false => state.client_request_id()?,
+            };
+            Ok::<_, ranges::RangesError>(ranges::fetch(&current, &settings, &id, opts))
+        })
+        .await
+        .map_err(|e| format!("ranges check task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+        let _apply = self.apply.lock().await;
+        let state = self.state.clone();
+        let settings = cfg.ranges.clone();
+        let (before, mut report) = tokio::task::spawn_blocking(move || {
+            let before = ranges::load(&state)?;
+            let report = ranges::conclude(&state, &settings, opts, fetched, now())?;
+            Ok::<_, ranges::RangesError>((before, report))
+        })
+        .await
+        .map_err(|e| format!("ranges check task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
         if report.allowed_changes()
             && let Err(e) = self.exchange_changed(&before).await
         {
-            report.outcome = Outcome::Failed { error: e };
+            // The gate refused it: the previous list is back on disk and in
+            // the kernel, and this version is not fetched again.
+            let (state, settings) = (self.state.clone(), cfg.ranges.clone());
+            let version = report.latest.clone();
+            let reason = e.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                ranges::roll_back(
+                    &state,
+                    &before,
+                    version.as_deref(),
+                    &reason,
+                    &settings,
+                    now(),
+                )
+            })
+            .await;
+            report.outcome = Outcome::Refused { reason: e };
+            report.changes = ranges::Changes::default();
         }
         log(&report, &cfg.ranges);
         // New removal dates or a new schedule: the timer looks again.
@@ -65,16 +102,26 @@ impl Supervisor {
         let _apply = self.apply.lock().await;
         let cfg = self.config();
         let state = self.state.clone();
-        let before = ranges::load(&state);
         let settings = cfg.ranges.clone();
-        let changes = tokio::task::spawn_blocking(move || {
-            ranges::import(&state, &sel, &settings, opts, now())
+        let (before, changes) = tokio::task::spawn_blocking(move || {
+            let before = ranges::load(&state)?;
+            let changes = ranges::import(&state, &sel, &settings, opts, now())?;
+            Ok::<_, ranges::RangesError>((before, changes))
         })
         .await
         .map_err(|e| format!("ranges import task failed: {e}"))?
         .map_err(|e| e.to_string())?;
-        if !opts.dry_run && changes.allowed_changes() {
-            self.exchange_changed(&before).await?;
+        if !opts.dry_run
+            && changes.allowed_changes()
+            && let Err(e) = self.exchange_changed(&before).await
+        {
+            let (state, settings) = (self.state.clone(), cfg.ranges.clone());
+            let reason = e.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                ranges::roll_back(&state, &before, None, &reason, &settings, now())
+            })
+            .await;
+            return Err(e);
         }
         tracing::info!(
             added = changes.added.len(),
@@ -88,23 +135,33 @@ impl Supervisor {
     async fn expire_due(self: &Arc<Self>) -> Result<(), String> {
         let _apply = self.apply.lock().await;
         let state = self.state.clone();
-        let before = ranges::load(&state);
-        let gone = tokio::task::spawn_blocking(move || ranges::expire(&state, now()))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let (before, gone) = tokio::task::spawn_blocking(move || {
+            let before = ranges::load(&state)?;
+            let gone = ranges::expire(&state, now())?;
+            Ok::<_, ranges::RangesError>((before, gone))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         if !gone.is_empty() {
             tracing::info!(
                 ?gone,
                 "Exchange Online prefixes no longer listed: their grace ended"
             );
-            self.exchange_changed(&before).await?;
+            if let Err(e) = self.exchange_changed(&before).await {
+                // Removing can only shrink the kernel's tables; put the
+                // list back and say so (the next look retries).
+                let state = self.state.clone();
+                let _ = tokio::task::spawn_blocking(move || state.set_ranges(&before)).await;
+                return Err(e);
+            }
         }
         Ok(())
     }
 
     /// The list on disk changed: the gate, then the inbound connectors. If
-    /// the gate refuses it, `before` goes back on disk and into the gate.
+    /// the gate refuses it, the gate is given `before` again (the caller
+    /// puts `before` back on disk).
     async fn exchange_changed(
         self: &Arc<Self>,
         before: &ranges::RangesState,
@@ -115,10 +172,14 @@ impl Supervisor {
         let nets = tokio::task::spawn_blocking(move || {
             let mut g = gate.lock().unwrap_or_else(|p| p.into_inner());
             match g.resync() {
-                Ok(()) => Ok(ranges::load(&state).nets()),
+                Ok(()) => ranges::load(&state).map(|l| l.nets()).map_err(|e| e.to_string()),
                 Err(e) => {
-                    let _ = state.set_ranges(&before);
-                    let _ = g.resync();
+                    if let Err(w) = state.set_ranges(&before) {
+                        tracing::error!(error = %w, "could not put the previous Exchange Online list back on disk");
+                    }
+                    if let Err(r) = g.resync() {
+                        tracing::error!(error = %r, "the gate could not take the previous list back either");
+                    }
                     Err(format!(
                         "the gate could not take the new Exchange Online list ({e}); the previous one stays in force"
                     ))
@@ -155,10 +216,24 @@ fn log(report: &Report, settings: &crate::config::ranges::Ranges) {
 pub async fn run(sup: Arc<Supervisor>) {
     loop {
         let cfg = sup.config();
-        let state = ranges::load(&sup.state);
+        let state = match ranges::load(&sup.state) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("Exchange Online ranges: {e}");
+                tokio::time::sleep(MAX_SLEEP).await;
+                continue;
+            }
+        };
         let checking = cfg.ranges.auto_update && cfg.uses_exchange_ranges();
         let t = now();
-        if checking && state.next_check <= t {
+        // A next check far in the future means the clock moved back: due.
+        let horizon = t.saturating_add(cfg.ranges.check_interval.max(86_400));
+        let next_check = if state.next_check > horizon {
+            t
+        } else {
+            state.next_check
+        };
+        if checking && next_check <= t {
             if let Err(e) = sup.ranges_check(Options::default()).await {
                 tracing::error!("Exchange Online ranges: {e}");
                 tokio::time::sleep(Duration::from_secs(cfg.ranges.check_interval.min(60))).await;
@@ -172,7 +247,7 @@ pub async fn run(sup: Arc<Supervisor>) {
             }
             continue;
         }
-        let due = [checking.then_some(state.next_check), state.next_removal()]
+        let due = [checking.then_some(next_check), state.next_removal()]
             .into_iter()
             .flatten()
             .min();

@@ -38,9 +38,14 @@ pub struct Receiver {
 impl Receiver {
     /// Opens the spool, builds the server, binds every address and starts
     /// accepting.
-    pub async fn start(smtp: &Smtp, exchange: &[IpNet]) -> Result<Receiver, DaemonError> {
+    pub async fn start(
+        smtp: &Smtp,
+        exchange: &[IpNet],
+        metrics: crate::smtp::metrics::SmtpMetrics,
+    ) -> Result<Receiver, DaemonError> {
         let spool = ServerConfig::open_spool(smtp)?;
-        let cfg = ServerConfig::from_config(smtp, spool.clone(), exchange)?;
+        let mut cfg = ServerConfig::from_config(smtp, spool.clone(), exchange)?;
+        cfg.metrics = metrics;
         let bound = server::bind(&smtp.listen).await?;
         let (current, _) = watch::channel(Arc::new(cfg));
         let r = Receiver {
@@ -81,13 +86,35 @@ impl Receiver {
         self.limits.open()
     }
 
+    /// The addresses listened on.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners().keys().copied().collect()
+    }
+
+    /// The inbound connectors in force: name and sources.
+    pub fn connectors(&self) -> Vec<(String, usize, bool)> {
+        self.current
+            .borrow()
+            .connectors
+            .iter()
+            .map(|c| {
+                (
+                    c.policy.name.clone(),
+                    c.policy.sources.len(),
+                    c.trust.is_some(),
+                )
+            })
+            .collect()
+    }
+
     /// Builds the server for `smtp` and binds the addresses not yet
     /// listened on; nothing is in force until [`Receiver::commit`].
     pub async fn prepare(&self, smtp: &Smtp, exchange: &[IpNet]) -> Result<Prepared, String> {
         let mut server = ServerConfig::from_config(smtp, self.spool.clone(), exchange)
             .map_err(|e| e.to_string())?;
-        // One queue slot for the life of the process.
+        // One queue slot and one set of metrics for the life of the process.
         server.queue = self.queue_slot();
+        server.metrics = self.current.borrow().metrics.clone();
         let running: Vec<SocketAddr> = self.listeners().keys().copied().collect();
         let mut new_listeners = Vec::new();
         for addr in smtp.listen.iter().filter(|a| !running.contains(a)) {

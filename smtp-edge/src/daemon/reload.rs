@@ -62,7 +62,7 @@ impl Supervisor {
         let next = Arc::new(next);
 
         // Prepare: everything that can fail, nothing in force yet.
-        let exchange = crate::ranges::load(&self.state).nets();
+        let exchange = crate::ranges::load(&self.state).map_err(refused)?.nets();
         let prepared = match &self.receiver {
             Some(r) => Some(r.prepare(&next.smtp, &exchange).await.map_err(refused)?),
             None => None,
@@ -79,6 +79,11 @@ impl Supervisor {
             }
             _ => None,
         };
+        let metrics = self
+            .metrics
+            .prepare(next.metrics.listen)
+            .await
+            .map_err(refused)?;
         let gate = self.gate.clone();
         let n = next.clone();
         tokio::task::spawn_blocking(move || {
@@ -93,6 +98,7 @@ impl Supervisor {
         if let (Some(r), Some(p)) = (&self.receiver, prepared) {
             r.commit(p);
         }
+        self.metrics.commit(next.metrics.listen, metrics);
         self.set_config(next.clone());
         self.ranges.poke();
         let mut message = format!("configuration {} applied", next.path.display());

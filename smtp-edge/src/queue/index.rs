@@ -424,7 +424,7 @@ impl Index {
 }
 
 /// How many messages are in each state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     /// Waiting for their next attempt.
     pub scheduled: usize,

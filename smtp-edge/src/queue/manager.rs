@@ -152,6 +152,7 @@ pub struct Manager {
     cfg: RwLock<Arc<QueueConfig>>,
     index: Mutex<Index>,
     wake: Notify,
+    metrics: super::metrics::QueueMetrics,
 }
 
 /// The destinations an attempt holds slots of (those of its dispatch and
@@ -225,11 +226,12 @@ impl Manager {
         spool: Arc<Spool>,
         cfg: QueueConfig,
         slot: &QueueSlot,
+        metrics: super::metrics::QueueMetrics,
     ) -> Result<Arc<Manager>, QueueError> {
         let store = Store::new(spool).map_err(|e| QueueError::Io(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         slot.set(Some(QueueHandle(tx)));
-        match Self::load(store, cfg, rx).await {
+        match Self::load(store, cfg, rx, metrics).await {
             Ok(m) => Ok(m),
             Err(e) => {
                 slot.set(None);
@@ -242,6 +244,7 @@ impl Manager {
         store: Store,
         cfg: QueueConfig,
         rx: mpsc::UnboundedReceiver<Envelope>,
+        metrics: super::metrics::QueueMetrics,
     ) -> Result<Arc<Manager>, QueueError> {
         let started = Instant::now();
         let s2 = store.clone();
@@ -268,6 +271,7 @@ impl Manager {
             cfg: RwLock::new(Arc::new(cfg)),
             index: Mutex::new(index),
             wake: Notify::new(),
+            metrics,
         });
         tokio::spawn(m.clone().run(rx));
         tokio::spawn(m.clone().maintenance());
@@ -439,6 +443,10 @@ impl Manager {
             .collect();
         // Next hops first: a full destination costs no file read.
         let (routes, mut outcomes) = attempt::routes(cfg, &pending).await;
+        for (_, o) in &outcomes {
+            // Settled before any next hop: unroutable, null MX, no address.
+            self.metrics.outcome("none", o);
+        }
         let ready: Vec<attempt::Route> = routes
             .into_iter()
             .filter(|r| self.claim(claims, &r.key))
@@ -493,7 +501,15 @@ impl Manager {
                 return gone;
             }
             for r in &ready {
-                outcomes.extend(attempt::deliver_route(cfg, &env, &content, r).await);
+                let started = Instant::now();
+                let got = attempt::deliver_route(cfg, &env, &content, r).await;
+                let name = cfg
+                    .connectors
+                    .get(r.connector)
+                    .map_or("none", |c| c.name.as_str());
+                self.metrics
+                    .attempt(name, started.elapsed().as_secs_f64(), &got);
+                outcomes.extend(got);
             }
             return self.conclude(cfg, &env, st, outcomes, park_on).await;
         }

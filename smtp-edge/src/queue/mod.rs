@@ -4,6 +4,7 @@
 //! - [`manager`] — the service: the in-memory queue, dispatch, commands.
 //! - [`index`] — what is queued and when it is due (pure).
 //! - [`attempt`] — one delivery attempt: routes, next hops, failover.
+//! - [`metrics`] — deliveries, attempt times, the queue's size.
 //! - [`report`] — which DSN a state calls for, and to whom (pure).
 //! - [`state`] — the per-message delivery state kept on disk (pure).
 //! - [`store`] — the queue's files (blocking I/O).
@@ -11,6 +12,7 @@
 pub mod attempt;
 pub mod index;
 pub mod manager;
+pub mod metrics;
 pub mod report;
 pub mod state;
 pub mod store;

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crate::config::ranges::Ranges;
 
-/// The largest answer read (the worldwide endpoints list is ~100 KB).
-pub const MAX_BODY: u64 = 8 * 1024 * 1024;
+/// The largest answer read (the worldwide endpoints list is ~100 KB; the
+/// Exchange part a fraction of it).
+pub const MAX_BODY: u64 = 2 * 1024 * 1024;
 
 /// Errors fetching one URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +101,20 @@ impl Client {
             ),
             None => ureq::Proxy::try_from_env(),
         };
+        // ureq would ignore a SOCKS proxy it was built without and go
+        // direct: a firewall host's only way out is refused loudly instead.
+        if let Some(p) = &proxy
+            && !matches!(
+                p.protocol(),
+                ureq::ProxyProtocol::Http | ureq::ProxyProtocol::Https
+            )
+        {
+            return Err(FetchError::Setup(format!(
+                "the proxy {}:{} is not an HTTP proxy (SOCKS is not supported; set ranges.proxy)",
+                p.host(),
+                p.port()
+            )));
+        }
         let https = settings.service_url.starts_with("https://");
         let tls = if https {
             ureq::tls::TlsConfig::builder()
@@ -112,7 +127,8 @@ impl Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .https_only(https)
-            .max_redirects(3)
+            // The service answers in place; a redirect elsewhere is not it.
+            .max_redirects(0)
             .proxy(proxy)
             .tls_config(tls)
             .timeout_global(Some(timeout))

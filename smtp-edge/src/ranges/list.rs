@@ -186,7 +186,9 @@ impl RangesState {
 
     /// Whether no check succeeded for longer than `stale_after` seconds.
     pub fn stale(&self, now: u64, stale_after: u64) -> bool {
-        now.saturating_sub(self.checked_at()) > stale_after
+        let at = self.checked_at();
+        // A check "in the future" means the clock moved back: worth a look.
+        at > now.saturating_add(3600) || now.saturating_sub(at) > stale_after
     }
 
     /// The earliest pending removal date.

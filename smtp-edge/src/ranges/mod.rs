@@ -135,20 +135,16 @@ impl Report {
 }
 
 /// The list in force: the state file, else a list imported before the
-/// updater existed, else the bundled one. A state file that cannot be read
-/// is reported and replaced by the bundled list, so the gate never starts
-/// without the Exchange Online ranges.
-pub fn load(dir: &StateDir) -> RangesState {
-    match dir.ranges() {
-        Ok(Some(s)) => s,
-        Ok(None) => match dir.exchange() {
-            Ok(Some(sel)) => RangesState::from_legacy(&sel, crate::spool::now()),
-            _ => RangesState::bundled(),
+/// updater existed, else the bundled one (a fresh install). A state file
+/// that cannot be read is an error, never silently replaced: the kernel
+/// keeps what it holds until the file is fixed or removed.
+pub fn load(dir: &StateDir) -> Result<RangesState, RangesError> {
+    match dir.ranges()? {
+        Some(s) => Ok(s),
+        None => match dir.exchange()? {
+            Some(sel) => Ok(RangesState::from_legacy(&sel, crate::spool::now())),
+            None => Ok(RangesState::bundled()),
         },
-        Err(e) => {
-            tracing::error!(error = %e, "Exchange Online ranges state unreadable: using the bundled list until the next successful check");
-            RangesState::bundled()
-        }
     }
 }
 
@@ -169,58 +165,168 @@ pub fn backoff(failures: u32, interval: u64, error: Option<&ServiceError>) -> u6
     delay
 }
 
-fn limits(settings: &Ranges, opts: Options) -> Limits {
+/// Whether the service is this host's own (recorded answers in tests and
+/// labs): only then may a list hold special-purpose ranges.
+pub fn local_service(settings: &Ranges) -> bool {
+    let rest = settings
+        .service_url
+        .split_once("://")
+        .map_or("", |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or("");
+    let host = host
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn limits(settings: &Ranges, opts: Options, strict: bool) -> Limits {
     Limits {
         removal_grace: settings.removal_grace,
         max_shrink: settings.max_shrink,
         accept_shrink: opts.accept_shrink,
+        strict,
     }
 }
 
-/// Asks the web service and applies what it publishes (see the module
-/// documentation). `now` is Unix seconds.
-pub fn check(
+/// What the service said, asked without holding anything.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The version in force (or an older one) is the latest.
+    Unchanged {
+        /// As published.
+        latest: String,
+    },
+    /// A version refused at an earlier check (not fetched again).
+    RefusedBefore {
+        /// As published.
+        latest: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A new list.
+    List {
+        /// As published.
+        latest: String,
+        /// The port-25 selection.
+        selection: Selection,
+    },
+    /// The published list holds what a list may not (content, not
+    /// transport: not fetched again for this version).
+    Unusable {
+        /// As published.
+        latest: String,
+        /// Why.
+        reason: String,
+    },
+    /// The service could not be asked or answered badly.
+    Failed {
+        /// The version, when that much was read.
+        latest: Option<String>,
+        /// What went wrong.
+        error: ServiceError,
+    },
+}
+
+/// Asks the service what it publishes, given the list in force (network
+/// only: no state is read or written).
+pub fn fetch(current: &RangesState, settings: &Ranges, request_id: &str, opts: Options) -> Fetched {
+    let svc = match WebService::new(settings, request_id) {
+        Ok(s) => s,
+        Err(error) => {
+            return Fetched::Failed {
+                latest: None,
+                error,
+            };
+        }
+    };
+    let latest = match svc.version() {
+        Ok(v) => v,
+        Err(error) => {
+            return Fetched::Failed {
+                latest: None,
+                error,
+            };
+        }
+    };
+    let in_force = current.version.as_deref();
+    // Versions are YYYYMMDDNN: an older one is a flapping answer.
+    if !opts.force && in_force.is_some_and(|v| v >= latest.as_str()) {
+        if in_force != Some(latest.as_str()) {
+            tracing::warn!(
+                published = %latest,
+                in_force = in_force.unwrap_or(""),
+                "the web service answers an older version than the one in force: ignored"
+            );
+        }
+        return Fetched::Unchanged { latest };
+    }
+    if let Some(r) = current
+        .refused
+        .as_ref()
+        .filter(|r| r.version == latest && !opts.accept_shrink && !opts.force)
+    {
+        return Fetched::RefusedBefore {
+            reason: r.reason.clone(),
+            latest,
+        };
+    }
+    match svc.endpoints() {
+        Ok(selection) => Fetched::List { latest, selection },
+        Err(ServiceError::Selection(reason)) => Fetched::Unusable { latest, reason },
+        Err(error) => Fetched::Failed {
+            latest: Some(latest),
+            error,
+        },
+    }
+}
+
+/// Decides what a fetch means for the list in force and records it (unless
+/// a dry run): the next state under the state lock, and the report.
+pub fn conclude(
     dir: &StateDir,
     settings: &Ranges,
     opts: Options,
+    fetched: Fetched,
     now: u64,
 ) -> Result<Report, RangesError> {
-    let current = load(dir);
-    let request_id = dir.client_request_id()?;
-    let mut latest = None;
-    let result = WebService::new(settings, &request_id).and_then(|svc| {
-        let v = svc.version()?;
-        latest = Some(v.clone());
-        let refused_before = current
-            .refused
-            .as_ref()
-            .filter(|r| r.version == v && !opts.accept_shrink);
-        if current.version.as_deref() == Some(v.as_str()) && !opts.force {
-            return Ok(None);
-        }
-        if let Some(r) = refused_before.filter(|_| !opts.force) {
-            return Ok(Some(Err(format!(
-                "version {v} was refused at its first check: {}",
-                r.reason
-            ))));
-        }
-        let sel: Selection = svc.endpoints()?;
-        Ok(Some(Ok(sel)))
-    });
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(dir.lock_ranges()?)
+    };
+    let current = load(dir)?;
+    let strict = !local_service(settings);
     let mut next = current.clone();
     let mut changes = Changes::default();
-    let outcome = match result {
-        Ok(None) => Outcome::Unchanged,
-        Ok(Some(Err(reason))) => Outcome::Refused { reason },
-        Ok(Some(Ok(sel))) => {
-            let v = latest.as_deref();
-            match plan::apply(
+    let refuse = |next: &mut RangesState, version: &str, reason: String| {
+        next.refused = Some(list::Refused {
+            version: version.to_string(),
+            reason: reason.clone(),
+        });
+        Outcome::Refused { reason }
+    };
+    let (outcome, latest) = match fetched {
+        Fetched::Unchanged { latest } => (Outcome::Unchanged, Some(latest)),
+        Fetched::RefusedBefore { latest, reason } => (
+            Outcome::Refused {
+                reason: format!("version {latest} was refused at its first check: {reason}"),
+            },
+            Some(latest),
+        ),
+        Fetched::Unusable { latest, reason } => (refuse(&mut next, &latest, reason), Some(latest)),
+        Fetched::List { latest, selection } => {
+            let o = match plan::apply(
                 &current,
-                &sel,
-                v,
+                &selection,
+                Some(&latest),
                 Origin::Service,
                 now,
-                limits(settings, opts),
+                limits(settings, opts, strict),
             ) {
                 Ok((applied, ch)) => {
                     next = applied;
@@ -228,24 +334,20 @@ pub fn check(
                     changes = ch;
                     Outcome::Updated
                 }
-                Err(refusal) => {
-                    next.refused = latest.clone().map(|version| list::Refused {
-                        version,
-                        reason: refusal.to_string(),
-                    });
-                    Outcome::Refused {
-                        reason: refusal.to_string(),
-                    }
-                }
-            }
+                Err(refusal) => refuse(&mut next, &latest, refusal.to_string()),
+            };
+            (o, Some(latest))
         }
-        Err(e) => {
+        Fetched::Failed { latest, error } => {
             next.failures = next.failures.saturating_add(1);
-            let delay = backoff(next.failures, settings.check_interval, Some(&e));
+            let delay = backoff(next.failures, settings.check_interval, Some(&error));
             next.next_check = now + delay;
-            Outcome::Failed {
-                error: format!("{e}; next attempt in {delay} s"),
-            }
+            (
+                Outcome::Failed {
+                    error: format!("{error}; next attempt in {delay} s"),
+                },
+                latest,
+            )
         }
     };
     // Removals whose grace ended go whatever the service said.
@@ -285,10 +387,63 @@ pub fn check(
     Ok(report)
 }
 
+/// Asks the web service and applies what it publishes (see the module
+/// documentation): [`fetch`], then [`conclude`]. `now` is Unix seconds.
+pub fn check(
+    dir: &StateDir,
+    settings: &Ranges,
+    opts: Options,
+    now: u64,
+) -> Result<Report, RangesError> {
+    let current = load(dir)?;
+    let request_id = match opts.dry_run {
+        // A dry run writes nothing: a machine without an id yet asks with a
+        // throwaway one.
+        true => dir
+            .peek_request_id()?
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        false => dir.client_request_id()?,
+    };
+    let fetched = fetch(&current, settings, &request_id, opts);
+    conclude(dir, settings, opts, fetched, now)
+}
+
+/// Puts `before` back and records why the list that replaced it could not
+/// be used (the gate refused it): that version is not fetched again.
+pub fn roll_back(
+    dir: &StateDir,
+    before: &RangesState,
+    version: Option<&str>,
+    reason: &str,
+    settings: &Ranges,
+    now: u64,
+) -> Result<(), RangesError> {
+    let _lock = dir.lock_ranges()?;
+    let mut st = before.clone();
+    if let Some(v) = version {
+        st.refused = Some(list::Refused {
+            version: v.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+    st.next_check = now + settings.check_interval;
+    st.last_check = Some(list::CheckRecord {
+        at: now,
+        ok: false,
+        outcome: format!(
+            "kept version {}: refused: {reason}",
+            st.version.as_deref().unwrap_or("none")
+        ),
+    });
+    dir.set_ranges(&st)?;
+    Ok(())
+}
+
 /// Drops the pending removals that are due (the daemon's timer, between
 /// checks); returns what went.
 pub fn expire(dir: &StateDir, now: u64) -> Result<Vec<String>, RangesError> {
-    let mut state = load(dir);
+    let _lock = dir.lock_ranges()?;
+    let mut state = load(dir)?;
     let gone = state.expire(now);
     if !gone.is_empty() {
         dir.set_ranges(&state)?;
@@ -305,14 +460,19 @@ pub fn import(
     opts: Options,
     now: u64,
 ) -> Result<Changes, RangesError> {
-    let current = load(dir);
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(dir.lock_ranges()?)
+    };
+    let current = load(dir)?;
     let (next, changes) = plan::apply(
         &current,
         sel,
         None,
         Origin::Imported,
         now,
-        limits(settings, opts),
+        limits(settings, opts, true),
     )?;
     if !opts.dry_run {
         dir.set_ranges(&next)?;

@@ -2,7 +2,7 @@
 //! checks on the new list, then additions at once, removals after a grace
 //! period, and a limit on how much one update may take away.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -32,10 +32,21 @@ pub enum Refusal {
     /// A prefix that does not parse.
     #[error("the new list holds `{0}`, not a CIDR prefix")]
     Malformed(String),
-    /// Too much would go at once.
+    /// A private, loopback, link-local, multicast or reserved prefix: no
+    /// mail service sends from there (refused unless the service is on
+    /// loopback, as recorded answers in tests and labs are).
     #[error(
-        "the update would remove {removing} of {of} prefixes ({percent}%), more than ranges.max_shrink = {max}%; \
-         check the list and run `smtp-edge ranges update --accept-shrink` to take it"
+        "the new list holds {0}, a special-purpose range (private, loopback, link-local, multicast or reserved)"
+    )]
+    SpecialPurpose(String),
+    /// The gate cannot hold it.
+    #[error("the gate cannot take the new list: {0}")]
+    GateFull(String),
+    /// Too much would go at once (counting the removals still waiting for
+    /// their date, so the limit cannot be stepped around).
+    #[error(
+        "the update would remove {removing} of {of} prefixes ({percent}%, counting those already waiting for removal), \
+         more than ranges.max_shrink = {max}%; check the list and run `smtp-edge ranges update --accept-shrink` to take it"
     )]
     Shrink {
         /// Prefixes the update would remove.
@@ -58,6 +69,8 @@ pub struct Limits {
     pub max_shrink: u64,
     /// The admin has seen the shrink and takes it.
     pub accept_shrink: bool,
+    /// The list comes from the real service: special-purpose ranges refused.
+    pub strict: bool,
 }
 
 /// What an update changes.
@@ -89,8 +102,38 @@ impl Changes {
     }
 }
 
-/// Checks a new list before anything reaches the kernel.
-pub fn sanity(sel: &Selection) -> Result<(), Refusal> {
+/// Special-purpose IPv4 ranges (RFC 6890) a mail service never sends from.
+const SPECIAL_V4: [&str; 9] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// Special-purpose IPv6 ranges (RFC 6890): unspecified, loopback and
+/// IPv4-mapped (`::/8` holds them), unique local, link-local, multicast.
+const SPECIAL_V6: [&str; 4] = ["::/8", "fc00::/7", "fe80::/10", "ff00::/8"];
+
+fn special(net: &IpNet) -> bool {
+    let overlaps = |list: &[&str]| {
+        list.iter()
+            .filter_map(|s| s.parse::<IpNet>().ok())
+            .any(|s| s.contains(net) || net.contains(&s))
+    };
+    match net {
+        IpNet::V4(_) => overlaps(&SPECIAL_V4),
+        IpNet::V6(_) => overlaps(&SPECIAL_V6),
+    }
+}
+
+/// Checks a new list before anything reaches the kernel. `strict`: the list
+/// comes from the real service, so special-purpose ranges are refused too.
+pub fn sanity(sel: &Selection, strict: bool) -> Result<(), Refusal> {
     if sel.ranges.is_empty() {
         return Err(Refusal::Empty);
     }
@@ -106,6 +149,9 @@ pub fn sanity(sel: &Selection) -> Result<(), Refusal> {
         };
         if too_broad {
             return Err(Refusal::TooBroad(r.clone()));
+        }
+        if strict && special(&net) {
+            return Err(Refusal::SpecialPurpose(r.clone()));
         }
     }
     if !v4 {
@@ -125,14 +171,18 @@ pub fn apply(
     now: u64,
     limits: Limits,
 ) -> Result<(RangesState, Changes), Refusal> {
-    sanity(sel)?;
+    sanity(sel, limits.strict)?;
     let new: BTreeSet<&str> = sel.ranges.iter().map(String::as_str).collect();
+    // Removed by this update, plus those still waiting for their date that
+    // it does not list again: what will be gone once the graces end.
     let removing = current
         .ranges
         .iter()
-        .filter(|l| !new.contains(l.prefix.as_str()))
+        .map(|l| l.prefix.as_str())
+        .chain(current.pending_removal.iter().map(|p| p.prefix.as_str()))
+        .filter(|p| !new.contains(p))
         .count();
-    let of = current.ranges.len();
+    let of = current.ranges.len() + current.pending_removal.len();
     if of > 0 && !limits.accept_shrink && (removing as u64) * 100 > limits.max_shrink * of as u64 {
         return Err(Refusal::Shrink {
             removing,
@@ -149,16 +199,17 @@ pub fn apply(
     next.sets = sel.sets.clone();
     next.urls = sel.urls.clone();
     // In force: the new list in its own order, each keeping its first date.
+    let since: HashMap<&str, u64> = current
+        .ranges
+        .iter()
+        .map(|l| (l.prefix.as_str(), l.since))
+        .collect();
     next.ranges = sel
         .ranges
         .iter()
         .map(|p| Listed {
             prefix: p.clone(),
-            since: current
-                .ranges
-                .iter()
-                .find(|l| &l.prefix == p)
-                .map_or(now, |l| l.since),
+            since: since.get(p.as_str()).copied().unwrap_or(now),
         })
         .collect();
     // Pending: those still unlisted keep their date; listed again, restored.
@@ -221,27 +272,58 @@ mod tests {
         removal_grace: 1000,
         max_shrink: 25,
         accept_shrink: false,
+        strict: true,
     };
+
+    fn sanity_strict(s: &Selection) -> Result<(), Refusal> {
+        sanity(s, true)
+    }
+
+    #[test]
+    fn special_purpose_ranges_only_from_a_loopback_service() {
+        for p in [
+            "10.1.0.0/16",
+            "127.0.66.0/24",
+            "192.168.1.0/24",
+            "0.0.0.0/8",
+            "224.0.0.0/24",
+            "::ffff:10.0.0.0/104",
+            "fd00::/48",
+            "fe80::/64",
+        ] {
+            let s = sel(&["192.0.2.0/24", p]);
+            assert_eq!(
+                sanity(&s, true),
+                Err(Refusal::SpecialPurpose(p.to_string())),
+                "{p}"
+            );
+            assert!(sanity(&s, false).is_ok(), "{p}");
+        }
+        assert!(sanity(&sel(&["40.92.0.0/15", "2a01:111:f400::/48"]), true).is_ok());
+    }
 
     #[test]
     fn sanity_checks() {
-        assert_eq!(sanity(&sel(&[])), Err(Refusal::Empty));
-        assert_eq!(sanity(&sel(&["2001:db8::/32"])), Err(Refusal::NoIpv4));
+        assert_eq!(sanity_strict(&sel(&[])), Err(Refusal::Empty));
         assert_eq!(
-            sanity(&sel(&["192.0.2.0/24", "0.0.0.0/0"])),
+            sanity_strict(&sel(&["2001:db8::/32"])),
+            Err(Refusal::NoIpv4)
+        );
+        assert_eq!(
+            sanity_strict(&sel(&["192.0.2.0/24", "0.0.0.0/0"])),
             Err(Refusal::TooBroad("0.0.0.0/0".into()))
         );
         assert_eq!(
-            sanity(&sel(&["10.0.0.0/7"])),
-            Err(Refusal::TooBroad("10.0.0.0/7".into()))
+            sanity_strict(&sel(&["12.0.0.0/7"])),
+            Err(Refusal::TooBroad("12.0.0.0/7".into()))
         );
         assert_eq!(
-            sanity(&sel(&["10.0.0.0/8", "2001:d00::/23"])),
+            sanity_strict(&sel(&["11.0.0.0/8", "2001:d00::/23"])),
             Err(Refusal::TooBroad("2001:d00::/23".into()))
         );
-        assert!(sanity(&sel(&["10.0.0.0/8", "2001:db8::/24"])).is_ok());
+        assert!(sanity_strict(&sel(&["11.0.0.0/8", "2001:db8::/24"])).is_ok());
         assert_eq!(
-            sanity(&sel(&["192.0.2.1-192.0.2.9"])),
+            sanity_strict(&sel(&["192.0.2.1-192.0.2.9"])),
             Err(Refusal::Malformed("192.0.2.1-192.0.2.9".into()))
         );
     }
@@ -252,22 +334,22 @@ mod tests {
             "192.0.2.0/24",
             "198.51.100.0/24",
             "203.0.113.0/24",
-            "10.1.0.0/16",
+            "11.1.0.0/16",
         ]);
         let new = sel(&[
             "192.0.2.0/24",
             "198.51.100.0/24",
             "203.0.113.0/24",
-            "10.2.0.0/16",
+            "11.2.0.0/16",
         ]);
         let (next, ch) =
             apply(&cur, &new, Some("2026120100"), Origin::Service, 100, LIMITS).unwrap();
-        assert_eq!(ch.added, vec!["10.2.0.0/16"]);
-        assert_eq!(ch.scheduled, vec![("10.1.0.0/16".to_string(), 1100)]);
+        assert_eq!(ch.added, vec!["11.2.0.0/16"]);
+        assert_eq!(ch.scheduled, vec![("11.1.0.0/16".to_string(), 1100)]);
         assert!(ch.expired.is_empty() && ch.restored.is_empty());
         // Still allowed during the grace.
         let allowed: Vec<&str> = next.allowed().collect();
-        assert!(allowed.contains(&"10.1.0.0/16") && allowed.contains(&"10.2.0.0/16"));
+        assert!(allowed.contains(&"11.1.0.0/16") && allowed.contains(&"11.2.0.0/16"));
         assert_eq!(next.version.as_deref(), Some("2026120100"));
         assert_eq!(next.ranges[0].since, 5, "first date kept");
         assert_eq!(next.ranges[3].since, 100);
@@ -293,9 +375,9 @@ mod tests {
             LIMITS,
         )
         .unwrap();
-        assert_eq!(ch.expired, vec!["10.1.0.0/16"]);
+        assert_eq!(ch.expired, vec!["11.1.0.0/16"]);
         assert!(ch.allowed_changes());
-        assert!(!gone.allowed().any(|p| p == "10.1.0.0/16"));
+        assert!(!gone.allowed().any(|p| p == "11.1.0.0/16"));
     }
 
     #[test]
@@ -304,7 +386,7 @@ mod tests {
             "192.0.2.0/24",
             "198.51.100.0/24",
             "203.0.113.0/24",
-            "10.1.0.0/16",
+            "11.1.0.0/16",
         ]);
         let without = sel(&["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"]);
         let (mid, _) = apply(&cur, &without, None, Origin::Service, 100, LIMITS).unwrap();
@@ -314,7 +396,7 @@ mod tests {
                 "192.0.2.0/24",
                 "198.51.100.0/24",
                 "203.0.113.0/24",
-                "10.1.0.0/16",
+                "11.1.0.0/16",
             ]),
             None,
             Origin::Service,
@@ -322,7 +404,7 @@ mod tests {
             LIMITS,
         )
         .unwrap();
-        assert_eq!(ch.restored, vec!["10.1.0.0/16"]);
+        assert_eq!(ch.restored, vec!["11.1.0.0/16"]);
         assert!(ch.added.is_empty(), "it never stopped being allowed");
         assert!(back.pending_removal.is_empty());
     }
@@ -333,7 +415,7 @@ mod tests {
             "192.0.2.0/24",
             "198.51.100.0/24",
             "203.0.113.0/24",
-            "10.1.0.0/16",
+            "11.1.0.0/16",
         ]);
         // One of four: 25 %, allowed.
         assert!(
@@ -347,6 +429,32 @@ mod tests {
             )
             .is_ok()
         );
+        // Stepping: one more after the first, while it still waits: two
+        // of four would be gone.
+        let (mid, _) = apply(
+            &cur,
+            &sel(&["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"]),
+            None,
+            Origin::Service,
+            1,
+            LIMITS,
+        )
+        .unwrap();
+        assert!(matches!(
+            apply(
+                &mid,
+                &sel(&["192.0.2.0/24", "198.51.100.0/24"]),
+                None,
+                Origin::Service,
+                2,
+                LIMITS
+            ),
+            Err(Refusal::Shrink {
+                removing: 2,
+                of: 4,
+                ..
+            })
+        ));
         // Two of four: 50 %, refused unless accepted.
         let small = sel(&["192.0.2.0/24", "198.51.100.0/24"]);
         let e = apply(&cur, &small, None, Origin::Service, 1, LIMITS).unwrap_err();

@@ -107,7 +107,16 @@ impl WebService {
         );
         let url = format!("{}{path}", self.base);
         let body = self.client.get(&path)?;
-        exchange::select(&body, &url).map_err(|e| ServiceError::Selection(e.to_string()))
+        exchange::select(&body, &url).map_err(|e| match e {
+            // Not JSON of the list's shape: an error page, a proxy's answer,
+            // a cut-off body — worth asking again.
+            exchange::ImportError::Json { .. } => ServiceError::Answer {
+                url: url.clone(),
+                message: e.to_string(),
+            },
+            // The list itself holds what cannot be used.
+            other => ServiceError::Selection(other.to_string()),
+        })
     }
 }
 

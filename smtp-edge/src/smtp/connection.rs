@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use super::command::LineSplitter;
 use super::data::{BdatReader, DataError, DataReader, DataStats};
 use super::intake::Intake;
+use super::metrics::SessionOutcome;
 use super::reply::Reply;
 use super::server::ServerConfig;
 use super::session::{Action, Session};
@@ -162,6 +163,8 @@ pub struct Io {
     scratch: Vec<u8>,
     splitter: LineSplitter,
     bdat: Option<Bdat>,
+    /// Why the session ended, once it has (for the metrics).
+    pub end: Option<SessionOutcome>,
 }
 
 /// A BDAT message in progress: its reader, where it goes (none when the
@@ -190,6 +193,7 @@ impl Io {
             scratch: Vec::new(),
             splitter: LineSplitter::for_commands(command_line_limit),
             bdat: None,
+            end: None,
         }
     }
 
@@ -242,9 +246,19 @@ async fn fill<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Some(n)
         }
-        Ok(_) => None,
+        Ok(Ok(_)) => {
+            io.inbuf.truncate(len);
+            io.end.get_or_insert(SessionOutcome::disconnected);
+            None
+        }
+        Ok(Err(_)) => {
+            io.inbuf.truncate(len);
+            io.end.get_or_insert(SessionOutcome::error);
+            None
+        }
         Err(_) => {
             io.inbuf.truncate(len);
+            io.end.get_or_insert(SessionOutcome::timeout);
             tracing::info!(peer = ?clock.peer, "{}", why.log());
             let _ = tokio::time::timeout(LAST_WORD, stream.write_all(&why.reply(host).to_bytes()))
                 .await;
@@ -273,6 +287,12 @@ async fn flush<S: AsyncWrite + Unpin>(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?
 }
 
+/// Gathers a reply for the next flush, counting refusals.
+fn send(cfg: &ServerConfig, io: &mut Io, r: &Reply) {
+    cfg.metrics.reply(r);
+    r.write_to(&mut io.out);
+}
+
 /// The command loop, until the session ends or STARTTLS is accepted.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
@@ -294,18 +314,22 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             match action {
                 Action::Reply(r) => {
-                    r.write_to(&mut io.out);
+                    send(cfg, io, &r);
                     if io.out.len() > MAX_PENDING_REPLIES {
                         flush(stream, io, clock).await?;
                     }
                 }
                 Action::Close(r) => {
-                    r.write_to(&mut io.out);
+                    send(cfg, io, &r);
+                    io.end.get_or_insert(match r.code {
+                        221 => SessionOutcome::quit,
+                        _ => SessionOutcome::closed,
+                    });
                     flush(stream, io, clock).await?;
                     return Ok(Outcome::Closed);
                 }
                 Action::StartTls(r) => {
-                    r.write_to(&mut io.out);
+                    send(cfg, io, &r);
                     flush(stream, io, clock).await?;
                     // Nothing sent before the handshake may survive it.
                     io.inbuf.clear();
@@ -315,12 +339,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(Outcome::StartTls);
                 }
                 Action::Data(r) => {
-                    r.write_to(&mut io.out);
+                    send(cfg, io, &r);
                     flush(stream, io, clock).await?;
                     let Some(reply) = read_data(stream, session, io, cfg, clock).await else {
                         return Ok(Outcome::Closed);
                     };
-                    reply.write_to(&mut io.out);
+                    send(cfg, io, &reply);
                 }
                 Action::Bdat { size, last, refuse } => {
                     let Some(reply) =
@@ -329,8 +353,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         return Ok(Outcome::Closed);
                     };
                     let close = reply.code == 421;
-                    reply.write_to(&mut io.out);
+                    send(cfg, io, &reply);
                     if close {
+                        io.end.get_or_insert(SessionOutcome::closed);
                         flush(stream, io, clock).await?;
                         return Ok(Outcome::Closed);
                     }
@@ -509,6 +534,7 @@ async fn finish(
                     tls = env.tls.is_some(),
                     "message accepted"
                 );
+                cfg.metrics.accepted(&connector, stats.size);
                 let reply = Reply::queued(&env.id);
                 cfg.queue.arrived(env);
                 reply

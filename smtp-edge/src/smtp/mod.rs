@@ -27,6 +27,7 @@ pub mod connection;
 pub mod data;
 pub mod header;
 pub mod intake;
+pub mod metrics;
 pub mod reply;
 pub mod server;
 pub mod session;

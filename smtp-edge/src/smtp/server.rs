@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use super::connection::{self, Clock, Io, Outcome};
 use super::data::DataConfig;
 use super::header::{self, Policy};
+use super::metrics::SessionOutcome;
 use super::reply::Reply;
 use super::session::{Action, Session, SessionConfig};
 use crate::policy::{self, Inbound, TlsState};
@@ -90,6 +91,8 @@ pub struct ServerConfig {
     pub min_data_rate: u64,
     /// Where accepted messages go.
     pub spool: Arc<Spool>,
+    /// The receiving side's metrics (shared by every configuration).
+    pub metrics: super::metrics::SmtpMetrics,
     /// Told about each accepted message: the queue manager, once it runs
     /// (one slot shared by every configuration, so a session that began
     /// before the queue started still hands its messages over).
@@ -200,6 +203,7 @@ impl ServerConfig {
             session_timeout: Duration::from_secs(r.timeouts.session),
             min_data_rate: r.min_data_rate,
             spool,
+            metrics: super::metrics::SmtpMetrics::default(),
             queue: Arc::default(),
         })
     }
@@ -231,6 +235,11 @@ pub async fn bind(addrs: &[std::net::SocketAddr]) -> Result<Vec<TcpListener>, Se
         }
         .map_err(|source| SetupError::Bind { addr, source })?;
         sock.set_reuseaddr(true)
+            .map_err(|source| SetupError::Bind { addr, source })?;
+        // A reload may put 0.0.0.0:25 in place of 192.0.2.10:25 (or the
+        // reverse): the new socket is bound while the old one still
+        // listens, which only SO_REUSEPORT on both allows.
+        sock.set_reuseport(true)
             .map_err(|source| SetupError::Bind { addr, source })?;
         if addr.is_ipv6() {
             // [::]:25 and 0.0.0.0:25 side by side.
@@ -341,10 +350,16 @@ pub fn spawn_listener(
                 let source = source_of(ip, cfg.source_prefix);
                 match limits.take(source, cfg.max_connections, cfg.max_connections_per_source) {
                     Some(slot) => {
-                        handle(stream, ip, cfg).await;
+                        let metrics = cfg.metrics.clone();
+                        metrics.open(1);
+                        let (connector, outcome) = handle(stream, ip, cfg).await;
+                        metrics.open(-1);
+                        metrics.session(&connector, outcome);
                         drop(slot);
                     }
                     None => {
+                        cfg.metrics.refused("connection_limit");
+                        cfg.metrics.session("", SessionOutcome::refused);
                         let mut s = stream;
                         let r = Reply::new(
                             421,
@@ -374,41 +389,63 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-async fn handle(mut tcp: TcpStream, ip: IpAddr, cfg: Arc<ServerConfig>) {
-    let clock = Clock::start(&cfg).for_peer(ip);
+/// One connection; its connector's name and how it ended.
+async fn handle(tcp: TcpStream, ip: IpAddr, cfg: Arc<ServerConfig>) -> (String, SessionOutcome) {
+    let mut io = Io::new(cfg.command_line_limit);
+    let (connector, early) = session(tcp, ip, &cfg, &mut io).await;
+    // How the protocol ended wins over a failed last write (a client that
+    // sends QUIT and goes away at once).
+    let outcome = io.end.or(early).unwrap_or(SessionOutcome::disconnected);
+    (connector, outcome)
+}
+
+async fn session(
+    mut tcp: TcpStream,
+    ip: IpAddr,
+    cfg: &Arc<ServerConfig>,
+    io: &mut Io,
+) -> (String, Option<SessionOutcome>) {
+    let clock = Clock::start(cfg).for_peer(ip);
     let conn = policy::select_index(cfg.connectors.iter().map(|c| &*c.policy), ip)
         .and_then(|i| cfg.connectors.get(i));
     let mut session = Session::new(cfg.session.clone(), conn.map(|c| c.policy.clone()), ip);
-    tracing::debug!(%ip, connector = session.connector_name(), "connection");
-    let mut io = Io::new(cfg.command_line_limit);
+    let name = session.connector_name().to_string();
+    tracing::debug!(%ip, connector = %name, "connection");
     match session.greeting() {
         Action::Close(r) => {
             tracing::info!(%ip, "connection refused: no inbound connector matches");
+            cfg.metrics.reply(&r);
             let _ = tokio::time::timeout(cfg.command_timeout, tcp.write_all(&r.to_bytes())).await;
-            return;
+            return (name, Some(SessionOutcome::refused));
         }
         Action::Reply(r) => r.write_to(io.out()),
-        _ => return,
+        _ => return (name, Some(SessionOutcome::closed)),
     }
-    match connection::run(&mut tcp, &mut session, &mut io, &cfg, &clock).await {
+    match connection::run(&mut tcp, &mut session, io, cfg, &clock).await {
         Ok(Outcome::StartTls) => {}
-        Ok(Outcome::Closed) | Err(_) => {
+        Ok(Outcome::Closed) => {
             io.discard().await;
-            return;
+            return (name, None);
+        }
+        Err(_) => {
+            io.discard().await;
+            return (name, Some(SessionOutcome::error));
         }
     }
-    let Some(tls) = cfg.tls.clone() else { return };
+    let Some(tls) = cfg.tls.clone() else {
+        return (name, Some(SessionOutcome::closed));
+    };
     let until = clock.command_deadline();
     let accepted = tokio::time::timeout_at(until, TlsAcceptor::from(tls).accept(tcp)).await;
     let mut stream = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(%ip, error = %e, "TLS handshake failed");
-            return;
+            return (name, Some(SessionOutcome::tls_failed));
         }
         Err(_) => {
             tracing::info!(%ip, "TLS handshake timed out");
-            return;
+            return (name, Some(SessionOutcome::tls_failed));
         }
     };
     let (state, info) = {
@@ -447,11 +484,13 @@ async fn handle(mut tcp: TcpStream, ip: IpAddr, cfg: Arc<ServerConfig>) {
         (state, info)
     };
     tracing::info!(%ip, version = %info.version, cipher = %info.cipher, client_cert = ?info.client_cert, verify_error = ?state.verify_error, connector = session.connector_name(), "TLS established");
+    cfg.metrics.tls(&info.version);
     session.tls_established(info, state);
-    let _ = connection::run(&mut stream, &mut session, &mut io, &cfg, &clock).await;
+    let r = connection::run(&mut stream, &mut session, io, cfg, &clock).await;
     let _ =
         tokio::time::timeout_at(Instant::now() + Duration::from_secs(5), stream.shutdown()).await;
     io.discard().await;
+    (name, r.is_err().then_some(SessionOutcome::error))
 }
 
 #[cfg(test)]

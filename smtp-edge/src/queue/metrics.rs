@@ -1,0 +1,140 @@
+//! The queue's metrics: recipients' delivery outcomes by outbound connector,
+//! the time of one route's delivery attempt, and (at scrape time) the
+//! messages queued by state.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::manager::Manager;
+use super::state::Outcome;
+
+/// A recipient's result from one attempt.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DeliveryOutcome {
+    /// The next hop took it.
+    delivered,
+    /// It will be tried again.
+    deferred,
+    /// It failed for good (a bounce follows).
+    failed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    connector: String,
+    outcome: DeliveryOutcome,
+}
+
+/// The queue's metrics (cheap to clone: shared).
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    deliveries: Family<DeliveryLabels, Counter>,
+    seconds: Histogram,
+}
+
+impl Default for QueueMetrics {
+    fn default() -> Self {
+        QueueMetrics {
+            deliveries: Family::default(),
+            // 5 ms … ~20 min.
+            seconds: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
+        }
+    }
+}
+
+/// Where the collector finds the manager (none until the queue runs).
+pub type ManagerSlot = Arc<Mutex<Option<Arc<Manager>>>>;
+
+impl QueueMetrics {
+    /// Registers them, and the queue's size read from `manager` at each
+    /// scrape.
+    pub fn register(registry: &mut Registry, manager: ManagerSlot) -> QueueMetrics {
+        let m = QueueMetrics::default();
+        registry.register(
+            "deliveries",
+            "Recipients' results of delivery attempts, by outbound connector and outcome",
+            m.deliveries.clone(),
+        );
+        registry.register_with_unit(
+            "delivery",
+            "Time of one delivery attempt through one outbound connector (all its next hops)",
+            prometheus_client::registry::Unit::Seconds,
+            m.seconds.clone(),
+        );
+        registry.register_collector(Box::new(QueueSize(manager)));
+        m
+    }
+
+    /// One route's attempt took `seconds` and ended with `outcomes`.
+    pub fn attempt(&self, connector: &str, seconds: f64, outcomes: &[(usize, Outcome)]) {
+        self.seconds.observe(seconds);
+        for (_, o) in outcomes {
+            self.outcome(connector, o);
+        }
+    }
+
+    /// A recipient's result (also those settled without a next hop).
+    pub fn outcome(&self, connector: &str, o: &Outcome) {
+        let outcome = match o {
+            Outcome::Delivered { .. } => DeliveryOutcome::delivered,
+            Outcome::Deferred { .. } => DeliveryOutcome::deferred,
+            Outcome::Failed { .. } => DeliveryOutcome::failed,
+        };
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                connector: crate::metrics::label(connector),
+                outcome,
+            })
+            .inc();
+    }
+}
+
+struct QueueSize(ManagerSlot);
+
+impl std::fmt::Debug for QueueSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueSize")
+    }
+}
+
+impl Collector for QueueSize {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| m.counts())
+            .unwrap_or_default();
+        let gauge = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "queue_messages",
+            "Messages in the queue, by state",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (state, n) in [
+            ("scheduled", counts.scheduled),
+            ("waiting", counts.waiting),
+            ("delivering", counts.busy),
+            ("held", counts.held),
+            ("frozen", counts.frozen),
+            ("corrupt", counts.corrupt),
+        ] {
+            let labels = [("state", state)];
+            let e = family.encode_family(&labels)?;
+            ConstGauge::new(n as i64).encode(e)?;
+        }
+        Ok(())
+    }
+}
