@@ -73,6 +73,28 @@ enum Cmd {
     /// The mail queue (the sending side).
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Outbound connectors.
+    #[command(subcommand)]
+    Connector(ConnectorCmd),
+}
+
+#[derive(Subcommand)]
+enum ConnectorCmd {
+    /// Go through an outbound connector as delivery would and report each
+    /// step (resolve, connect, greeting, EHLO, STARTTLS, TLS, the peer's
+    /// certificate, our client certificate), like Exchange Online's
+    /// "validate connector"; exit status 1 when a step fails.
+    Test {
+        /// The connector's name.
+        name: String,
+        /// A recipient: its domain for MX connectors, the test message's
+        /// recipient with --send.
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// Deliver a test message to --rcpt and report its final reply.
+        #[arg(long)]
+        send: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,6 +232,9 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Filter(FilterCmd::Detach) => detach(&cli),
         Cmd::Ranges(r) => ranges(&cli, r),
         Cmd::Queue(q) => queue(&cli, q),
+        Cmd::Connector(ConnectorCmd::Test { name, rcpt, send }) => {
+            connector_test(&cli, name, rcpt.as_deref(), *send)
+        }
         Cmd::Reload => {
             // A file with errors is never sent: the daemon keeps what it runs.
             let cfg = Config::load(&cli.config).map_err(|e| {
@@ -524,6 +549,28 @@ fn humantime_now() -> String {
         (secs / 60) % 60,
         secs % 60
     )
+}
+
+fn connector_test(cli: &Cli, name: &str, rcpt: Option<&str>, send: bool) -> Result<()> {
+    let cfg = load_config(&cli.config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    let report = rt
+        .block_on(smtp_edge::delivery::validate::test_connector(
+            &cfg, name, rcpt, send,
+        ))
+        .map_err(|e| anyhow!("{e}"))?;
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.render());
+    }
+    if !report.ok {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn overview(cli: &Cli) -> Result<()> {

@@ -7,3 +7,4 @@
 //! and bouncing ([`crate::dsn`]) are the queue's business.
 
 pub mod client;
+pub mod validate;

@@ -177,13 +177,15 @@ pub(super) fn tls_setup(
     Ok(made)
 }
 
-fn build(
+/// The name a certificate must carry for `host` under `settings` (none
+/// below domain validation), and the SNI to send.
+fn expected(
     settings: &ClientSettings,
+    level: TlsLevel,
     host: &str,
-) -> Result<(Arc<ClientConfig>, ServerName<'static>), DeliveryError> {
-    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+) -> Result<(Option<ExpectedName>, ServerName<'static>), DeliveryError> {
     let host_name = server_name(host);
-    let name = match (settings.tls, settings.tls_name.as_deref()) {
+    let name = match (level, settings.tls_name.as_deref()) {
         (TlsLevel::DomainValidation, Some(n)) => {
             let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
             Some(match n.strip_prefix("*.") {
@@ -209,6 +211,15 @@ fn build(
         Some(ExpectedName::Exact(n)) => n.clone(),
         _ => host_name.unwrap_or(ServerName::IpAddress(IpAddr::from([0u8, 0, 0, 0]).into())),
     };
+    Ok((name, sni))
+}
+
+fn build(
+    settings: &ClientSettings,
+    host: &str,
+) -> Result<(Arc<ClientConfig>, ServerName<'static>), DeliveryError> {
+    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+    let (name, sni) = expected(settings, settings.tls, host)?;
     let verifier = Arc::new(NextHopVerifier {
         level: settings.tls,
         roots: settings.roots.clone(),
@@ -255,6 +266,28 @@ impl Conn {
         settings: &ClientSettings,
         host: &str,
     ) -> Result<TlsSession, DeliveryError> {
+        let tcp = self.take_for_tls().await?;
+        let (config, sni) = tls_setup(settings, host)?;
+        self.handshake(tcp, config, sni, settings.tls).await
+    }
+
+    /// STARTTLS for `smtp-edge connector test`: the same checks before the
+    /// handshake, a handshake that records the chain and whether a client
+    /// certificate was asked for, and accepts any chain (judged afterwards
+    /// by [`judge`]; never used for delivery).
+    pub(super) async fn start_tls_probe(
+        &mut self,
+        settings: &ClientSettings,
+        host: &str,
+    ) -> Result<(TlsSession, Arc<Seen>), DeliveryError> {
+        let tcp = self.take_for_tls().await?;
+        let (config, sni, seen) = probe_setup(settings, host)?;
+        let session = self.handshake(tcp, config, sni, settings.tls).await?;
+        Ok((session, seen))
+    }
+
+    /// The plain stream, once nothing was sent after the 220 to STARTTLS.
+    async fn take_for_tls(&mut self) -> Result<tokio::net::TcpStream, DeliveryError> {
         let injected = |n: usize| DeliveryError::Protocol {
             stage: Stage::StartTls,
             message: format!(
@@ -294,7 +327,17 @@ impl Conn {
                 });
             }
         }
-        let (config, sni) = tls_setup(settings, host)?;
+        Ok(tcp)
+    }
+
+    /// The handshake on `tcp` (checked for injected bytes by the caller).
+    async fn handshake(
+        &mut self,
+        tcp: tokio::net::TcpStream,
+        config: Arc<ClientConfig>,
+        sni: ServerName<'static>,
+        level: TlsLevel,
+    ) -> Result<TlsSession, DeliveryError> {
         let connect = TlsConnector::from(config).connect(sni, tcp);
         let tls = tokio::time::timeout(self.timeouts.command, connect)
             .await
@@ -305,7 +348,7 @@ impl Conn {
                 let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
                 match inner {
                     Some(rustls::Error::InvalidCertificate(c)) => DeliveryError::Certificate {
-                        level: settings.tls,
+                        level,
                         reason: describe_certificate(c),
                     },
                     Some(other) => DeliveryError::TlsHandshake(other.to_string()),
@@ -327,6 +370,210 @@ impl Conn {
         };
         self.stream = Stream::Tls(Box::new(tls));
         Ok(session)
+    }
+}
+
+/// What a probing handshake saw.
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    chain: std::sync::Mutex<Vec<CertificateDer<'static>>>,
+    asked: std::sync::atomic::AtomicBool,
+}
+
+impl Seen {
+    /// The server asked for a client certificate.
+    pub(super) fn asked(&self) -> bool {
+        self.asked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.chain.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Records the chain; takes any (the probe judges it afterwards). The
+/// handshake signature is still verified.
+#[derive(Debug)]
+struct Recording {
+    seen: Arc<Seen>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity.clone().into_owned()];
+        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        *self.seen.chain.lock().unwrap_or_else(|p| p.into_inner()) = chain;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Presents the configured client certificate (if any) and records that the
+/// server asked.
+#[derive(Debug)]
+struct AskRecorder {
+    key: Option<Arc<rustls::sign::CertifiedKey>>,
+    seen: Arc<Seen>,
+}
+
+impl rustls::client::ResolvesClientCert for AskRecorder {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.seen
+            .asked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn probe_setup(
+    settings: &ClientSettings,
+    host: &str,
+) -> Result<(Arc<ClientConfig>, ServerName<'static>, Arc<Seen>), DeliveryError> {
+    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+    let (_, sni) = expected(settings, settings.tls, host)?;
+    let seen = Arc::new(Seen::default());
+    let key = match &settings.client_cert {
+        Some(id) => Some(Arc::new(
+            rustls::sign::CertifiedKey::from_der(id.chain.clone(), id.key.clone_key(), &provider)
+                .map_err(|e| DeliveryError::Settings(format!("client certificate: {e}")))?,
+        )),
+        None => None,
+    };
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| DeliveryError::Settings(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Recording {
+            seen: seen.clone(),
+            algorithms: provider.signature_verification_algorithms,
+        }))
+        .with_client_cert_resolver(Arc::new(AskRecorder {
+            key,
+            seen: seen.clone(),
+        }));
+    Ok((Arc::new(config), sni, seen))
+}
+
+/// The verdict on a recorded chain: each certificate, whether the chain
+/// leads to a trusted CA, whether the expected name matches.
+#[derive(Debug, Clone)]
+pub(super) struct Judged {
+    /// One line per certificate: subject, issuer, expiry.
+    pub(super) lines: Vec<String>,
+    /// The chain verifies against the connector's trust.
+    pub(super) chain: Result<(), String>,
+    /// The name that must match, and whether it does.
+    pub(super) name: Option<(String, Result<(), String>)>,
+}
+
+/// Judges what `seen` recorded as delivery under `settings` would: the
+/// chain against [`ClientSettings::roots`], the name against `tls_name` or
+/// `host` (reported whatever the level; the level decides what counts).
+pub(super) fn judge(settings: &ClientSettings, host: &str, seen: &Seen) -> Judged {
+    let chain = seen.chain();
+    let mut lines = Vec::new();
+    for (i, c) in chain.iter().enumerate() {
+        let line = match x509_parser::parse_x509_certificate(c.as_ref()) {
+            Ok((_, x)) => format!(
+                "{i}: subject {}; issuer {}; valid until {}",
+                x.subject(),
+                x.issuer(),
+                x.validity()
+                    .not_after
+                    .to_rfc2822()
+                    .unwrap_or_else(|e| e.to_string())
+            ),
+            Err(_) => format!("{i}: (unparsable certificate)"),
+        };
+        lines.push(line);
+    }
+    let Some(end_entity) = chain.first() else {
+        return Judged {
+            lines,
+            chain: Err("no certificate presented".into()),
+            name: None,
+        };
+    };
+    let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    let verdict = ParsedCertificate::try_from(end_entity)
+        .and_then(|cert| {
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &settings.roots,
+                &chain[1..],
+                UnixTime::now(),
+                algorithms.all,
+            )
+        })
+        .map_err(|e| match e {
+            rustls::Error::InvalidCertificate(c) => describe_certificate(&c),
+            other => other.to_string(),
+        });
+    let name = match expected(settings, TlsLevel::DomainValidation, host) {
+        Ok((Some(want), _)) => {
+            let shown = match &want {
+                ExpectedName::Exact(n) => n.to_str().into_owned(),
+                ExpectedName::Below(d) => format!("*.{d}"),
+            };
+            let names = san_dns_names(end_entity);
+            let ok = match &want {
+                ExpectedName::Exact(n) => ParsedCertificate::try_from(end_entity)
+                    .and_then(|cert| verify_server_name(&cert, n))
+                    .is_ok(),
+                ExpectedName::Below(d) => names.iter().any(|n| below(n, d)),
+            };
+            Some((
+                shown,
+                if ok {
+                    Ok(())
+                } else {
+                    Err(format!("the certificate names {}", names.join(", ")))
+                },
+            ))
+        }
+        _ => None,
+    };
+    Judged {
+        lines,
+        chain: verdict,
+        name,
     }
 }
 

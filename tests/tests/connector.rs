@@ -1,0 +1,312 @@
+//! `smtp-edge connector test` against good and broken next hops on
+//! loopback: smtp-edge itself with a certificate from a test CA (asking for
+//! our client certificate), the same with a wrong name, an untrusted CA and
+//! an expired certificate, and scripted next hops without STARTTLS, with a
+//! 5xx greeting, a tarpit and nothing listening.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use smtp_edge_tests::certs::{Ca, Leaf};
+use smtp_edge_tests::edge::{Edge, Setup};
+use smtp_edge_tests::nexthop::{NextHop, Script, StartTls};
+use smtp_edge_tests::smtp::wait_for;
+
+/// The configuration under test: `connectors` as outbound connectors.
+fn config(dir: &Path, connectors: &str) -> std::path::PathBuf {
+    let path = dir.join("tested.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[daemon]\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{d}/tested.sock\"\n\n[filter]\nenabled = false\n\n[smtp]\nhostname = \"edge.contoso.test\"\naccepted_domains = [\"contoso.com\"]\n\n{connectors}\n[queue.timeouts]\ngreeting = 2\ncommand = 5\nconnect = 3\n",
+            d = dir.display()
+        ),
+    )
+    .expect("config");
+    path
+}
+
+/// `connector test ARGS` on `config`: exit code, text and the JSON report
+/// (two runs; with `--send` only the JSON one, so one message is sent).
+fn test(config: &Path, args: &[&str]) -> (i32, String, Value) {
+    let mut all = vec![
+        "--config",
+        config.to_str().expect("path"),
+        "connector",
+        "test",
+    ];
+    all.extend_from_slice(args);
+    if args.contains(&"--send") {
+        all.push("--json");
+        let out = smtp_edge_tests::cli(None, &all);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let text = format!("{json}{}", String::from_utf8_lossy(&out.stderr));
+        return (out.status.code().unwrap_or(-1), text, json);
+    }
+    let text_out = smtp_edge_tests::cli(None, &all);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&text_out.stdout),
+        String::from_utf8_lossy(&text_out.stderr)
+    );
+    all.push("--json");
+    let json_out = smtp_edge_tests::cli(None, &all);
+    let json = serde_json::from_slice(&json_out.stdout).unwrap_or(Value::Null);
+    (text_out.status.code().unwrap_or(-1), text, json)
+}
+
+/// The step named `name` of the last attempt.
+fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["attempts"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|a| a["steps"].as_array())
+        .and_then(|s| s.iter().find(|s| s["step"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {report}"))
+}
+
+fn detail(s: &Value) -> String {
+    s["detail"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn reload(edge: &Edge) {
+    let out = smtp_edge_tests::cli(
+        None,
+        &[
+            "--config",
+            edge.config_path().to_str().expect("path"),
+            "reload",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_good_next_hop_and_every_way_a_certificate_can_be_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ca = Ca::new("Contoso Test Root");
+    let ca_file = ca.write(&d.join("ca.pem"));
+    let (client_cert, client_key) =
+        Leaf::new(&["edge.contoso.test"], Some(&ca), false).write(d, "client");
+    // The next hop: smtp-edge requiring TLS and our client certificate.
+    let peer_dir = tempfile::tempdir().expect("tempdir");
+    let peer_ca = ca.write(&peer_dir.path().join("ca.pem"));
+    let connectors = format!(
+        "[[inbound_connectors]]\nname = \"from-edge\"\nrequire_tls = true\nclient_cert_names = [\"edge.contoso.test\"]\nclient_cert_trust = \"{}\"\n",
+        peer_ca.display()
+    );
+    let peer = Edge::start_in(
+        peer_dir,
+        Setup {
+            connectors: &connectors,
+            ..Setup::default()
+        },
+    );
+    Leaf::new(&["mail.contoso.test"], Some(&ca), false).write(peer.dir(), "server");
+    reload(&peer);
+    let hop = format!("127.0.0.1:{}", peer.port);
+    let outbound = |name: &str, extra: &str| {
+        format!(
+            "[[outbound_connectors]]\nname = \"{name}\"\nrecipient_domains = [\"contoso.com\"]\nsmart_hosts = [\"{hop}\"]\nclient_certificate = \"{}\"\nclient_key = \"{}\"\n{extra}\n",
+            client_cert.display(),
+            client_key.display()
+        )
+    };
+    let trust = format!("tls_trust = \"{}\"", ca_file.display());
+    let all = [
+        outbound(
+            "good",
+            &format!("tls = \"domain-validation\"\ntls_domain = \"mail.contoso.test\"\n{trust}"),
+        ),
+        outbound(
+            "wrong-name",
+            &format!("tls = \"domain-validation\"\ntls_domain = \"other.contoso.test\"\n{trust}"),
+        ),
+        outbound("untrusted", "tls = \"certificate-validation\""),
+        outbound("only-encrypted", "tls = \"encryption-only\""),
+    ]
+    .concat();
+    let cfg = config(d, &all);
+
+    // Every step through, then a test message delivered for real.
+    let (code, text, report) = test(&cfg, &["good", "--rcpt", "bob@contoso.com", "--send"]);
+    assert_eq!(code, 0, "{text}");
+    for s in [
+        "connect",
+        "greeting",
+        "ehlo",
+        "starttls",
+        "tls",
+        "certificate",
+        "client certificate",
+        "ehlo after tls",
+    ] {
+        assert_eq!(step(&report, s)["ok"], true, "{s}: {text}");
+    }
+    assert!(detail(step(&report, "tls")).contains("TLSv1.3"), "{text}");
+    let cert = detail(step(&report, "certificate"));
+    assert!(
+        cert.contains("mail.contoso.test") && cert.contains("Contoso Test Root"),
+        "{cert}"
+    );
+    assert!(
+        cert.contains("chain: verifies") && cert.contains("name: matches mail.contoso.test"),
+        "{cert}"
+    );
+    let client = detail(step(&report, "client certificate"));
+    assert!(
+        client.contains("asked for by the server: yes") && client.contains("presented"),
+        "{client}"
+    );
+    assert!(detail(step(&report, "ehlo")).contains("STARTTLS"), "{text}");
+    assert_eq!(report["message"]["ok"], true, "{text}");
+    assert!(detail(&report["message"]).contains("queued as"), "{text}");
+    assert_eq!(report["ok"], true, "{text}");
+    wait_for("the test message at the next hop", 10, || {
+        let n = peer.incoming().len();
+        (n == 1).then_some(()).ok_or(format!("{n} messages"))
+    });
+
+    // The name does not match.
+    let (code, text, report) = test(&cfg, &["wrong-name"]);
+    assert_eq!(code, 1, "{text}");
+    let c = step(&report, "certificate");
+    assert_eq!(c["ok"], false);
+    assert!(
+        detail(c).contains("name: does not match other.contoso.test"),
+        "{text}"
+    );
+    assert!(detail(c).contains("refused: delivery fails"), "{text}");
+    assert!(
+        text.contains("FAIL  certificate") && text.contains("FAILED at certificate"),
+        "{text}"
+    );
+
+    // A CA the system does not trust.
+    let (code, text, report) = test(&cfg, &["untrusted"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        detail(step(&report, "certificate")).contains("unknown issuer"),
+        "{text}"
+    );
+
+    // Encryption only: the certificate is reported, not checked.
+    let (code, text, report) = test(&cfg, &["only-encrypted"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        detail(step(&report, "certificate")).contains("not checked"),
+        "{text}"
+    );
+
+    // An expired certificate.
+    Leaf::new(&["mail.contoso.test"], Some(&ca), true).write(peer.dir(), "server");
+    reload(&peer);
+    let (code, text, report) = test(&cfg, &["good"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        detail(step(&report, "certificate")).contains("expired"),
+        "{text}"
+    );
+
+    // An unknown connector.
+    let (code, text, _) = test(&cfg, &["nope"]);
+    assert_ne!(code, 0);
+    assert!(
+        text.contains("no outbound connector `nope` (there are: good, wrong-name"),
+        "{text}"
+    );
+}
+
+#[test]
+fn broken_next_hops_fail_at_their_step_and_failover_is_followed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let no_tls = NextHop::start(Script {
+        starttls: StartTls::No,
+        ..Script::default()
+    });
+    let refusing = NextHop::start(Script {
+        greeting: "554 5.7.1 go away".into(),
+        ..Script::default()
+    });
+    let tarpit = NextHop::start(Script {
+        greeting_delay: Duration::from_secs(8),
+        ..Script::default()
+    });
+    let open = NextHop::start(Script::default());
+    let hop = |h: &NextHop, name: &str, tls: &str| {
+        format!(
+            "[[outbound_connectors]]\nname = \"{name}\"\nrecipient_domains = [\"contoso.com\"]\nsmart_hosts = [\"{}\"]\ntls = \"{tls}\"\n\n",
+            h.host()
+        )
+    };
+    let all = [
+        hop(&no_tls, "required", "encryption-only"),
+        hop(&no_tls, "opportunistic", "opportunistic"),
+        hop(&refusing, "refusing", "opportunistic"),
+        hop(&tarpit, "tarpit", "opportunistic"),
+        format!(
+            "[[outbound_connectors]]\nname = \"failover\"\nrecipient_domains = [\"fabrikam.com\"]\nsmart_hosts = [\"127.0.0.1:9\", \"{}\"]\ntls = \"opportunistic\"\n",
+            open.host()
+        ),
+    ]
+    .concat();
+    let cfg = config(dir.path(), &all);
+
+    let (code, text, report) = test(&cfg, &["required"]);
+    assert_eq!(code, 1, "{text}");
+    let s = step(&report, "starttls");
+    assert_eq!(s["ok"], false);
+    assert!(
+        detail(s).contains("not offered, and tls = encryption-only requires it"),
+        "{text}"
+    );
+
+    let (code, text, report) = test(&cfg, &["opportunistic"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        detail(step(&report, "starttls")).contains("mail goes in clear"),
+        "{text}"
+    );
+
+    let (code, text, report) = test(&cfg, &["refusing"]);
+    assert_eq!(code, 1, "{text}");
+    let g = step(&report, "greeting");
+    assert_eq!(g["ok"], false);
+    assert!(detail(g).contains("554"), "{text}");
+
+    let started = std::time::Instant::now();
+    let (code, text, report) = test(&cfg, &["tarpit"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        detail(step(&report, "greeting")).contains("timeout"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(16),
+        "the greeting limit applies (2 s, twice: text and JSON)"
+    );
+
+    let (code, text, report) = test(&cfg, &["failover"]);
+    assert_eq!(code, 0, "{text}");
+    let attempts = report["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{text}");
+    assert_eq!(attempts[0]["steps"][0]["ok"], false, "{text}");
+    assert!(text.contains("127.0.0.1:9"), "{text}");
+    assert_eq!(
+        report["resolve"].as_array().map(Vec::len),
+        Some(2),
+        "{text}"
+    );
+}
