@@ -17,6 +17,7 @@ pub mod filter;
 pub mod fsutil;
 pub mod metrics;
 pub mod policy;
+pub mod prepare;
 pub mod queue;
 pub mod ranges;
 pub mod resolve;

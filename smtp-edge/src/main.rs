@@ -76,6 +76,22 @@ enum Cmd {
     /// Outbound connectors.
     #[command(subcommand)]
     Connector(ConnectorCmd),
+    /// As root, before a daemon that runs as USER (the unit's
+    /// ExecStartPre=+): bpffs mounted, the pin directory reachable and its
+    /// pins owned by USER, the state, spool and socket directories owned by
+    /// USER, and the configuration and TLS files checked for readability.
+    Prepare {
+        /// The daemon's user (a name, or UID[:GID]).
+        #[arg(long)]
+        user: String,
+    },
+    /// Writes man pages, shell completions and the example configuration
+    /// into DIR (used by `cargo xtask deb`).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +248,19 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Filter(FilterCmd::Detach) => detach(&cli),
         Cmd::Ranges(r) => ranges(&cli, r),
         Cmd::Queue(q) => queue(&cli, q),
+        Cmd::Prepare { user } => {
+            let cfg = load_config(&cli.config)?;
+            let who = smtp_edge::prepare::Account::lookup(user)?;
+            let (done, warnings) = smtp_edge::prepare::prepare(&cfg, who)?;
+            for d in done {
+                println!("{d}");
+            }
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(())
+        }
+        Cmd::GenerateAssets { dir } => generate_assets(dir),
         Cmd::Connector(ConnectorCmd::Test { name, rcpt, send }) => {
             connector_test(&cli, name, rcpt.as_deref(), *send)
         }
@@ -549,6 +578,44 @@ fn humantime_now() -> String {
         (secs / 60) % 60,
         secs % 60
     )
+}
+
+/// Man pages (section 8: one for the command, one per subcommand), bash,
+/// zsh and fish completions, and the example configuration.
+fn generate_assets(dir: &Path) -> Result<()> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    let cmd = Cli::command();
+    let mut pages = vec![(String::from("smtp-edge"), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("smtp-edge-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+        for sub2 in sub.get_subcommands() {
+            let name2 = format!("smtp-edge-{}-{}", sub.get_name(), sub2.get_name());
+            pages.push((name2.clone(), sub2.clone().name(name2)));
+        }
+    }
+    for (name, page) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page)
+            .section("8")
+            .date(env!("CARGO_PKG_VERSION"))
+            .render(&mut out)?;
+        std::fs::write(man.join(format!("{name}.8")), out)?;
+    }
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        let mut c = Cli::command();
+        clap_complete::generate_to(shell, &mut c, "smtp-edge", &completions)?;
+    }
+    std::fs::write(dir.join("smtp-edge.toml"), config::EXAMPLE)?;
+    Ok(())
 }
 
 fn connector_test(cli: &Cli, name: &str, rcpt: Option<&str>, send: bool) -> Result<()> {

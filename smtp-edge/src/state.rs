@@ -116,7 +116,28 @@ impl StateDir {
             path: self.dir.join(name),
             source,
         })?;
-        write_atomic(&self.dir.join(name), &bytes)
+        let path = self.dir.join(name);
+        write_atomic(&path, &bytes)?;
+        self.adopt(&path)
+    }
+
+    /// A file root wrote (the CLI while the daemon is down) is given to the
+    /// directory's owner: a daemon running as its own user must read it.
+    fn adopt(&self, path: &Path) -> Result<(), StateError> {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(());
+        }
+        let io = |source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = fs::metadata(&self.dir).map_err(io)?;
+        if dir.uid() != 0 {
+            std::os::unix::fs::lchown(path, Some(dir.uid()), Some(dir.gid())).map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Entries added with the CLI.
@@ -169,6 +190,7 @@ impl StateDir {
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io(std::io::Error::last_os_error()));
         }
+        self.adopt(&path)?;
         Ok(RangesLock(f))
     }
 
@@ -199,6 +221,7 @@ impl StateDir {
         }
         let id = uuid::Uuid::new_v4().to_string();
         write_atomic(&path, format!("{id}\n").as_bytes())?;
+        self.adopt(&path)?;
         Ok(id)
     }
 

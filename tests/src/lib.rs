@@ -243,13 +243,24 @@ impl Daemon {
                 });
             }
         }
+        Daemon::spawn(cmd, socket, log, how.ready_within)
+    }
+
+    /// Starts `cmd` (a command line ending in `smtp-edge … run`, its stderr
+    /// set to the log by the caller or here) and waits until the control
+    /// socket answers (at most `within`, default 20 s).
+    pub fn spawn(mut cmd: Command, socket: &Path, log: &Path, within: Option<Duration>) -> Daemon {
+        if !log.exists() {
+            let logf = std::fs::File::create(log).expect("daemon log");
+            cmd.stderr(logf);
+        }
         let child = cmd.spawn().expect("spawn smtp-edge run");
         let mut d = Daemon {
             child: Some(child),
             log: log.to_path_buf(),
             socket: socket.to_path_buf(),
         };
-        d.wait_ready(how.ready_within.unwrap_or(Duration::from_secs(20)));
+        d.wait_ready(within.unwrap_or(Duration::from_secs(20)));
         d
     }
 

@@ -12,6 +12,7 @@
 //! - `cargo xtask bench queue`  the queue with 100,000 deferred messages (last line: JSON)
 //! - `cargo xtask fuzz [--minutes N] [TARGET]`  every fuzz target in turn
 //!   (last line: JSON with executions and minutes per target)
+//! - `cargo xtask deb`  the Debian package (cargo-deb) in target/debian
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,6 +53,8 @@ enum Cmd {
         /// Only this target (default: all of smtp-edge/fuzz/fuzz_targets).
         target: Option<String>,
     },
+    /// Build the Debian package (target/debian/smtp-edge_VERSION-1_ARCH.deb).
+    Deb,
     /// Benchmarks.
     Bench {
         /// Which one: xdp, smtp-in, relay or queue.
@@ -77,6 +80,11 @@ const APT_PACKAGES: &[&str] = &[
     "libnet-ssleay-perl",
     "openssl",
     "nsd",
+    // systemd-analyze (the unit's test), setpriv and unshare (least
+    // privilege), dpkg-deb (the package's test).
+    "systemd",
+    "util-linux",
+    "dpkg",
 ];
 
 fn root() -> PathBuf {
@@ -258,10 +266,51 @@ fn test() -> Result<()> {
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO"),
     )?;
+    // The package, for tests/tests/package.rs.
+    let deb = deb()?;
     status(
         cargo(&["test", "--workspace", "--exclude", "smtp-edge-ebpf"])
-            .env("SMTP_EDGE_BIN", bin_dir.join("smtp-edge")),
+            .env("SMTP_EDGE_BIN", bin_dir.join("smtp-edge"))
+            .env("SMTP_EDGE_DEB", &deb),
     )
+}
+
+/// Builds the .deb: the release binary, its generated man pages (gzip -9n,
+/// as Debian policy asks), completions and example configuration, then
+/// cargo-deb (installed when missing). Returns the package's path.
+fn deb() -> Result<PathBuf> {
+    let bin_dir = build(true)?;
+    if Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        status(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))?;
+    }
+    let assets = bin_dir.join("deb-assets");
+    let _ = std::fs::remove_dir_all(&assets);
+    status(
+        Command::new(bin_dir.join("smtp-edge"))
+            .arg("generate-assets")
+            .arg(&assets),
+    )?;
+    for e in std::fs::read_dir(assets.join("man"))? {
+        let p = e?.path();
+        status(Command::new("gzip").args(["-9nf"]).arg(&p))?;
+    }
+    let out = root().join("target/debian");
+    let _ = std::fs::remove_dir_all(&out);
+    status(
+        cargo(&["deb", "-p", "smtp-edge", "--no-build", "--output"])
+            .arg(&out)
+            .current_dir(root()),
+    )?;
+    let deb = std::fs::read_dir(&out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("cargo deb made no .deb")?;
+    Ok(deb)
 }
 
 fn run_tool(bin: &str, release: bool, args: &[String]) -> Result<()> {
@@ -374,6 +423,7 @@ fn main() -> Result<()> {
             run_tool("smtp-edge-lab", false, &args)
         }
         Cmd::Fuzz { minutes, target } => fuzz(minutes, target),
+        Cmd::Deb => deb().map(|p| println!("{}", p.display())),
         Cmd::Bench { which, args } => match which.as_str() {
             "xdp" => run_tool("smtp-edge-bench-xdp", true, &args),
             "smtp-in" => run_tool("smtp-edge-bench-smtp-in", true, &args),
