@@ -35,9 +35,11 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates `path` for writing, mode 0600; fails if it exists.
+/// Creates `path` for writing (and reading back), mode 0600; fails if it
+/// exists.
 pub fn create_new(path: &Path) -> io::Result<File> {
     OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(FILE_MODE)

@@ -25,5 +25,6 @@ pub mod routing;
 pub mod smtp;
 pub mod spool;
 pub mod state;
+pub mod tenant;
 pub mod tls;
 pub mod view;

@@ -287,6 +287,9 @@ fn run(path: &Path) -> Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a terminal: journald and log files get plain
+        // `key=value` text that grep and log shippers can read.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.daemon.log_format {
         LogFormat::Json => builder.json().init(),

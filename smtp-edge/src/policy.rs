@@ -117,8 +117,12 @@ pub struct Inbound {
     pub recipient_domains: Vec<DomainPattern>,
     /// May relay to any domain.
     pub relay: bool,
-    /// Keep Exchange-internal headers (X-MS-Exchange-Organization-*).
+    /// Keep Exchange-internal headers (X-MS-Exchange-Organization-*): with
+    /// `tenants`, only for messages proven to come from one of them.
     pub trusted_headers: bool,
+    /// Which Microsoft 365 tenants may send (none: no tenant check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<crate::tenant::Rule>,
 }
 
 /// How specific a connector is for an address: the longest matching prefix,
@@ -301,6 +305,7 @@ mod tests {
             recipient_domains: pats(&["accepted"]),
             relay: false,
             trusted_headers: false,
+            tenants: None,
         }
     }
 

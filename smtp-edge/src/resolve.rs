@@ -250,6 +250,12 @@ impl Resolver {
         Ok(Resolver { inner })
     }
 
+    /// The hickory resolver underneath (for DKIM key lookups: the same
+    /// servers, timeout and cache).
+    pub fn hickory(&self) -> &TokioResolver {
+        &self.inner
+    }
+
     /// The addresses of a smart host, with its port: an IP address is
     /// itself; a name's AAAA and A records, alternating, IPv6 first. Every
     /// failure is [`ResolveError::Temporary`] (see the module documentation).

@@ -391,6 +391,7 @@ impl Spool {
             fsync: self.fsync,
             sync: self.incoming_sync.clone(),
             done: false,
+            written: 0,
         }
     }
 
@@ -472,6 +473,8 @@ pub struct SpoolWriter {
     fsync: bool,
     sync: Arc<GroupSync>,
     done: bool,
+    /// Octets written so far.
+    written: u64,
 }
 
 impl SpoolWriter {
@@ -504,7 +507,35 @@ impl SpoolWriter {
     /// Appends content bytes.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         let path = self.shown().to_path_buf();
-        self.file.write_all(bytes).map_err(io(&path))
+        self.file.write_all(bytes).map_err(io(&path))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Octets written so far (envelope included).
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether nothing is written yet.
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    /// What is written so far, mapped read-only: a check can read a message
+    /// of any size without holding it in memory (the pages are the page
+    /// cache's, dropped under pressure).
+    pub fn map(&self) -> Result<memmap2::Mmap, SpoolError> {
+        if self.written == 0 {
+            return Err(SpoolError::Format {
+                path: self.shown().to_path_buf(),
+                reason: "nothing written to map".into(),
+            });
+        }
+        // SAFETY: the file is this writer's own, unnamed or in `tmp/` under
+        // a fresh id, mode 0600; nothing else writes or truncates it while
+        // the map lives (the caller holds the writer and writes no more).
+        unsafe { memmap2::Mmap::map(&self.file) }.map_err(io(self.shown()))
     }
 
     /// fsync, give it its name in `incoming/` (never over an existing

@@ -3,13 +3,15 @@
 //! BPF_PROG_TEST_RUN, a guard around a running daemon ([`Daemon`]) and one
 //! with its SMTP side on loopback ([`edge::Edge`]), certificates
 //! ([`certs`]), a raw SMTP client ([`smtp`]), smtp-sink as a next hop
-//! ([`sink`]), real peers run as programs ([`tools`]), NSD ([`nsd`]).
+//! ([`sink`]), real peers run as programs ([`tools`]), NSD ([`nsd`]), DKIM
+//! keys and signatures ([`dkim`]).
 //!
 //! Network rule: everything here uses loopback or addresses inside namespaces
 //! created (and deleted) by the caller, from the documentation ranges only.
 
 pub mod bench;
 pub mod certs;
+pub mod dkim;
 pub mod edge;
 pub mod frames;
 pub mod netns;

@@ -93,3 +93,53 @@ pub fn python(script: &str, args: &[&str]) -> Value {
     let last = t.stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("python output {last:?}: {e}"))
 }
+
+/// Sends one message over STARTTLS with a client certificate (Python's
+/// smtplib): `{"mail": [code, text], "rcpt": …, "data": …}` for the steps
+/// it reached.
+pub fn starttls_send(
+    addr: std::net::SocketAddr,
+    cert_key: (&std::path::Path, &std::path::Path),
+    from: &str,
+    rcpt: &str,
+    message: &[u8],
+) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = dir.path().join("message");
+    std::fs::write(&m, message).expect("message");
+    python(
+        PY_STARTTLS_SEND,
+        &[
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+            cert_key.0.to_str().expect("path"),
+            cert_key.1.to_str().expect("path"),
+            from,
+            rcpt,
+            m.to_str().expect("path"),
+        ],
+    )
+}
+
+const PY_STARTTLS_SEND: &str = r#"
+import json, smtplib, ssl, sys
+host, port, cert, key, frm, rcpt, path = sys.argv[1:8]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.load_cert_chain(cert, key)
+s = smtplib.SMTP(host, int(port), local_hostname="mail.protection.outlook.com", timeout=20)
+s.starttls(context=ctx)
+s.ehlo("mail.protection.outlook.com")
+out = {}
+code, text = s.mail(frm)
+out["mail"] = [code, text.decode()]
+if code == 250:
+    code, text = s.rcpt(rcpt)
+    out["rcpt"] = [code, text.decode()]
+    if code == 250:
+        code, text = s.data(open(path, "rb").read())
+        out["data"] = [code, text.decode()]
+s.quit()
+print(json.dumps(out))
+"#;

@@ -742,19 +742,24 @@ fn trusting_headers_on_exchange_online_ranges_is_a_warning() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("warning:") && err.contains("connector `eo` keeps Exchange-internal headers"),
+        err.contains("warning:")
+            && err.contains("connector `eo` has trusted_headers = true on sources it shares")
+            && err.contains("its Exchange-internal headers are stripped"),
         "{err}"
     );
     assert!(
-        err.contains("connector `anyone` keeps Exchange-internal headers"),
+        err.contains("connector `anyone` has trusted_headers = true on sources it shares"),
         "{err}"
     );
-    // The example configuration does not do it.
+    // The example configuration trusts them only with a tenant check.
     let ex = cli(None, &["config", "example"]);
     let example = String::from_utf8_lossy(&ex.stdout);
     let eo = example
         .split("[[inbound_connectors]]")
         .find(|s| s.contains("exchange-online"))
         .expect("an Exchange Online connector in the example");
-    assert!(eo.contains("trusted_headers = false"), "{eo}");
+    assert!(
+        !eo.contains("trusted_headers = true") || eo.contains("tenant_policy = \"enforce\""),
+        "{eo}"
+    );
 }

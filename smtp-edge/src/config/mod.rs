@@ -574,9 +574,20 @@ client_cert_trust = "system"           # or a CA file path
 recipient_domains = ["accepted"]       # any tenant sends from these ranges:
 relay = false                          # never relay on the strength of the IP alone
 # Every Microsoft 365 tenant sends from these ranges with this certificate:
-# they prove "some tenant", not yours. Keep Exchange-internal headers
-# (X-MS-Exchange-Organization-* ...) only from sources that are yours alone.
-trusted_headers = false
+# they prove "some tenant", not yours. What proves yours is a DKIM signature
+# of your tenant's domain (Exchange Online signs with <tenant>.onmicrosoft.com,
+# or a custom domain with DKIM enabled), keys asked through [dns], and the
+# X-MS-Exchange-CrossTenant-Id field, when present, naming your tenant id
+# (Entra admin center > Overview > Tenant ID).
+tenants = [
+  { id = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", domains = ["contoso.onmicrosoft.com", "contoso.com"] },
+]
+tenant_policy = "enforce"              # refuse others with 550 5.7.1; "monitor":
+                                       # accept, log, add Authentication-Results
+# Exchange-internal headers (X-MS-Exchange-Organization-* ...) are kept only
+# for messages proven to come from one of the tenants above; everything else
+# loses them. Without tenants, shared sources never keep them.
+trusted_headers = true
 
 [[inbound_connectors]]
 name = "from-on-prem"

@@ -166,9 +166,92 @@ pub struct RawInbound {
     /// Relay to any domain.
     #[serde(default)]
     pub relay: bool,
-    /// Keep Exchange-internal headers.
+    /// Keep Exchange-internal headers (on sources shared with others: only
+    /// for messages proven to come from one of `tenants`).
     #[serde(default)]
     pub trusted_headers: bool,
+    /// The Microsoft 365 tenants allowed to send through this connector.
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+    /// What the tenant check does: `enforce` (the default when tenants are
+    /// given), `monitor` or `off`.
+    #[serde(default)]
+    pub tenant_policy: Option<Spanned<crate::tenant::Mode>>,
+}
+
+/// One `tenants = [{ id = "…", domains = ["…"] }]` entry as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// The tenant id (a GUID).
+    pub id: Spanned<String>,
+    /// Its `*.onmicrosoft.com` domain and the accepted domains it signs for.
+    pub domains: Vec<Spanned<String>>,
+}
+
+/// The tenant rule of a connector (`None` when it checks none), its
+/// problems added to `errors`.
+fn tenant_rule(
+    c: &RawInbound,
+    name: &str,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
+    errors: &mut Vec<super::ConfigError>,
+) -> Option<crate::tenant::Rule> {
+    use crate::tenant::{Mode, Rule, Tenant, is_guid};
+    let mode = match &c.tenant_policy {
+        Some(m) => *m.get_ref(),
+        None if c.tenants.is_empty() => Mode::Off,
+        None => Mode::Enforce,
+    };
+    let span = c
+        .tenant_policy
+        .as_ref()
+        .map_or_else(|| c.name.span(), |m| m.span());
+    if mode != Mode::Off && c.tenants.is_empty() {
+        errors.push(at(
+            span,
+            format!("connector `{name}`: tenant_policy = \"{mode}\" needs tenants"),
+        ));
+        return None;
+    }
+    let mut tenants: Vec<Tenant> = Vec::new();
+    for t in &c.tenants {
+        let id = t.id.get_ref().trim().to_ascii_lowercase();
+        if !is_guid(&id) {
+            errors.push(at(
+                t.id.span(),
+                format!("tenant id `{}` is not a GUID", t.id.get_ref()),
+            ));
+        }
+        if tenants.iter().any(|x| x.id == id) {
+            errors.push(at(t.id.span(), format!("tenant {id} is listed twice")));
+        }
+        if t.domains.is_empty() {
+            errors.push(at(
+                t.id.span(),
+                format!(
+                    "tenant {id} needs domains (its *.onmicrosoft.com domain and the domains it \
+                     signs for)"
+                ),
+            ));
+        }
+        let mut domains = Vec::new();
+        for d in &t.domains {
+            match DomainPattern::parse(d.get_ref()) {
+                Ok(DomainPattern::Exact(n)) => domains.push(n),
+                Ok(_) => errors.push(at(
+                    d.span(),
+                    format!(
+                        "tenant domains are domain names (a DKIM d= is one domain), not `{}`",
+                        d.get_ref()
+                    ),
+                )),
+                Err(e) => errors.push(at(d.span(), format!("tenants.domains: {e}"))),
+            }
+        }
+        tenants.push(Tenant { id, domains });
+    }
+    (mode != Mode::Off).then_some(Rule { mode, tenants })
 }
 
 fn accepted_only() -> Vec<Spanned<String>> {
@@ -382,14 +465,28 @@ pub(super) fn validate(
             .any(|n| exo.iter().any(|e| e.contains(n) || n.contains(e)));
         // No sources: everyone, the Exchange Online ranges included.
         shared_sources |= sources.is_empty() && !exchange_online;
-        if c.trusted_headers && shared_sources {
+        let tenants = tenant_rule(&c, &name, at, errors);
+        if c.trusted_headers && shared_sources && tenants.is_none() {
             warnings.push(at(
                 c.name.span(),
                 format!(
-                    "connector `{name}` keeps Exchange-internal headers from sources it shares with \
-                     others (the Exchange Online ranges, where every Microsoft 365 tenant sends from \
-                     with the same certificate, or, without sources, everyone): anyone there could \
-                     forge those headers (set trusted_headers = false)"
+                    "connector `{name}` has trusted_headers = true on sources it shares with others \
+                     (the Exchange Online ranges, where every Microsoft 365 tenant sends from with \
+                     the same certificate, or, without sources, everyone): without tenants nothing \
+                     proves who sent a message, so its Exchange-internal headers are stripped (set \
+                     tenants, or trusted_headers = false)"
+                ),
+            ));
+        }
+        if tenants
+            .as_ref()
+            .is_some_and(|t| t.mode == crate::tenant::Mode::Monitor)
+        {
+            warnings.push(at(
+                c.name.span(),
+                format!(
+                    "connector `{name}` only monitors its tenants (tenant_policy = \"monitor\"): \
+                     mail of any Microsoft 365 tenant is accepted"
                 ),
             ));
         }
@@ -402,7 +499,9 @@ pub(super) fn validate(
                 sender_domains,
                 recipient_domains,
                 relay: c.relay,
-                trusted_headers: c.trusted_headers,
+                // Shared sources earn header trust only by a tenant proof.
+                trusted_headers: c.trusted_headers && (!shared_sources || tenants.is_some()),
+                tenants,
             },
             trust,
             exchange_online,

@@ -126,8 +126,13 @@ impl Supervisor {
         metrics::register(&mut registry, gate.clone(), state.clone(), shared.clone());
         let receiver = match config.smtp.raw.enabled {
             true => Some(
-                receiver::Receiver::start(&config.smtp, &exchange_list.nets(), smtp_metrics)
-                    .await?,
+                receiver::Receiver::start(
+                    &config.smtp,
+                    &config.dns,
+                    &exchange_list.nets(),
+                    smtp_metrics,
+                )
+                .await?,
             ),
             false => None,
         };

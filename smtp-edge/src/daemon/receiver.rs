@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::DaemonError;
+use crate::config::dns::Dns;
 use crate::config::smtp::Smtp;
 use crate::queue::QueueSlot;
 use crate::smtp::server::{self, ConnectionLimits, ServerConfig};
@@ -40,11 +41,12 @@ impl Receiver {
     /// accepting.
     pub async fn start(
         smtp: &Smtp,
+        dns: &Dns,
         exchange: &[IpNet],
         metrics: crate::smtp::metrics::SmtpMetrics,
     ) -> Result<Receiver, DaemonError> {
         let spool = ServerConfig::open_spool(smtp)?;
-        let mut cfg = ServerConfig::from_config(smtp, spool.clone(), exchange)?;
+        let mut cfg = ServerConfig::from_config(smtp, dns, spool.clone(), exchange)?;
         cfg.metrics = metrics;
         let bound = server::bind(&smtp.listen).await?;
         let (current, _) = watch::channel(Arc::new(cfg));
@@ -109,8 +111,13 @@ impl Receiver {
 
     /// Builds the server for `smtp` and binds the addresses not yet
     /// listened on; nothing is in force until [`Receiver::commit`].
-    pub async fn prepare(&self, smtp: &Smtp, exchange: &[IpNet]) -> Result<Prepared, String> {
-        let mut server = ServerConfig::from_config(smtp, self.spool.clone(), exchange)
+    pub async fn prepare(
+        &self,
+        smtp: &Smtp,
+        dns: &Dns,
+        exchange: &[IpNet],
+    ) -> Result<Prepared, String> {
+        let mut server = ServerConfig::from_config(smtp, dns, self.spool.clone(), exchange)
             .map_err(|e| e.to_string())?;
         // One queue slot and one set of metrics for the life of the process.
         server.queue = self.queue_slot();

@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::checked::TenantCheck;
 use super::command::LineSplitter;
 use super::data::{BdatReader, DataError, DataReader, DataStats};
 use super::intake::Intake;
@@ -379,14 +380,32 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 fn intake(session: &Session, cfg: &ServerConfig) -> Option<Intake> {
     let now = spool::now();
     let envelope = session.envelope(now)?;
-    let trusted = session.connector().is_some_and(|c| c.trusted_headers);
+    let connector = session.connector()?;
+    let tenant = match (&connector.tenants, &cfg.authenticator) {
+        (None, _) => None,
+        (Some(rule), Some(auth)) => Some(TenantCheck {
+            rule: rule.clone(),
+            auth: auth.clone(),
+            trusted_headers: connector.trusted_headers,
+            hostname: cfg.session.hostname.clone(),
+            policy: cfg.headers.clone(),
+            limits: cfg.header_limits,
+        }),
+        (Some(_), None) => {
+            // ServerConfig::from_config builds the verifier whenever a
+            // connector has tenants: never unchecked, never here.
+            tracing::error!(connector = %connector.name, "no DKIM verifier for the tenant check");
+            return None;
+        }
+    };
     Some(Intake::new(
         cfg.spool.clone(),
         cfg.headers.clone(),
-        trusted,
+        connector.trusted_headers && tenant.is_none(),
         cfg.header_limits,
         envelope,
         session.trace(now),
+        tenant,
     ))
 }
 
@@ -523,6 +542,18 @@ async fn finish(
         }
         (Ok(stats), Some(m)) => match m.commit().await {
             Ok(c) => {
+                if let Some(v) = &c.tenant {
+                    cfg.metrics.tenant(&connector, v.outcome);
+                    tracing::info!(
+                        %connector,
+                        outcome = %v.outcome,
+                        tenant = v.tenant.as_deref().unwrap_or("-"),
+                        tenant_ids = %v.tenant_ids.join(","),
+                        dkim_domains = %v.dkim_domains.join(","),
+                        "tenant check: {}",
+                        v.reason
+                    );
+                }
                 let env = c.envelope;
                 tracing::info!(
                     id = %env.id,
@@ -538,6 +569,21 @@ async fn finish(
                 let reply = Reply::queued(&env.id);
                 cfg.queue.arrived(env);
                 reply
+            }
+            Err(n) if n.tenant.is_some() => {
+                if let Some(v) = &n.tenant {
+                    cfg.metrics.tenant(&connector, v.outcome);
+                    tracing::warn!(
+                        %connector,
+                        code = n.reply.code,
+                        outcome = %v.outcome,
+                        tenant_ids = %v.tenant_ids.join(","),
+                        dkim_domains = %v.dkim_domains.join(","),
+                        "message refused by the tenant check: {}",
+                        v.reason
+                    );
+                }
+                n.reply
             }
             Err(n) if n.reply.code >= 500 => {
                 tracing::info!(%connector, code = n.reply.code, "message refused: {}", n.reason);

@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::checked::{self, Failure, TenantCheck};
 use super::header::{HeaderFilter, HeaderStats, Limits, Policy};
 use super::reply::Reply;
 use super::trace::Trace;
 use crate::spool::{AsStorage, Envelope, Spool, SpoolError, SpoolWriter};
+use crate::tenant::Verdict;
 
 /// Octets buffered before they are written out.
 pub const FLUSH_AT: usize = 64 * 1024;
@@ -26,6 +28,9 @@ pub const FLUSH_AT: usize = 64 * 1024;
 struct Head {
     envelope: Envelope,
     trace: Trace,
+    /// Where the message itself begins in the file (after envelope and
+    /// trace), once written.
+    content_start: u64,
 }
 
 /// A message being received.
@@ -36,6 +41,8 @@ pub struct Intake {
     head: Option<Box<Head>>,
     writer: Option<SpoolWriter>,
     failed: Option<SpoolError>,
+    /// The connector's tenant check, if it has one.
+    tenant: Option<TenantCheck>,
 }
 
 /// A message on disk.
@@ -45,6 +52,8 @@ pub struct Committed {
     pub envelope: Envelope,
     /// What the header filter saw.
     pub headers: HeaderStats,
+    /// The tenant check's verdict (on a connector with tenants).
+    pub tenant: Option<Verdict>,
 }
 
 /// Why a message was not committed: the reply, and a reason for the log.
@@ -54,6 +63,8 @@ pub struct NotCommitted {
     pub reply: Reply,
     /// For the log.
     pub reason: String,
+    /// The tenant check's verdict, when it refused the message.
+    pub tenant: Option<Verdict>,
 }
 
 fn start(spool: &Spool, head: &mut Head) -> Result<SpoolWriter, SpoolError> {
@@ -61,6 +72,7 @@ fn start(spool: &Spool, head: &mut Head) -> Result<SpoolWriter, SpoolError> {
     w.write_envelope(&mut head.envelope)?;
     let trace = head.trace.render(w.id());
     w.write(trace.as_bytes())?;
+    head.content_start = w.len();
     Ok(w)
 }
 
@@ -73,7 +85,9 @@ fn join_error(e: tokio::task::JoinError) -> SpoolError {
 
 impl Intake {
     /// A message with this envelope and trace field; `trusted` keeps the
-    /// Exchange-internal header fields.
+    /// Exchange-internal header fields. With a `tenant` check every field is
+    /// kept while it streams in, and the check decides at the end (see
+    /// [`super::checked`]).
     pub fn new(
         spool: Arc<Spool>,
         policy: Arc<Policy>,
@@ -81,14 +95,20 @@ impl Intake {
         limits: Limits,
         envelope: Envelope,
         trace: Trace,
+        tenant: Option<TenantCheck>,
     ) -> Self {
         Intake {
             spool,
-            filter: HeaderFilter::new(policy, trusted, limits),
+            filter: HeaderFilter::new(policy, trusted || tenant.is_some(), limits),
             buf: BytesMut::with_capacity(FLUSH_AT + FLUSH_AT / 4),
-            head: Some(Box::new(Head { envelope, trace })),
+            head: Some(Box::new(Head {
+                envelope,
+                trace,
+                content_start: 0,
+            })),
             writer: None,
             failed: None,
+            tenant,
         }
     }
 
@@ -176,6 +196,7 @@ impl Intake {
                 return Err(NotCommitted {
                     reply: e.reply(),
                     reason: e.to_string(),
+                    tenant: None,
                 });
             }
         };
@@ -183,33 +204,61 @@ impl Intake {
             let spool = self.spool.clone();
             let (mut head, writer) = (self.head.take(), self.writer.take());
             let chunk = std::mem::take(&mut self.buf);
+            let tenant = self.tenant.take();
+            let handle = tokio::runtime::Handle::current();
             let done = tokio::task::spawn_blocking(move || {
                 let Some(h) = head.as_deref_mut() else {
-                    return Err(SpoolError::Format {
+                    return Err(Failure::Spool(SpoolError::Format {
                         path: "(intake)".into(),
                         reason: "no envelope".into(),
-                    });
+                    }));
                 };
                 let mut w = match writer {
                     Some(w) => w,
                     None => start(&spool, h)?,
                 };
                 w.write(&chunk)?;
-                w.commit()?;
-                Ok::<_, SpoolError>(head)
+                let verdict = match &tenant {
+                    None => {
+                        w.commit()?;
+                        None
+                    }
+                    Some(t) => Some(checked::commit(
+                        &spool,
+                        (&mut h.envelope, &h.trace),
+                        w,
+                        h.content_start,
+                        t,
+                        &handle,
+                    )?),
+                };
+                Ok::<_, Failure>((head, verdict))
             })
             .await;
-            let done = done.map_err(join_error).and_then(|r| r);
-            self.spool.health().record(&done);
+            let done = done
+                .map_err(|e| Failure::Spool(join_error(e)))
+                .and_then(|r| r);
+            if let Err(Failure::Spool(e)) = &done {
+                self.spool.health().record(&Err::<(), _>(e));
+            }
             match done {
-                Ok(Some(h)) => {
+                Ok((Some(h), tenant)) => {
                     return Ok(Committed {
                         envelope: h.envelope,
                         headers,
+                        tenant,
                     });
                 }
-                Ok(None) => {}
-                Err(e) => self.failed = Some(e),
+                Ok((None, _)) => {}
+                Err(Failure::Refused(v)) => {
+                    self.abandon().await;
+                    return Err(NotCommitted {
+                        reply: checked::refusal(&v),
+                        reason: v.reason.clone(),
+                        tenant: Some(v),
+                    });
+                }
+                Err(Failure::Spool(e)) => self.failed = Some(e),
             }
         }
         self.abandon().await;
@@ -222,6 +271,7 @@ impl Intake {
                 Reply::local_error()
             },
             reason: e.map_or_else(|| "spool write failed".into(), |e| e.to_string()),
+            tenant: None,
         })
     }
 }

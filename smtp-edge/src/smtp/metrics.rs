@@ -43,6 +43,12 @@ struct ConnectorLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    connector: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -60,6 +66,7 @@ pub struct SmtpMetrics {
     refusals: Family<ReasonLabel, Counter>,
     accepted: Family<ConnectorLabel, Counter>,
     accepted_octets: Family<ConnectorLabel, Counter>,
+    tenant: Family<TenantLabels, Counter>,
     open: Gauge,
 }
 
@@ -94,6 +101,12 @@ impl SmtpMetrics {
             m.accepted.clone(),
         );
         registry.register(
+            "tenant_checks",
+            "Tenant checks at the end of DATA, by inbound connector and outcome (allowed, \
+             foreign_tenant, no_signature, bad_signature, temp_error)",
+            m.tenant.clone(),
+        );
+        registry.register(
             "messages_accepted_bytes",
             "Octets of the messages acknowledged, by inbound connector",
             m.accepted_octets.clone(),
@@ -107,6 +120,16 @@ impl SmtpMetrics {
             .get_or_create(&SessionLabels {
                 connector: crate::metrics::label(connector),
                 outcome,
+            })
+            .inc();
+    }
+
+    /// A tenant check ended with `outcome`.
+    pub fn tenant(&self, connector: &str, outcome: crate::tenant::Outcome) {
+        self.tenant
+            .get_or_create(&TenantLabels {
+                connector: crate::metrics::label(connector),
+                outcome: outcome.as_str(),
             })
             .inc();
     }

@@ -22,6 +22,7 @@
 //!
 //! Every error type here has a `reply()` giving the reply the session sends.
 
+pub mod checked;
 pub mod command;
 pub mod connection;
 pub mod data;

@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub min_data_rate: u64,
     /// Where accepted messages go.
     pub spool: Arc<Spool>,
+    /// Verifies DKIM for connectors with tenants (built when one has).
+    pub authenticator: Option<crate::tenant::verify::Authenticator>,
     /// The receiving side's metrics (shared by every configuration).
     pub metrics: super::metrics::SmtpMetrics,
     /// Told about each accepted message: the queue manager, once it runs
@@ -111,6 +113,9 @@ pub enum SetupError {
     /// A header pattern.
     #[error("smtp.strip_headers: {0}")]
     Headers(String),
+    /// The resolver for the tenant check's DKIM keys.
+    #[error("tenant check: {0}")]
+    Resolver(#[from] crate::resolve::ResolveError),
     /// A listening address.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -140,9 +145,21 @@ impl ServerConfig {
     /// in force, for connectors with the `exchange-online` source.
     pub fn from_config(
         c: &crate::config::smtp::Smtp,
+        dns: &crate::config::dns::Dns,
         spool: Arc<Spool>,
         exchange: &[IpNet],
     ) -> Result<ServerConfig, SetupError> {
+        // DKIM keys are asked through [dns], as delivery asks: all lookups of
+        // one message within two query timeouts.
+        let authenticator = if c.connectors.iter().any(|ic| ic.policy.tenants.is_some()) {
+            let resolver = crate::resolve::Resolver::new(dns)?;
+            Some(crate::tenant::verify::Authenticator::new(
+                &resolver,
+                Duration::from_secs(dns.timeout_seconds.max(1) * 2),
+            ))
+        } else {
+            None
+        };
         let tls = match &c.raw.tls {
             Some(t) => Some(crate::tls::server_config(&t.certificate, &t.key)?),
             None => None,
@@ -203,6 +220,7 @@ impl ServerConfig {
             session_timeout: Duration::from_secs(r.timeouts.session),
             min_data_rate: r.min_data_rate,
             spool,
+            authenticator,
             metrics: super::metrics::SmtpMetrics::default(),
             queue: Arc::default(),
         })

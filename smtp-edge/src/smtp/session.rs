@@ -544,6 +544,7 @@ mod tests {
             recipient_domains: vec![DomainPattern::Accepted],
             relay,
             trusted_headers: false,
+            tenants: None,
         })
     }
 

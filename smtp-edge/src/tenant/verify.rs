@@ -1,0 +1,150 @@
+//! The DKIM side of the tenant check: signatures verified with Stalwart's
+//! mail-auth, keys asked through the daemon's hickory resolver (`[dns]`).
+//!
+//! Only signatures whose `d=` is an allowed tenant's domain are verified: a
+//! sender cannot make this host query domains of its choosing, and at most
+//! [`MAX_VERIFIED`] keys are fetched per message. mail-auth parses in strict
+//! mode, so a signature with `l=` (which would let text be appended after
+//! signing) never verifies. The headers judged here (From, the tenant id)
+//! are those of the same parse the verifier used, so the two cannot
+//! disagree about what the message says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_auth::common::cache::NoCache;
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters};
+
+use super::{Checked, Evidence, Rule, Signature};
+
+/// Signatures verified per message at most (Exchange Online adds one).
+pub const MAX_VERIFIED: usize = 4;
+
+/// The header Exchange Online stamps with the sending tenant's id.
+pub const TENANT_ID_FIELD: &str = "X-MS-Exchange-CrossTenant-Id";
+
+/// Verifies DKIM signatures (cheap to clone).
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<MessageAuthenticator>,
+    /// The longest the key lookups of one message may take together.
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// Asks `resolver`'s name servers; `timeout` bounds all the lookups of
+    /// one message (past it the check is a temporary failure).
+    pub fn new(resolver: &crate::resolve::Resolver, timeout: Duration) -> Authenticator {
+        Authenticator {
+            inner: Arc::new(MessageAuthenticator(resolver.hickory().clone())),
+            timeout,
+        }
+    }
+
+    /// What `raw` (a message: header section, empty line, body) shows.
+    pub async fn evidence(&self, rule: &Rule, raw: &[u8]) -> Evidence {
+        let Some(mut msg) = AuthenticatedMessage::parse(raw) else {
+            return Evidence::default();
+        };
+        let named = |want: &'static str| {
+            msg.headers
+                .iter()
+                .filter(move |(n, _)| n.trim_ascii().eq_ignore_ascii_case(want.as_bytes()))
+                .map(|(_, v)| String::from_utf8_lossy(v).trim().to_ascii_lowercase())
+                .collect::<Vec<String>>()
+        };
+        let from_fields = named("From").len();
+        let tenant_ids = named(TENANT_ID_FIELD);
+        let mut signatures = Vec::new();
+        // Keep for verification only signatures of allowed tenants' domains.
+        let mut kept = 0;
+        msg.dkim_headers.retain(|h| {
+            let s = &h.header;
+            let ours = rule.tenant_of(&s.d).is_some() && kept < MAX_VERIFIED;
+            if ours {
+                kept += 1;
+            } else {
+                signatures.push(Signature {
+                    domain: s.d.to_ascii_lowercase(),
+                    covers_from: covers_from(&s.h),
+                    checked: Checked::NotOurs,
+                });
+            }
+            ours
+        });
+        // Malformed signatures (no usable d=) count as bad ones.
+        for e in &msg.errors {
+            if matches!(e.header, mail_auth::Error::Dkim(_)) {
+                signatures.push(Signature {
+                    domain: String::new(),
+                    covers_from: false,
+                    checked: Checked::Fail(e.header.to_string()),
+                });
+            }
+        }
+        let mut ev = Evidence {
+            signatures,
+            tenant_ids,
+            from_fields,
+        };
+        if msg.dkim_headers.is_empty() {
+            return ev;
+        }
+        let params = Parameters::new(&msg);
+        let params: Parameters<
+            '_,
+            _,
+            NoCache<_, _>,
+            NoCache<_, _>,
+            NoCache<_, _>,
+            NoCache<_, _>,
+            NoCache<_, _>,
+        > = params;
+        match tokio::time::timeout(self.timeout, self.inner.verify_dkim(params)).await {
+            Ok(outputs) => {
+                for o in outputs {
+                    let Some(s) = o.signature() else {
+                        // The malformed ones, already counted above.
+                        continue;
+                    };
+                    let checked = match o.result() {
+                        DkimResult::Pass => Checked::Pass,
+                        DkimResult::TempError(e) => Checked::TempError(e.to_string()),
+                        other => Checked::Fail(other.to_string()),
+                    };
+                    ev.signatures.push(Signature {
+                        domain: s.d.to_ascii_lowercase(),
+                        covers_from: covers_from(&s.h),
+                        checked,
+                    });
+                }
+            }
+            Err(_) => {
+                for h in &msg.dkim_headers {
+                    ev.signatures.push(Signature {
+                        domain: h.header.d.to_ascii_lowercase(),
+                        covers_from: covers_from(&h.header.h),
+                        checked: Checked::TempError(format!(
+                            "no answer within {} s",
+                            self.timeout.as_secs()
+                        )),
+                    });
+                }
+            }
+        }
+        ev
+    }
+}
+
+/// Whether a signature's `h=` names From.
+fn covers_from(h: &[String]) -> bool {
+    h.iter().any(|n| n.trim().eq_ignore_ascii_case("from"))
+}
