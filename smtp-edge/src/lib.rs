@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod dsn;
+pub mod exo;
 pub mod filter;
 pub mod fsutil;
 pub mod metrics;

@@ -76,6 +76,12 @@ enum Cmd {
     /// Outbound connectors.
     #[command(subcommand)]
     Connector(ConnectorCmd),
+    /// Print the Exchange Online and on-premises Exchange PowerShell that
+    /// matches this configuration (New-OutboundConnector and
+    /// New-InboundConnector in Exchange Online, New-ReceiveConnector and
+    /// New-SendConnector on-premises), each parameter commented with the
+    /// setting it comes from.
+    ExoCommands,
     /// As root, before a daemon that runs as USER (the unit's
     /// ExecStartPre=+): bpffs mounted, the pin directory reachable and its
     /// pins owned by USER, the state, spool and socket directories owned by
@@ -261,6 +267,7 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::GenerateAssets { dir } => generate_assets(dir),
+        Cmd::ExoCommands => exo_commands(&cli),
         Cmd::Connector(ConnectorCmd::Test { name, rcpt, send }) => {
             connector_test(&cli, name, rcpt.as_deref(), *send)
         }
@@ -618,6 +625,36 @@ fn generate_assets(dir: &Path) -> Result<()> {
         clap_complete::generate_to(shell, &mut c, "smtp-edge", &completions)?;
     }
     std::fs::write(dir.join("smtp-edge.toml"), config::EXAMPLE)?;
+    Ok(())
+}
+
+fn exo_commands(cli: &Cli) -> Result<()> {
+    let cfg = load_config(&cli.config)?;
+    // Certificate names where the files can be read here (absent: the
+    // commands say what to check).
+    let names = |p: &std::path::Path| {
+        smtp_edge::tls::load_chain(p).ok().and_then(|c| {
+            c.first()
+                .map(|c| smtp_edge::tls::certificate_names(c, true))
+        })
+    };
+    let certs = smtp_edge::exo::CertNames {
+        server: cfg
+            .smtp
+            .raw
+            .tls
+            .as_ref()
+            .and_then(|t| names(&t.certificate)),
+        clients: cfg
+            .outbound
+            .iter()
+            .filter_map(|o| {
+                let c = o.client_cert.as_ref()?;
+                Some((o.name.clone(), names(&c.certificate)?))
+            })
+            .collect(),
+    };
+    print!("{}", smtp_edge::exo::commands(&cfg, &certs));
     Ok(())
 }
 

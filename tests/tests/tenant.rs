@@ -415,3 +415,29 @@ fn shared_sources_never_keep_internal_headers_without_a_tenant_proof() {
     );
     assert!(spooled.contains("Subject: shared\r\n"), "{spooled}");
 }
+
+#[test]
+fn exo_commands_come_from_the_configuration() {
+    let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../smtp-edge/tests/exo/scenario2-eop-relay.toml");
+    let out = smtp_edge_tests::cli(
+        None,
+        &[
+            "--config",
+            scenario.to_str().expect("path"),
+            "exo-commands",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let golden = std::fs::read_to_string(scenario.with_extension("ps1")).expect("golden");
+    assert_eq!(text, golden);
+    for cmdlet in [
+        "New-OutboundConnector @p",
+        "New-InboundConnector @p",
+        "New-ReceiveConnector @p",
+        "New-SendConnector @p",
+    ] {
+        assert!(text.contains(cmdlet), "{cmdlet}:\n{text}");
+    }
+}
