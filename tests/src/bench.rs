@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -449,110 +449,4 @@ where
     Ok(secs)
 }
 
-// ---- a private Postfix instance --------------------------------------------
-
-/// A private Postfix instance: its own configuration, queue and data
-/// directories, smtpd on a loopback port. Stopped on drop (its directory goes
-/// with the bench's).
-pub struct Postfix {
-    pub conf: PathBuf,
-    pub queue: PathBuf,
-    pub addr: SocketAddr,
-    pub log: PathBuf,
-    master_pid: Option<u32>,
-}
-
-/// Where a private Postfix instance keeps things, for its main.cf.
-pub struct PostfixDirs<'a> {
-    pub queue: &'a Path,
-    pub data: &'a Path,
-    pub log: &'a Path,
-}
-
-impl Postfix {
-    /// Starts an instance in `dir` with the main.cf that `main_cf` writes and
-    /// a master.cf of smtpd on a free loopback port followed by `services`.
-    pub fn start(
-        dir: &Path,
-        main_cf: impl FnOnce(&PostfixDirs) -> String,
-        services: &str,
-    ) -> Result<Postfix> {
-        let conf = dir.join("conf");
-        let queue = dir.join("queue");
-        let data = dir.join("data");
-        for d in [dir, &conf, &queue, &data] {
-            std::fs::create_dir_all(d)?;
-            set_mode(d, 0o755)?;
-        }
-        let (uid, gid) = user_ids("postfix")?;
-        std::os::unix::fs::chown(&data, Some(uid), Some(gid)).context("chown data_directory")?;
-        let port = free_port()?;
-        let log = dir.join("maillog");
-        let main_cf = main_cf(&PostfixDirs {
-            queue: &queue,
-            data: &data,
-            log: &log,
-        });
-        let master_cf = format!("127.0.0.1:{port} inet n - n - - smtpd\n{services}");
-        std::fs::write(conf.join("main.cf"), main_cf)?;
-        std::fs::write(conf.join("master.cf"), master_cf)?;
-        let mut p = Postfix {
-            conf,
-            queue,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-            master_pid: None,
-        };
-        p.postfix("check")?;
-        p.postfix("start")?;
-        p.master_pid = std::fs::read_to_string(p.queue.join("pid/master.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        wait_banner(p.addr).with_context(|| format!("Postfix's smtpd\n{}", p.log_text()))?;
-        Ok(p)
-    }
-
-    fn postfix(&self, cmd: &str) -> Result<()> {
-        let out = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg(cmd)
-            .env("MAIL_CONFIG", &self.conf)
-            .stdin(Stdio::null())
-            .output()
-            .context("run postfix")?;
-        ensure!(
-            out.status.success(),
-            "postfix -c {} {cmd}: {}\n{}{}",
-            self.conf.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        Ok(())
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        let _ = self.postfix("stop");
-        let Some(pid) = self.master_pid else { return };
-        let alive = || Path::new(&format!("/proc/{pid}")).exists();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if alive() {
-            let _ = self.postfix("abort");
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if alive() {
-            // SAFETY: kill(2) on the master we started (its children follow).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
+pub use crate::postfix::{Postfix, PostfixDirs};

@@ -94,6 +94,64 @@ pub fn python(script: &str, args: &[&str]) -> Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("python output {last:?}: {e}"))
 }
 
+/// One SMTP transaction for [`smtp_send`].
+pub struct Send<'a> {
+    /// Where to.
+    pub addr: std::net::SocketAddr,
+    /// The address to send from (`None`: the system's choice).
+    pub source: Option<std::net::IpAddr>,
+    /// STARTTLS, presenting this certificate and key (`Some((None))`:
+    /// STARTTLS without a certificate).
+    pub starttls: Option<Option<(&'a std::path::Path, &'a std::path::Path)>>,
+    /// The EHLO name.
+    pub ehlo: &'a str,
+    /// The envelope sender.
+    pub from: &'a str,
+    /// The recipients.
+    pub rcpts: &'a [&'a str],
+    /// The message (CRLF line ends).
+    pub message: &'a [u8],
+    /// Seconds for the connection and each reply.
+    pub timeout: u64,
+}
+
+/// Sends one message with Python's smtplib (in the caller's network
+/// namespace): `{"connect": …, "mail": [code, text], "rcpt": [[code,
+/// text]…], "data": [code, text]}` for the steps it reached, or `{"error":
+/// "…"}` (a timeout: no answer at all).
+pub fn smtp_send(s: &Send<'_>) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = dir.path().join("message");
+    std::fs::write(&m, s.message).expect("message");
+    let (tls, cert, key) = match s.starttls {
+        None => ("none", String::new(), String::new()),
+        Some(None) => ("starttls", String::new(), String::new()),
+        Some(Some((c, k))) => (
+            "starttls",
+            c.to_str().expect("path").to_string(),
+            k.to_str().expect("path").to_string(),
+        ),
+    };
+    let source = s.source.map(|ip| ip.to_string()).unwrap_or_default();
+    let rcpts = s.rcpts.join(",");
+    python(
+        PY_SEND,
+        &[
+            &s.addr.ip().to_string(),
+            &s.addr.port().to_string(),
+            &source,
+            tls,
+            &cert,
+            &key,
+            s.ehlo,
+            s.from,
+            &rcpts,
+            m.to_str().expect("path"),
+            &s.timeout.to_string(),
+        ],
+    )
+}
+
 /// Sends one message over STARTTLS with a client certificate (Python's
 /// smtplib): `{"mail": [code, text], "rcpt": …, "data": …}` for the steps
 /// it reached.
@@ -104,42 +162,59 @@ pub fn starttls_send(
     rcpt: &str,
     message: &[u8],
 ) -> Value {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let m = dir.path().join("message");
-    std::fs::write(&m, message).expect("message");
-    python(
-        PY_STARTTLS_SEND,
-        &[
-            &addr.ip().to_string(),
-            &addr.port().to_string(),
-            cert_key.0.to_str().expect("path"),
-            cert_key.1.to_str().expect("path"),
-            from,
-            rcpt,
-            m.to_str().expect("path"),
-        ],
-    )
+    let mut v = smtp_send(&Send {
+        addr,
+        source: None,
+        starttls: Some(Some(cert_key)),
+        ehlo: "mail.protection.outlook.com",
+        from,
+        rcpts: &[rcpt],
+        message,
+        timeout: 20,
+    });
+    // One recipient: its reply as a pair.
+    if let Some(r) = v["rcpt"].get(0).cloned() {
+        v["rcpt"] = r;
+    }
+    v
 }
 
-const PY_STARTTLS_SEND: &str = r#"
-import json, smtplib, ssl, sys
-host, port, cert, key, frm, rcpt, path = sys.argv[1:8]
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-ctx.load_cert_chain(cert, key)
-s = smtplib.SMTP(host, int(port), local_hostname="mail.protection.outlook.com", timeout=20)
-s.starttls(context=ctx)
-s.ehlo("mail.protection.outlook.com")
+const PY_SEND: &str = r#"
+import json, smtplib, socket, ssl, sys
+host, port, source, tls, cert, key, ehlo, frm, rcpts, path, timeout = sys.argv[1:12]
 out = {}
-code, text = s.mail(frm)
-out["mail"] = [code, text.decode()]
-if code == 250:
-    code, text = s.rcpt(rcpt)
-    out["rcpt"] = [code, text.decode()]
+try:
+    src = (source, 0) if source else None
+    s = smtplib.SMTP(host, int(port), local_hostname=ehlo, timeout=float(timeout), source_address=src)
+    out["connect"] = True
+    if tls == "starttls":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        code, text = s.starttls(context=ctx)
+        out["starttls"] = [code, text.decode()]
+        s.ehlo(ehlo)
+    else:
+        s.ehlo(ehlo)
+    code, text = s.mail(frm)
+    out["mail"] = [code, text.decode()]
     if code == 250:
-        code, text = s.data(open(path, "rb").read())
-        out["data"] = [code, text.decode()]
-s.quit()
+        ok = 0
+        out["rcpt"] = []
+        for r in rcpts.split(","):
+            code, text = s.rcpt(r)
+            out["rcpt"].append([code, text.decode()])
+            ok += code in (250, 251)
+        if ok:
+            code, text = s.data(open(path, "rb").read())
+            out["data"] = [code, text.decode()]
+    try:
+        s.quit()
+    except Exception:
+        pass
+except (smtplib.SMTPException, OSError) as e:
+    out["error"] = f"{type(e).__name__}: {e}"
 print(json.dumps(out))
 "#;

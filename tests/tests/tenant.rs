@@ -422,14 +422,14 @@ fn exo_commands_come_from_the_configuration() {
         .join("../smtp-edge/tests/exo/scenario2-eop-relay.toml");
     let out = smtp_edge_tests::cli(
         None,
-        &[
-            "--config",
-            scenario.to_str().expect("path"),
-            "exo-commands",
-        ],
+        &["--config", scenario.to_str().expect("path"), "exo-commands"],
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let golden = std::fs::read_to_string(scenario.with_extension("ps1")).expect("golden");
     assert_eq!(text, golden);
     for cmdlet in [

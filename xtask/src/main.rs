@@ -272,6 +272,13 @@ fn test() -> Result<()> {
         cargo(&["test", "--workspace", "--exclude", "smtp-edge-ebpf"])
             .env("SMTP_EDGE_BIN", bin_dir.join("smtp-edge"))
             .env("SMTP_EDGE_DEB", &deb),
+    )?;
+    // The lab as an end-to-end test: every path through the real daemon;
+    // it exits non-zero when one does not behave.
+    status(
+        Command::new(bin_dir.join("smtp-edge-lab"))
+            .args(["--duration", "30"])
+            .env("SMTP_EDGE_BIN", bin_dir.join("smtp-edge")),
     )
 }
 

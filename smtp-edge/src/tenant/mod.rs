@@ -254,10 +254,15 @@ pub fn judge(rule: &Rule, ev: &Evidence) -> Verdict {
             );
         }
         if !rule.tenants.iter().any(|t| &t.id == id) {
+            let signed = if dkim_domains.is_empty() {
+                String::new()
+            } else {
+                format!(", signed by {}", dkim_domains.join(", "))
+            };
             return verdict(
                 Outcome::ForeignTenant,
                 None,
-                format!("X-MS-Exchange-CrossTenant-Id {id} is not an allowed tenant"),
+                format!("X-MS-Exchange-CrossTenant-Id {id} is not an allowed tenant{signed}"),
             );
         }
     } else if let Some(t) = proving.first() {

@@ -1,41 +1,64 @@
-//! `smtp-edge-lab`: a small Microsoft 365 hybrid mail path on one machine.
+//! `smtp-edge-lab`: every mail path of smtp-edge on one machine, through the
+//! real daemon (`smtp-edge run`: gate, receiving side, queue, ranges updater,
+//! metrics).
 //!
 //! ```text
-//!  eo   203.0.113.10  2001:db8:1::10 ──▶ out-eo  ─┐
-//!                                                 ├ edge: XDP gate, routing ─▶ in-lan ──▶ onprem
-//!  inet 198.51.100.66 2001:db8:2::66 ──▶ out-inet ─┘   (smtp-edge run)          192.0.2.25:25
-//!                                                                               [2001:db8:25::25]:25
+//!  eo    203.0.113.10 Exchange Online stand-in ──┐            ┌── lan 192.0.2.25 on-prem Exchange
+//!        203.0.113.20 Microsoft 365 stand-in ◀──┤            │       (Postfix, a mailbox)
+//!                                    out-eo     │  edge      │ in-lan
+//!  inet  198.51.100.66 internet sender ─────────┤ gate+relay ├── lan 192.0.2.50 scanner (no TLS)
+//!                                    out-inet   └────────────┘
 //! ```
 //!
-//! Four network namespaces joined by veth pairs, documentation addresses only.
-//! The daemon runs in `edge` with the gate attached (native XDP) to both outside
-//! interfaces; the allowlist holds only the stand-in "Exchange Online" ranges.
-//! Every few seconds both senders try to deliver mail to the on-prem server with
-//! Postfix's `smtp-source`: eo's mail goes through, inet's SYNs are dropped.
-//! Part-way through, `smtp-edge allow add` lets inet's IPv4 address in, and
-//! `allow remove` takes it out again. Counters and the daemon's drop log are
-//! shown as they change. Ctrl-C (or the end of `--duration`) tears it all down.
+//! Each round, at the same time:
+//! 1. Exchange Online → edge → on-prem: STARTTLS with the lab CA's
+//!    `mail.protection.outlook.com` client certificate, DKIM-signed by our
+//!    tenant; delivered to a real Postfix whose mailbox the lab reads back.
+//! 2. The scanner → edge → Microsoft 365: plain SMTP in, relayed with
+//!    domain validation and the organisation's client certificate to a
+//!    Postfix that requires one (as a certificate-based inbound connector).
+//! 3. The internet sender: its SYNs are dropped by the gate.
+//! 4. An open-relay attempt from the allowed Exchange Online source: refused.
+//! 5. A foreign tenant's message (signed by another tenant's key, from the
+//!    same ranges with the same certificate): refused with the reason.
 //!
-//! Needs root, bpffs on /sys/fs/bpf, iproute2, and Postfix's smtp-sink and
-//! smtp-source (falls back to a built-in banner server and plain connects).
+//! Half-way through, the recorded endpoints web service (on the edge's
+//! loopback) publishes a new Exchange Online range holding the internet
+//! sender; the daemon's ranges updater takes it and the gate lets it in
+//! live (its mail is then refused by the connector: no TLS, no
+//! certificate). Every round shows gate counters, the drop log, sessions,
+//! queue and deliveries from the metrics endpoint. The run ends with one
+//! JSON line and exits non-zero when any path did not behave as expected,
+//! so `cargo xtask test` runs it as an end-to-end test.
+//!
+//! Documentation addresses only, inside namespaces the lab creates and
+//! deletes (also on Ctrl-C and on failure). Needs root, bpffs, iproute2,
+//! Postfix, NSD, Python 3 and openssl (`cargo xtask setup`).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
+use serde_json::{Value, json};
 
 use smtp_edge::view::Stats;
-use smtp_edge_tests::netns::{self, Banner, Netns};
+use smtp_edge_tests::certs::{Ca, Leaf};
+use smtp_edge_tests::dkim::{self, DkimKey};
+use smtp_edge_tests::netns::{self, Netns};
+use smtp_edge_tests::nsd::Nsd;
+use smtp_edge_tests::postfix::{self, MailServer, Postfix};
+use smtp_edge_tests::scrape;
+use smtp_edge_tests::tools::{Send, smtp_send};
+use smtp_edge_tests::webservice::WebService;
 use smtp_edge_tests::{Daemon, PinDir, smtp_edge_bin};
 
-/// Bring up the smtp-edge lab: senders, gate, on-prem SMTP server.
+/// Bring up the smtp-edge lab.
 #[derive(Parser)]
 #[command(name = "smtp-edge-lab")]
 struct Args {
@@ -45,50 +68,43 @@ struct Args {
     /// Seconds between traffic rounds.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     interval: u64,
-    /// Use the built-in banner server and plain TCP connects even when
-    /// Postfix's smtp-sink and smtp-source are installed.
-    #[arg(long)]
-    builtin_smtp: bool,
 }
 
-// ---- addresses (documentation ranges only) --------------------------------
+// ---- addresses and names (documentation ranges only) ----------------------
 
 const EO_V4: &str = "203.0.113.10";
-const EO_V6: &str = "2001:db8:1::10";
+const M365_V4: &str = "203.0.113.20";
 const EDGE_EO_V4: &str = "203.0.113.1";
-const EDGE_EO_V6: &str = "2001:db8:1::1";
-/// The stand-in Exchange Online ranges put in the lab's allowlist.
-const EO_RANGE_V4: &str = "203.0.113.0/28";
-const EO_RANGE_V6: &str = "2001:db8:1::/64";
-
+/// The stand-in Exchange Online range the lab's endpoints service lists.
+const EO_RANGE: &str = "203.0.113.0/28";
 const INET_V4: &str = "198.51.100.66";
-const INET_V6: &str = "2001:db8:2::66";
 const EDGE_INET_V4: &str = "198.51.100.1";
-const EDGE_INET_V6: &str = "2001:db8:2::1";
-
+/// The range the second published version adds (it holds the internet sender).
+const NEW_RANGE: &str = "198.51.100.64/28";
 const ONPREM_V4: &str = "192.0.2.25";
-const ONPREM_V6: &str = "2001:db8:25::25";
+const SCANNER_V4: &str = "192.0.2.50";
 const EDGE_LAN_V4: &str = "192.0.2.1";
-const EDGE_LAN_V6: &str = "2001:db8:25::1";
+const DEVICES: &str = "192.0.2.48/28";
 
-/// Edge interfaces (names live in the edge namespace only).
 const IF_OUT_EO: &str = "out-eo";
 const IF_OUT_INET: &str = "out-inet";
 const IF_LAN: &str = "in-lan";
 
-/// Messages per smtp-source run.
-const MESSAGES: u32 = 5;
-/// How long a refused sender waits before giving up.
-const REFUSED_AFTER: Duration = Duration::from_secs(4);
-/// Upper bound for an allowed delivery.
-const DELIVERY_BOUND: Duration = Duration::from_secs(15);
-/// Drop-log lines shown per round (the rest are counted).
-const DROP_LINES_PER_ROUND: usize = 6;
+const EDGE_NAME: &str = "edge.contoso.com";
+const ONPREM_NAME: &str = "exchange.contoso.com";
+const EXO_NAME: &str = "mail.protection.outlook.com";
+const PARTNER: &str = "fabrikam.example";
+const OUR_TENANT: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+const OUR_DOMAIN: &str = "contoso.onmicrosoft.test";
+const FOREIGN_TENANT: &str = "9f8e7d6c-5b4a-3928-1706-f5e4d3c2b1a0";
+const FOREIGN_DOMAIN: &str = "fabrikam.onmicrosoft.test";
+const METRICS: &str = "127.0.0.1:9325";
 
-const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
-const SMTP_SOURCE: &str = "/usr/sbin/smtp-source";
+const VERSION_1: &str = "2026120100";
+const VERSION_2: &str = "2026120200";
 
-const ALLOW_COMMENT: &str = "lab: allowed on the fly";
+/// How long a dropped sender waits for an answer.
+const DROPPED_AFTER: u64 = 4;
 
 // ---- Ctrl-C ---------------------------------------------------------------
 
@@ -131,34 +147,13 @@ fn heading(text: &str) {
 
 /// A labelled line of a round.
 fn row(label: &str, text: &str) {
-    println!("  {label:<15} {text}");
+    println!("  {label:<16} {text}");
 }
 
 fn indent(text: &str) {
     for l in text.lines() {
         println!("    {l}");
     }
-}
-
-/// Removes ANSI colour sequences (the daemon's log may carry them).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn quote(path: &Path) -> Result<String> {
@@ -168,55 +163,13 @@ fn quote(path: &Path) -> Result<String> {
     })?)?)
 }
 
-// ---- processes ------------------------------------------------------------
-
-/// A background process (smtp-sink), killed on drop.
-struct Proc {
-    child: Child,
-    what: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `ip netns exec NS PROGRAM`, in its own process group so that Ctrl-C in the
-/// terminal reaches only the lab, which then stops everything in order.
-fn ns_cmd(ns: &Netns, program: &str) -> Command {
-    let mut c = ns.cmd(program);
-    c.process_group(0);
-    c
-}
-
-fn sh(ns: &Netns, script: &str) -> Result<()> {
-    let out = ns_cmd(ns, "sh")
-        .args(["-c", script])
-        .output()
-        .with_context(|| format!("run `{script}` in {}", ns.name))?;
-    if !out.status.success() {
-        bail!(
-            "`{script}` in {} failed: {}",
-            ns.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Runs `f` on a thread that joined network namespace `ns` (setns(2) only).
-///
-/// Processes spawned there live in that network namespace but keep this
-/// process's mount namespace. `ip netns exec` would instead give them a private
-/// mount namespace with a fresh /sys, where the daemon mounts a private bpffs:
-/// its pins (and so the gate) would vanish with it, and no later CLI call could
-/// see them. The real edge host has one bpffs; so does the lab.
-fn in_netns<T: Send + 'static>(
+/// Runs `f` on a thread inside network namespace `ns` (setns(2) only: the
+/// mount namespace, and so the one bpffs, stays the host's).
+fn within<T: std::marker::Send + 'static>(
     ns: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
+    f: impl FnOnce() -> Result<T> + std::marker::Send + 'static,
 ) -> Result<T> {
+    use std::os::fd::AsRawFd;
     let path = format!("/var/run/netns/{ns}");
     std::thread::spawn(move || -> Result<T> {
         let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
@@ -238,6 +191,8 @@ fn in_netns<T: Send + 'static>(
     })?
 }
 
+// ---- the CLI and the daemon's outputs -------------------------------------
+
 /// `smtp-edge --config CFG ARGS` on the edge host (its network namespace).
 struct Cli {
     ns: String,
@@ -248,7 +203,7 @@ impl Cli {
     fn run(&self, args: &[&str]) -> Result<String> {
         let config = self.config.clone();
         let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let out = in_netns(&self.ns, move || {
+        let out = within(&self.ns, move || {
             Command::new(smtp_edge_bin())
                 .arg("--config")
                 .arg(&config)
@@ -260,8 +215,9 @@ impl Cli {
         })?;
         if !out.status.success() {
             bail!(
-                "smtp-edge {} failed: {}",
+                "smtp-edge {} failed: {}{}",
                 args.join(" "),
+                String::from_utf8_lossy(&out.stdout).trim(),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
@@ -270,250 +226,46 @@ impl Cli {
 
     /// Runs and prints `$ smtp-edge ARGS` with its output, as an admin sees it.
     fn show(&self, args: &[&str]) {
-        let shown: Vec<String> = args
-            .iter()
-            .map(|a| {
-                if a.contains(' ') {
-                    format!("\"{a}\"")
-                } else {
-                    a.to_string()
-                }
-            })
-            .collect();
-        println!("  $ smtp-edge {}", shown.join(" "));
+        println!("  $ smtp-edge {}", args.join(" "));
         match self.run(args) {
             Ok(out) => indent(&out),
             Err(e) => println!("    ! {e:#}"),
         }
     }
 
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all)?;
+        serde_json::from_str(&out).with_context(|| format!("parse `smtp-edge {}`", all.join(" ")))
+    }
+
     fn stats(&self) -> Result<Stats> {
-        let out = self.run(&["--json", "stats"])?;
-        serde_json::from_str(&out).context("parse `smtp-edge --json stats`")
+        serde_json::from_value(self.json(&["stats"])?).context("parse stats")
     }
 }
 
-// ---- the on-prem server and the senders ----------------------------------
-
-enum Server {
-    /// Postfix smtp-sink, one per address family; stdout carries its counters.
-    Sink(Vec<(Proc, PathBuf)>),
-    /// Built-in fallback: greets and counts connections.
-    Banner(Banner),
+/// The metrics endpoint's text, read from inside the edge namespace.
+fn metrics(ns: &str) -> Result<String> {
+    within(ns, || {
+        let addr: SocketAddr = METRICS.parse()?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let (_, body) = out
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("not an HTTP answer"))?;
+        Ok(body.to_string())
+    })
 }
-
-impl Server {
-    fn start(onprem: &Netns, dir: &Path, postfix: bool) -> Result<Server> {
-        if !postfix {
-            let listeners = [ONPREM_V4, ONPREM_V6]
-                .iter()
-                .map(|a| -> Result<_> {
-                    let ip: IpAddr = a.parse()?;
-                    Ok(onprem.listen(SocketAddr::new(ip, 25)))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            return Ok(Server::Banner(Banner::serve(listeners)));
-        }
-        let mut sinks = Vec::new();
-        for (family, listen) in [
-            ("4", format!("{ONPREM_V4}:25")),
-            ("6", format!("[{ONPREM_V6}]:25")),
-        ] {
-            let out = dir.join(format!("smtp-sink-v{family}.out"));
-            let file = std::fs::File::create(&out).context("smtp-sink output file")?;
-            let child = ns_cmd(onprem, SMTP_SINK)
-                .args(["-u", "nobody", "-c", &format!("-{family}"), &listen, "100"])
-                .stdin(Stdio::null())
-                .stdout(file.try_clone()?)
-                .stderr(file)
-                .spawn()
-                .context("start smtp-sink")?;
-            sinks.push((
-                Proc {
-                    child,
-                    what: format!("smtp-sink {listen}"),
-                },
-                out,
-            ));
-        }
-        // Wait until both listen.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let out = ns_cmd(onprem, "ss").args(["-Hltn"]).output()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let listening = [format!("{ONPREM_V4}:25"), format!("[{ONPREM_V6}]:25")]
-                .iter()
-                .all(|a| text.contains(a.as_str()));
-            if listening {
-                break;
-            }
-            for (p, out) in &mut sinks {
-                if let Ok(Some(st)) = p.child.try_wait() {
-                    bail!(
-                        "{} exited with {st}: {}",
-                        p.what,
-                        std::fs::read_to_string(out).unwrap_or_default().trim()
-                    );
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("smtp-sink is not listening after 5 s:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Server::Sink(sinks))
-    }
-
-    fn describe(&self) -> &'static str {
-        match self {
-            Server::Sink(_) => "Postfix smtp-sink (accepts and discards mail)",
-            Server::Banner(_) => "built-in banner server (greets and counts connections)",
-        }
-    }
-
-    /// Messages received (smtp-sink) or connections accepted (fallback).
-    fn received(&self) -> u64 {
-        match self {
-            Server::Sink(sinks) => sinks
-                .iter()
-                .map(|(_, out)| {
-                    let text = std::fs::read_to_string(out).unwrap_or_default();
-                    // "sess=N quit=N mesg=N" records separated by carriage returns.
-                    text.rsplit(['\r', '\n'])
-                        .find_map(|rec| {
-                            rec.split_whitespace().find_map(|f| f.strip_prefix("mesg="))
-                        })
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .unwrap_or(0)
-                })
-                .sum(),
-            Server::Banner(b) => b.accepted.load(Ordering::Relaxed),
-        }
-    }
-
-    fn unit(&self) -> &'static str {
-        match self {
-            Server::Sink(_) => "messages",
-            Server::Banner(_) => "connections",
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum SenderKind {
-    Eo,
-    Inet,
-}
-
-struct Sender {
-    kind: SenderKind,
-    ns: Netns,
-}
-
-impl Sender {
-    fn label(&self) -> &'static str {
-        match self.kind {
-            SenderKind::Eo => "eo  ",
-            SenderKind::Inet => "inet",
-        }
-    }
-}
-
-enum Outcome {
-    /// Mail delivered (count of messages, or 1 connection with the fallback).
-    Delivered { messages: u32, secs: f64 },
-    /// No answer in time: the SYNs went nowhere.
-    TimedOut,
-    /// The client gave up with an error.
-    Failed(String),
-    /// Ctrl-C while it ran.
-    Interrupted,
-}
-
-/// One delivery attempt from `from` (source `src`) to the on-prem server `dst`.
-fn attempt(from: &Sender, src: &str, dst: &str, postfix: bool) -> Result<Outcome> {
-    let bound = match from.kind {
-        SenderKind::Eo => DELIVERY_BOUND,
-        SenderKind::Inet => REFUSED_AFTER,
-    };
-    let dst_ip: IpAddr = dst.parse()?;
-    let started = Instant::now();
-    if !postfix {
-        let src_ip: IpAddr = src.parse()?;
-        return Ok(
-            match from
-                .ns
-                .connect_from(src_ip, SocketAddr::new(dst_ip, 25), bound)
-            {
-                Ok(_) => Outcome::Delivered {
-                    messages: 1,
-                    secs: started.elapsed().as_secs_f64(),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Outcome::TimedOut,
-                Err(e) => Outcome::Failed(e.to_string()),
-            },
-        );
-    }
-    let target = match dst_ip {
-        IpAddr::V4(_) => format!("{dst}:25"),
-        IpAddr::V6(_) => format!("[{dst}]:25"),
-    };
-    let sender_domain = match from.kind {
-        SenderKind::Eo => "eo.example",
-        SenderKind::Inet => "inet.example",
-    };
-    let mut child = ns_cmd(&from.ns, SMTP_SOURCE)
-        .args(["-m", &MESSAGES.to_string(), "-s", "1", "-M", sender_domain])
-        .args(["-f", &format!("lab@{sender_domain}")])
-        .args(["-t", "postmaster@onprem.example", &target])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start smtp-source")?;
-    let deadline = started + bound;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return Ok(if status.success() {
-                Outcome::Delivered {
-                    messages: MESSAGES,
-                    secs: started.elapsed().as_secs_f64(),
-                }
-            } else {
-                let last = err.lines().last().unwrap_or("").trim();
-                Outcome::Failed(if last.is_empty() {
-                    format!("smtp-source exited with {status}")
-                } else {
-                    last.to_string()
-                })
-            });
-        }
-        if stopping() || Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(if stopping() {
-                Outcome::Interrupted
-            } else {
-                Outcome::TimedOut
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-// ---- the drop log ---------------------------------------------------------
 
 /// Follows the daemon's log file.
 struct LogTail {
     path: PathBuf,
     offset: u64,
     partial: String,
-    /// ifindex → edge interface name, to annotate drop lines.
-    ifaces: Vec<(String, String)>,
 }
 
 impl LogTail {
@@ -533,135 +285,306 @@ impl LogTail {
         let mut lines = Vec::new();
         while let Some(pos) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=pos).collect();
-            let line = strip_ansi(line.trim_end());
+            let line = line.trim_end().to_string();
             if !line.is_empty() {
-                lines.push(self.annotate(line));
+                lines.push(line);
             }
         }
         lines
     }
-
-    fn annotate(&self, line: String) -> String {
-        for (index, name) in &self.ifaces {
-            if line.ends_with(&format!("ifindex={index}")) {
-                return format!("{line} ({name})");
-            }
-        }
-        line
-    }
 }
 
-fn is_drop(line: &str) -> bool {
-    line.contains("packet refused by the gate")
-}
-
-/// Prints new daemon log lines: every drop line (up to a limit) and any other
-/// line the daemon wrote (attach, allowlist changes, warnings).
-fn show_log(tail: &mut LogTail, drops_total: &mut u64) {
+/// The log lines worth showing in a round: drops, refusals, tenant checks,
+/// ranges, warnings (a few of each).
+fn show_log(tail: &mut LogTail, drops: &mut u64) {
     let lines = tail.new_lines();
-    let drops: Vec<&String> = lines.iter().filter(|l| is_drop(l)).collect();
-    *drops_total += drops.len() as u64;
-    for l in lines.iter().filter(|l| !is_drop(l)) {
-        row("daemon log", l);
-    }
-    if drops.is_empty() {
-        return;
-    }
-    row("drop log", &format!("{} new line(s):", drops.len()));
-    for l in drops.iter().take(DROP_LINES_PER_ROUND) {
-        println!("    {l}");
-    }
-    if drops.len() > DROP_LINES_PER_ROUND {
-        println!("    … and {} more", drops.len() - DROP_LINES_PER_ROUND);
-    }
-}
-
-// ---- counters -------------------------------------------------------------
-
-fn counter(s: &Stats, name: &str) -> u64 {
-    smtp_edge::view::counter(s, name).copied().unwrap_or(0)
-}
-
-fn delta(now: &Stats, before: Option<&Stats>, name: &str) -> String {
-    let v = counter(now, name);
-    match before {
-        Some(b) if v >= counter(b, name) => format!("{v} (+{})", v - counter(b, name)),
-        _ => v.to_string(),
+    let mut shown = 0;
+    for l in &lines {
+        let drop = l.contains("packet refused by the gate");
+        if drop {
+            *drops += 1;
+        }
+        let interesting = drop
+            || l.contains("refused")
+            || l.contains("tenant check")
+            || l.contains("ranges")
+            || l.contains("WARN")
+            || l.contains("ERROR");
+        if interesting && shown < 8 {
+            // Only the message and its fields, not the timestamp and target.
+            let short = l.split_once(": ").map_or(l.as_str(), |(_, rest)| rest);
+            row(if drop { "drop log" } else { "daemon log" }, short);
+            shown += 1;
+        }
     }
 }
 
-fn show_stats(now: &Stats, before: Option<&Stats>) {
-    row(
-        "gate counters",
-        &format!(
-            "passed_allowed {}   dropped_not_allowed_v4 {}   dropped_not_allowed_v6 {}   passed_other {}",
-            delta(now, before, "passed_allowed"),
-            delta(now, before, "passed_dropped_v4_placeholder")
-                .replace('0', "")
-                .is_empty()
-                .then(String::new)
-                .unwrap_or_default()
-                + &delta(now, before, "dropped_not_allowed_v4"),
-            delta(now, before, "dropped_not_allowed_v6"),
-            delta(now, before, "passed_other"),
-        ),
+// ---- the senders ------------------------------------------------------------
+
+/// What the lab needs to send.
+#[derive(Clone)]
+struct Kit {
+    eo_cert: (PathBuf, PathBuf),
+    ours: std::sync::Arc<DkimKey>,
+    foreign: std::sync::Arc<DkimKey>,
+}
+
+/// A message as Exchange Online sends it (internal fields, tenant id,
+/// signed fields), signed by `key`.
+fn exo_message(key: &DkimKey, tenant: &str, subject: &str, to: &str) -> String {
+    let m = format!(
+        "X-MS-Exchange-Organization-AuthAs: Internal\r\n\
+         X-MS-Exchange-CrossTenant-Id: {tenant}\r\n\
+         From: Alice <alice@contoso.com>\r\n\
+         To: <{to}>\r\n\
+         Subject: {subject}\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{subject}.{nanos}@{domain}>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\
+         X-MS-Exchange-SenderADCheck: 1\r\n\
+         \r\n\
+         Sent by the smtp-edge lab.\r\n",
+        date = smtp_edge::smtp::trace::rfc5322_date(smtp_edge::spool::now()),
+        nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+        domain = key.domain,
     );
-    let rest: Vec<String> = now
-        .counters
-        .iter()
-        .filter(|(n, v)| {
-            *v > 0
-                && ![
-                    "passed_allowed",
-                    "passed_other",
-                    "dropped_not_allowed_v4",
-                    "dropped_not_allowed_v6",
-                ]
-                .contains(&n.as_str())
-        })
-        .map(|(n, _)| format!("{n} {}", delta(now, before, n)))
-        .collect();
-    if !rest.is_empty() {
-        row("", &rest.join("   "));
+    key.sign(&m)
+}
+
+fn plain_message(from: &str, to: &str, subject: &str) -> String {
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {}\r\n\r\nScanned document attached (not really).\r\n",
+        smtp_edge::smtp::trace::rfc5322_date(smtp_edge::spool::now())
+    )
+}
+
+/// One path of a round.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path5 {
+    ExoToOnPrem,
+    DeviceToM365,
+    Internet,
+    RelayAttempt,
+    ForeignTenant,
+}
+
+impl Path5 {
+    const ALL: [Path5; 5] = [
+        Path5::ExoToOnPrem,
+        Path5::DeviceToM365,
+        Path5::Internet,
+        Path5::RelayAttempt,
+        Path5::ForeignTenant,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Path5::ExoToOnPrem => "eo → on-prem",
+            Path5::DeviceToM365 => "scanner → M365",
+            Path5::Internet => "internet",
+            Path5::RelayAttempt => "eo open relay",
+            Path5::ForeignTenant => "foreign tenant",
+        }
     }
-    for e in &now.entries {
-        let before_hits = before
-            .and_then(|b| b.entries.iter().find(|x| x.entry.id == e.entry.id))
-            .map(|x| x.hits);
-        let hits = match before_hits {
-            Some(h) if e.hits >= h => format!("{} (+{})", e.hits, e.hits - h),
-            _ => e.hits.to_string(),
-        };
-        row(
-            &format!("entry #{}", e.entry.id),
-            &format!(
-                "{:<18} {:<7} hits {:<12} {}",
-                e.entry.entry.source, e.entry.entry.origin, hits, e.entry.entry.comment
+}
+
+/// Sends this path's message once; the smtplib transcript.
+fn send(path: Path5, kit: &Kit, ns: &Names, round: u32) -> Result<Value> {
+    let (ns_name, src, dst, tls, from, rcpt, message) = match path {
+        Path5::ExoToOnPrem => (
+            ns.eo.clone(),
+            EO_V4,
+            EDGE_EO_V4,
+            true,
+            "alice@contoso.com".to_string(),
+            "bob@contoso.com".to_string(),
+            exo_message(
+                &kit.ours,
+                OUR_TENANT,
+                &format!("lab-eo-{round}"),
+                "bob@contoso.com",
             ),
+        ),
+        Path5::DeviceToM365 => (
+            ns.lan.clone(),
+            SCANNER_V4,
+            EDGE_LAN_V4,
+            false,
+            "scanner@contoso.com".to_string(),
+            format!("carol@{PARTNER}"),
+            plain_message(
+                "scanner@contoso.com",
+                &format!("carol@{PARTNER}"),
+                &format!("lab-scan-{round}"),
+            ),
+        ),
+        Path5::Internet => (
+            ns.inet.clone(),
+            INET_V4,
+            EDGE_INET_V4,
+            false,
+            "mallory@example.net".to_string(),
+            "bob@contoso.com".to_string(),
+            plain_message("mallory@example.net", "bob@contoso.com", "lab-inet"),
+        ),
+        Path5::RelayAttempt => (
+            ns.eo.clone(),
+            EO_V4,
+            EDGE_EO_V4,
+            true,
+            "alice@contoso.com".to_string(),
+            format!("victim@{PARTNER}"),
+            exo_message(
+                &kit.ours,
+                OUR_TENANT,
+                "lab-relay",
+                &format!("victim@{PARTNER}"),
+            ),
+        ),
+        Path5::ForeignTenant => (
+            ns.eo.clone(),
+            EO_V4,
+            EDGE_EO_V4,
+            true,
+            "ceo@contoso.com".to_string(),
+            "bob@contoso.com".to_string(),
+            exo_message(
+                &kit.foreign,
+                FOREIGN_TENANT,
+                &format!("lab-foreign-{round}"),
+                "bob@contoso.com",
+            ),
+        ),
+    };
+    let cert = kit.eo_cert.clone();
+    within(&ns_name, move || {
+        let source: IpAddr = src.parse()?;
+        let addr = SocketAddr::new(dst.parse()?, 25);
+        Ok(smtp_send(&Send {
+            addr,
+            source: Some(source),
+            starttls: tls.then_some(Some((cert.0.as_path(), cert.1.as_path()))),
+            ehlo: if tls { EXO_NAME } else { "scanner.contoso.com" },
+            from: &from,
+            rcpts: &[&rcpt],
+            message: message.as_bytes(),
+            timeout: DROPPED_AFTER,
+        }))
+    })
+}
+
+fn code(v: &Value, step: &str) -> Option<u64> {
+    let s = &v[step];
+    let first = if step == "rcpt" { &s[0][0] } else { &s[0] };
+    first.as_u64()
+}
+
+fn text(v: &Value, step: &str) -> String {
+    let s = &v[step];
+    let t = if step == "rcpt" { &s[0][1] } else { &s[1] };
+    t.as_str().unwrap_or_default().replace('\n', " ")
+}
+
+/// What a path's transcript means, and whether that is what should happen.
+fn judge(path: Path5, v: &Value, inet_allowed: bool) -> (String, bool, Outcome) {
+    if let Some(e) = v["error"].as_str() {
+        let dropped = e.contains("timed out") || e.contains("TimeoutError");
+        let ok = path == Path5::Internet && !inet_allowed && dropped;
+        let what = if dropped {
+            format!("✘ no answer within {DROPPED_AFTER} s (SYNs dropped by the gate)")
+        } else {
+            format!("✘ {e}")
+        };
+        return (
+            what,
+            ok,
+            if dropped {
+                Outcome::Dropped
+            } else {
+                Outcome::Failed
+            },
         );
     }
+    match path {
+        Path5::ExoToOnPrem | Path5::DeviceToM365 => match code(v, "data") {
+            Some(250) => (
+                format!("✔ 250 {}", text(v, "data")),
+                true,
+                Outcome::Accepted,
+            ),
+            _ => (format!("✘ {v}"), false, Outcome::Failed),
+        },
+        Path5::Internet => {
+            let mail = code(v, "mail");
+            let ok = inet_allowed && mail.is_some_and(|c| c >= 500);
+            (
+                format!(
+                    "reached the edge (the new range): MAIL → {} {}",
+                    mail.unwrap_or(0),
+                    text(v, "mail")
+                ),
+                ok,
+                Outcome::Refused,
+            )
+        }
+        Path5::RelayAttempt => match code(v, "rcpt") {
+            Some(c) if c >= 500 => (
+                format!("✔ refused: RCPT → {c} {}", text(v, "rcpt")),
+                true,
+                Outcome::Refused,
+            ),
+            _ => (format!("✘ {v}"), false, Outcome::Failed),
+        },
+        Path5::ForeignTenant => match code(v, "data") {
+            Some(c) if c >= 500 => (
+                format!("✔ refused: DATA → {c} {}", text(v, "data")),
+                true,
+                Outcome::Refused,
+            ),
+            _ => (format!("✘ {v}"), false, Outcome::Failed),
+        },
+    }
 }
 
-// ---- the lab --------------------------------------------------------------
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Accepted,
+    Refused,
+    Dropped,
+    Failed,
+}
 
+/// The namespaces' names (for threads).
+#[derive(Clone)]
+struct Names {
+    eo: String,
+    inet: String,
+    lan: String,
+}
+
+#[derive(Default)]
 struct Tally {
-    eo_attempts: u64,
-    eo_delivered: u64,
-    eo_failed: u64,
-    inet_attempts: u64,
+    eo_accepted: u64,
+    device_accepted: u64,
+    inet_dropped: u64,
     inet_refused: u64,
-    inet_delivered: u64,
-    inet_delivered_attempts: u64,
+    relay_refused: u64,
+    foreign_refused: u64,
     drop_lines: u64,
-    /// Outcomes that differ from what the allowlist says should happen.
     unexpected: Vec<String>,
 }
+
+// ---- main -------------------------------------------------------------------
 
 fn main() {
     let args = Args::parse();
     install_signal_handlers();
     let code = match lab(&args) {
-        Ok(()) => 0,
+        Ok(true) => 0,
+        Ok(false) => 1,
         Err(e) => {
             eprintln!("smtp-edge-lab: {e:#}");
             1
@@ -670,7 +593,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn preflight(args: &Args) -> Result<bool> {
+fn preflight() -> Result<()> {
     if !smtp_edge_tests::is_root() {
         bail!("the lab needs root (network namespaces, XDP, bpffs)");
     }
@@ -684,140 +607,35 @@ fn preflight(args: &Args) -> Result<bool> {
     if !Path::new("/sys/fs/bpf").is_dir() {
         bail!("bpffs is not mounted on /sys/fs/bpf (cargo xtask setup mounts it)");
     }
+    for (program, package) in [
+        ("/usr/sbin/postfix", "postfix"),
+        ("/usr/sbin/nsd", "nsd"),
+        ("/usr/bin/python3", "python3"),
+        ("/usr/bin/openssl", "openssl"),
+    ] {
+        if !Path::new(program).is_file() {
+            bail!("{program} is missing (Debian package {package}; `cargo xtask setup`)");
+        }
+    }
     Command::new("ip")
         .arg("-V")
         .output()
         .context("iproute2 (`ip`) is needed")?;
-    let postfix = Path::new(SMTP_SINK).is_file() && Path::new(SMTP_SOURCE).is_file();
-    if args.builtin_smtp {
-        return Ok(false);
-    }
-    if !postfix {
-        println!(
-            "note: {SMTP_SINK} / {SMTP_SOURCE} not found (Debian package postfix; `cargo xtask setup`);"
-        );
-        println!("      using a built-in banner server and plain TCP connects instead");
-    }
-    Ok(postfix)
+    Ok(())
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+/// The configuration the lab runs, as a real deployment would write it.
+struct Files<'a> {
+    dir: &'a Path,
+    pin: &'a Path,
+    ca: &'a Path,
+    edge_cert: &'a (PathBuf, PathBuf),
+    ranges_url: String,
+    dns: SocketAddr,
 }
 
-fn ifindexes(ns: &Netns) -> Vec<(String, String)> {
-    let out = Command::new("ip")
-        .args(["-n", &ns.name, "-o", "link", "show"])
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ": ");
-            let index = parts.next()?.trim().to_string();
-            let name = parts.next()?.split('@').next()?.to_string();
-            Some((index, name))
-        })
-        .collect()
-}
-
-fn lab(args: &Args) -> Result<()> {
-    let postfix = preflight(args)?;
-    let interval = Duration::from_secs(args.interval.max(1));
-    let started = Instant::now();
-    let end = args.duration.map(|d| started + Duration::from_secs(d));
-    // When to add inet to the allowlist and take it out again.
-    let (add_at, remove_at) = match args.duration {
-        Some(d) if d >= 3 * args.interval.max(1) => (
-            Some(Duration::from_secs(d / 3)),
-            Some(Duration::from_secs(2 * d / 3)),
-        ),
-        Some(_) => (None, None),
-        None => (
-            Some(Duration::from_secs(6 * args.interval.max(1))),
-            Some(Duration::from_secs(12 * args.interval.max(1))),
-        ),
-    };
-
-    // Guards are dropped in reverse order: daemon, servers, namespaces, files, pins.
-    let pin = PinDir::new("lab");
-    let tmp = tempfile::Builder::new()
-        .prefix("smtp-edge-lab.")
-        .tempdir()
-        .context("temporary directory")?;
-
-    heading("smtp-edge lab: Microsoft 365 → on-prem mail through an XDP port-25 gate");
-    println!(
-        "  eo      Exchange Online stand-in   {EO_V4:<15} {EO_V6:<16} allowed (stand-in range {EO_RANGE_V4}, {EO_RANGE_V6})"
-    );
-    println!("  inet    internet sender            {INET_V4:<15} {INET_V6:<16} not allowed");
-    println!(
-        "  edge    firewall host              gate on {IF_OUT_EO}, {IF_OUT_INET} (native XDP); routes to {IF_LAN}"
-    );
-    println!("  onprem  on-prem mail server        {ONPREM_V4:<15} {ONPREM_V6:<16} port 25");
-    println!("  (documentation addresses only; nothing leaves this machine's namespaces)");
-
-    // ---- namespaces and links
-    let eo = Sender {
-        kind: SenderKind::Eo,
-        ns: Netns::new("eo"),
-    };
-    let inet = Sender {
-        kind: SenderKind::Inet,
-        ns: Netns::new("inet"),
-    };
-    let edge = Netns::new("edge");
-    let onprem = Netns::new("onprem");
-    netns::veth(&eo.ns, "eth0", &edge, IF_OUT_EO);
-    netns::veth(&inet.ns, "eth0", &edge, IF_OUT_INET);
-    netns::veth(&edge, IF_LAN, &onprem, "eth0");
-    for (ns, iface, v4, v6) in [
-        (&eo.ns, "eth0", EO_V4, EO_V6),
-        (&edge, IF_OUT_EO, EDGE_EO_V4, EDGE_EO_V6),
-        (&inet.ns, "eth0", INET_V4, INET_V6),
-        (&edge, IF_OUT_INET, EDGE_INET_V4, EDGE_INET_V6),
-        (&edge, IF_LAN, EDGE_LAN_V4, EDGE_LAN_V6),
-        (&onprem, "eth0", ONPREM_V4, ONPREM_V6),
-    ] {
-        let prefix = if v4.starts_with("203.") || v4.starts_with("198.") || v4.starts_with("192.") {
-            24
-        } else {
-            bail!("unexpected address {v4}")
-        };
-        netns::add_addr(ns, iface, &format!("{v4}/{prefix}"));
-        netns::add_addr(ns, iface, &format!("{v6}/64"));
-    }
-    for (ns, gw4, gw6) in [
-        (&eo.ns, EDGE_EO_V4, EDGE_EO_V6),
-        (&inet.ns, EDGE_INET_V4, EDGE_INET_V6),
-        (&onprem, EDGE_LAN_V4, EDGE_LAN_V6),
-    ] {
-        ns.ip(&["route", "add", "default", "via", gw4]);
-        ns.ip(&["-6", "route", "add", "default", "via", gw6]);
-    }
-    sh(
-        &edge,
-        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
-    )?;
-    println!(
-        "\n  namespaces: eo={} inet={} edge={} onprem={}",
-        eo.ns.name, inet.ns.name, edge.name, onprem.name
-    );
-
-    // ---- the on-prem server
-    let server = Server::start(&onprem, tmp.path(), postfix)?;
-    println!(
-        "  on-prem server: {} on {ONPREM_V4}:25 and [{ONPREM_V6}]:25",
-        server.describe()
-    );
-
-    // ---- the daemon
-    let config = tmp.path().join("smtp-edge.toml");
-    let socket = tmp.path().join("control.sock");
-    let log = tmp.path().join("smtp-edge.log");
-    let config_text = format!(
+fn config(f: &Files<'_>) -> Result<String> {
+    Ok(format!(
         r#"# smtp-edge lab configuration (written by smtp-edge-lab)
 [daemon]
 state_dir = {state}
@@ -825,7 +643,7 @@ control_socket = {socket}
 log_format = "text"
 
 [filter]
-interfaces = ["{IF_OUT_EO}", "{IF_OUT_INET}"]
+interfaces = ["{IF_OUT_EO}", "{IF_OUT_INET}"]   # internet-facing
 ports = [25]
 mode = "enforce"
 xdp_mode = "native"
@@ -833,114 +651,313 @@ pin_dir = {pin}
 drop_events_per_second = 5
 
 [allowlist]
-# The real Microsoft ranges are never used in the lab.
-exchange_online = false
+exchange_online = true       # the ranges in force (from the endpoints service)
 
-[[allowlist.entries]]
-source = "{EO_RANGE_V4}"
-comment = "Exchange Online (lab stand-in)"
+[ranges]
+# The lab serves recorded answers on the edge's loopback; the real service
+# is never asked.
+service_url = "{ranges_url}"
+check_interval = 2           # so the lab sees an update soon (a real host: 1 h)
+removal_grace = 3600
 
-[[allowlist.entries]]
-source = "{EO_RANGE_V6}"
-comment = "Exchange Online (lab stand-in)"
+[smtp]
+enabled = true
+listen = ["0.0.0.0:25"]
+hostname = "{EDGE_NAME}"
+accepted_domains = ["contoso.com"]
+
+[smtp.tls]
+certificate = {edge_cert}
+key = {edge_key}
+
+[[inbound_connectors]]
+name = "from-exchange-online"
+sources = ["exchange-online"]
+require_tls = true
+client_cert_names = ["{EXO_NAME}"]
+client_cert_trust = {ca}            # the lab CA stands in for the public roots
+recipient_domains = ["accepted"]
+relay = false
+tenants = [{{ id = "{OUR_TENANT}", domains = ["{OUR_DOMAIN}"] }}]
+tenant_policy = "enforce"
+trusted_headers = true
+
+[[inbound_connectors]]
+name = "devices"
+sources = ["{DEVICES}"]
+sender_domains = ["accepted"]
+relay = true
+
+[[outbound_connectors]]
+name = "to-on-prem"
+recipient_domains = ["accepted"]
+smart_hosts = ["{ONPREM_V4}"]
+tls = "domain-validation"
+tls_domain = "{ONPREM_NAME}"
+tls_trust = {ca}
+
+[[outbound_connectors]]
+name = "to-microsoft-365"
+recipient_domains = ["*"]
+smart_hosts = ["{M365_V4}"]
+tls = "domain-validation"
+tls_domain = "{EXO_NAME}"
+tls_trust = {ca}
+client_certificate = {edge_cert}
+client_key = {edge_key}
+
+[queue]
+retry_schedule = [5, 10, 30]
+
+[dns]
+nameservers = ["{dns}"]              # NSD with the tenants' DKIM keys
+timeout_seconds = 2
+
+[metrics]
+listen = "{METRICS}"
 "#,
-        state = quote(&tmp.path().join("state"))?,
-        socket = quote(&socket)?,
-        pin = quote(&pin.0)?,
+        state = quote(&f.dir.join("state"))?,
+        socket = quote(&f.dir.join("control.sock"))?,
+        pin = quote(f.pin)?,
+        ranges_url = f.ranges_url,
+        edge_cert = quote(&f.edge_cert.0)?,
+        edge_key = quote(&f.edge_cert.1)?,
+        ca = quote(f.ca)?,
+        dns = f.dns,
+    ))
+}
+
+fn lab(args: &Args) -> Result<bool> {
+    preflight()?;
+    let interval = Duration::from_secs(args.interval.max(1));
+    let started = Instant::now();
+    let end = args.duration.map(|d| started + Duration::from_secs(d));
+    let update_at = Duration::from_secs(match args.duration {
+        Some(d) => d / 2,
+        None => 6 * args.interval.max(1),
+    });
+
+    // Guards drop in reverse order: daemon, peers, namespaces, files, pins.
+    let pin = PinDir::new("lab");
+    let tmp = tempfile::Builder::new()
+        .prefix("smtp-edge-lab.")
+        .tempdir()
+        .context("temporary directory")?;
+    let dir = tmp.path().to_path_buf();
+
+    heading("smtp-edge lab: every mail path through the gate and the relay");
+    println!(
+        "  eo      Exchange Online stand-in  {EO_V4:<14} sends with the {EXO_NAME} certificate"
     );
-    std::fs::write(&config, &config_text).context("write the lab configuration")?;
-    heading(&format!("configuration {}", config.display()));
-    indent(&config_text);
+    println!(
+        "          Microsoft 365 stand-in    {M365_V4:<14} requires the organisation's client certificate"
+    );
+    println!(
+        "  inet    internet sender           {INET_V4:<14} not in the ranges (until the update)"
+    );
+    println!("  lan     on-prem Exchange          {ONPREM_V4:<14} Postfix with a mailbox");
+    println!("          scanner                   {SCANNER_V4:<14} plain SMTP, no TLS");
+    println!(
+        "  edge    firewall host             gate on {IF_OUT_EO}, {IF_OUT_INET}; smtp-edge run"
+    );
+    println!("  (documentation addresses only; nothing leaves this machine's namespaces)");
+
+    // ---- certificates and keys
+    let ca = Ca::new("smtp-edge lab CA");
+    let ca_file = ca.write(&dir.join("lab-ca.pem"));
+    let eo_cert = Leaf::new(&[EXO_NAME], Some(&ca), false).write(&dir, "eo-client");
+    let edge_cert = Leaf::new(&[EDGE_NAME, "contoso.com"], Some(&ca), false).write(&dir, "edge");
+    let onprem_cert = Leaf::new(&[ONPREM_NAME], Some(&ca), false).write(&dir, "onprem");
+    let m365_cert =
+        Leaf::new(&[EXO_NAME, &format!("*.{EXO_NAME}")], Some(&ca), false).write(&dir, "m365");
+    let kit = Kit {
+        eo_cert: eo_cert.clone(),
+        ours: std::sync::Arc::new(DkimKey::new(OUR_DOMAIN)),
+        foreign: std::sync::Arc::new(DkimKey::new(FOREIGN_DOMAIN)),
+    };
+
+    // ---- namespaces and links
+    let eo = Netns::new("eo");
+    let inet = Netns::new("inet");
+    let lan = Netns::new("lan");
+    let edge = Netns::new("edge");
+    netns::veth(&eo, "eth0", &edge, IF_OUT_EO);
+    netns::veth(&inet, "eth0", &edge, IF_OUT_INET);
+    netns::veth(&lan, "eth0", &edge, IF_LAN);
+    for (ns, iface, addr) in [
+        (&eo, "eth0", EO_V4),
+        (&eo, "eth0", M365_V4),
+        (&edge, IF_OUT_EO, EDGE_EO_V4),
+        (&inet, "eth0", INET_V4),
+        (&edge, IF_OUT_INET, EDGE_INET_V4),
+        (&lan, "eth0", ONPREM_V4),
+        (&lan, "eth0", SCANNER_V4),
+        (&edge, IF_LAN, EDGE_LAN_V4),
+    ] {
+        netns::add_addr(ns, iface, &format!("{addr}/24"));
+    }
+    let names = Names {
+        eo: eo.name.clone(),
+        inet: inet.name.clone(),
+        lan: lan.name.clone(),
+    };
+    println!(
+        "\n  namespaces: eo={} inet={} lan={} edge={}",
+        eo.name, inet.name, lan.name, edge.name
+    );
+
+    // ---- peers: the two Postfix servers, NSD and the endpoints service
+    let onprem_dir = dir.join("onprem");
+    let m365_dir = dir.join("m365");
+    let onprem: Postfix = {
+        let (d, cert, ca) = (onprem_dir.clone(), onprem_cert.clone(), ca_file.clone());
+        within(&lan.name, move || {
+            postfix::mail_server(
+                &d,
+                SocketAddr::new(ONPREM_V4.parse()?, 25),
+                &MailServer {
+                    hostname: ONPREM_NAME,
+                    domains: &["contoso.com"],
+                    cert: (&cert.0, &cert.1),
+                    client_ca: &ca,
+                    require_client_cert: false,
+                    networks: "192.0.2.0/24",
+                },
+            )
+        })
+        .context("the on-prem Postfix")?
+    };
+    let m365: Postfix = {
+        let (d, cert, ca) = (m365_dir.clone(), m365_cert.clone(), ca_file.clone());
+        within(&eo.name, move || {
+            postfix::mail_server(
+                &d,
+                SocketAddr::new(M365_V4.parse()?, 25),
+                &MailServer {
+                    hostname: "contoso-com.mail.protection.outlook.com",
+                    domains: &[PARTNER],
+                    cert: (&cert.0, &cert.1),
+                    client_ca: &ca,
+                    require_client_cert: true,
+                    networks: "127.0.0.0/8",
+                },
+            )
+        })
+        .context("the Microsoft 365 Postfix")?
+    };
+    println!(
+        "  on-prem Exchange: Postfix on {ONPREM_V4}:25 ({ONPREM_NAME}, mailbox for contoso.com)"
+    );
+    println!(
+        "  Microsoft 365:    Postfix on {M365_V4}:25 (TLS with a verified client certificate required)"
+    );
+    let zone = dkim::zone(&[&kit.ours, &kit.foreign]);
+    let nsd = within(&edge.name, move || Ok(Nsd::start(&zone)))?;
+    let ws = within(&edge.name, || Ok(WebService::start()))?;
+    let mut ranges: Vec<&str> = smtp_edge::allowlist::exchange::BUNDLED.to_vec();
+    ranges.push(EO_RANGE);
+    ws.publish(VERSION_1, &ranges);
+    println!(
+        "  DNS: NSD on the edge's {} with the DKIM keys of tenants {OUR_DOMAIN} (ours) and {FOREIGN_DOMAIN}",
+        nsd.addr
+    );
+    println!(
+        "  endpoints web service: recorded answers on the edge's {} (version {VERSION_1}: Exchange Online + {EO_RANGE})",
+        ws.url()
+    );
+
+    // ---- the daemon
+    let cfg_path = dir.join("smtp-edge.toml");
+    let cfg_text = config(&Files {
+        dir: &dir,
+        pin: &pin.0,
+        ca: &ca_file,
+        edge_cert: &edge_cert,
+        ranges_url: ws.url(),
+        dns: nsd.addr,
+    })?;
+    std::fs::write(&cfg_path, &cfg_text).context("write the lab configuration")?;
+    heading(&format!("configuration {}", cfg_path.display()));
+    indent(&cfg_text);
 
     heading("starting `smtp-edge run` in the edge namespace");
-    // Daemon::start(None, ..) from a thread inside the edge namespace: see in_netns.
+    let socket = dir.join("control.sock");
+    let log = dir.join("smtp-edge.log");
     let mut daemon = {
-        let (config, socket, log) = (config.clone(), socket.clone(), log.clone());
-        in_netns(&edge.name, move || {
-            Ok(Daemon::start(None, &config, &socket, &log))
-        })
-        .context("start `smtp-edge run` in the edge namespace")?
+        let (c, s, l) = (cfg_path.clone(), socket.clone(), log.clone());
+        within(&edge.name, move || Ok(Daemon::start(None, &c, &s, &l)))
+            .context("start `smtp-edge run` in the edge namespace")?
     };
     let cli = Cli {
         ns: edge.name.clone(),
-        config: config.clone(),
+        config: cfg_path.clone(),
     };
     let mut tail = LogTail {
-        path: daemon.log.clone(),
+        path: log.clone(),
         offset: 0,
         partial: String::new(),
-        ifaces: ifindexes(&edge),
     };
-    let mut tally = Tally {
-        eo_attempts: 0,
-        eo_delivered: 0,
-        eo_failed: 0,
-        inet_attempts: 0,
-        inet_refused: 0,
-        inet_delivered: 0,
-        inet_delivered_attempts: 0,
-        drop_lines: 0,
-        unexpected: Vec::new(),
-    };
-    show_log(&mut tail, &mut tally.drop_lines);
-    println!();
-    cli.show(&["filter", "status"]);
-    cli.show(&["allow", "list"]);
+    let mut tally = Tally::default();
+    // The first ranges check runs at start.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = cli.json(&["ranges", "status"]).unwrap_or(Value::Null);
+        if v["version"] == VERSION_1 {
+            break;
+        }
+        if Instant::now() > deadline || stopping() {
+            bail!("the daemon did not take ranges version {VERSION_1}: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cli.show(&["status"]);
     cli.show(&["check", EO_V4]);
     cli.show(&["check", INET_V4]);
-    cli.show(&["check", INET_V6]);
 
-    // Everything but TCP to port 25 passes the gate: ping from both senders
-    // (when iputils-ping is installed).
-    if let Some(ping) = find_in_path("ping") {
-        println!();
-        for (from, dst) in [
-            (&eo, ONPREM_V4),
-            (&eo, ONPREM_V6),
-            (&inet, ONPREM_V4),
-            (&inet, ONPREM_V6),
-        ] {
-            let out = ns_cmd(&from.ns, &ping.to_string_lossy())
-                .args(["-c", "1", "-W", "2", "-q", dst])
-                .stdin(Stdio::null())
-                .output()
-                .context("ping")?;
-            println!(
-                "  {} ping {dst:<16} {}",
-                from.label(),
-                if out.status.success() {
-                    "answered (the gate only filters TCP to port 25)"
-                } else {
-                    "no answer"
-                }
-            );
-        }
-    }
-
-    match end {
-        Some(_) => println!(
-            "\nRunning for {} s; traffic every {} s. Ctrl-C stops earlier.",
-            args.duration.unwrap_or(0),
-            interval.as_secs()
-        ),
-        None => println!(
-            "\nRunning until Ctrl-C; traffic every {} s.",
-            interval.as_secs()
-        ),
-    }
-    if let (Some(a), Some(r)) = (add_at, remove_at) {
+    if end.is_none() {
+        heading("try it yourself (another terminal)");
+        let c = cfg_path.display();
         println!(
-            "At {} s `allow add {INET_V4}` lets inet in (IPv4 only); at {} s `allow remove` takes it out.",
-            a.as_secs(),
-            r.as_secs()
+            "  ip netns exec {} swaks --server {EDGE_LAN_V4} --from scanner@contoso.com --to you@{PARTNER}",
+            lan.name
+        );
+        println!(
+            "  ip netns exec {} swaks --server {EDGE_INET_V4} --to bob@contoso.com   # dropped by the gate",
+            inet.name
+        );
+        println!(
+            "  ip netns exec {} {} --config {c} queue list",
+            edge.name,
+            smtp_edge_bin().display()
+        );
+        println!(
+            "  ip netns exec {} {} --config {c} status",
+            edge.name,
+            smtp_edge_bin().display()
+        );
+        println!(
+            "  ip netns exec {} curl -s http://{METRICS}/metrics",
+            edge.name
         );
     }
+    match args.duration {
+        Some(d) => println!(
+            "\nRunning for {d} s, a round every {} s; the ranges update at {} s. Ctrl-C stops earlier.",
+            interval.as_secs(),
+            update_at.as_secs()
+        ),
+        None => println!(
+            "\nRunning until Ctrl-C, a round every {} s; the ranges update at {} s.",
+            interval.as_secs(),
+            update_at.as_secs()
+        ),
+    }
 
-    // ---- traffic rounds
-    let mut previous = cli.stats().ok();
-    let mut allowed = false;
-    let mut added = false;
-    let mut removed = false;
+    // ---- rounds
+    let mut inet_allowed = false;
+    let mut ranges_updated = false;
+    let mut published = false;
+    let mut before: Option<Stats> = cli.stats().ok();
     let mut round = 0u32;
     let mut next = Instant::now();
     loop {
@@ -952,222 +969,332 @@ comment = "Exchange Online (lab stand-in)"
         let elapsed = started.elapsed();
         round += 1;
 
-        if !added && add_at.is_some_and(|a| elapsed >= a) {
-            added = true;
+        if !published && elapsed >= update_at {
+            published = true;
             heading(&format!(
-                "t+{:.0}s  the admin lets the internet sender in",
+                "t+{:.0}s  Microsoft publishes {NEW_RANGE} (version {VERSION_2})",
                 elapsed.as_secs_f64()
             ));
-            cli.show(&["allow", "add", INET_V4, "--comment", ALLOW_COMMENT]);
+            let mut more = ranges.clone();
+            more.push(NEW_RANGE);
+            ws.publish(VERSION_2, &more);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let v = cli.json(&["ranges", "status"]).unwrap_or(Value::Null);
+                if v["version"] == VERSION_2 {
+                    break;
+                }
+                if Instant::now() > deadline || stopping() {
+                    tally
+                        .unexpected
+                        .push(format!("the daemon did not take version {VERSION_2}: {v}"));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let check = cli.json(&["check", INET_V4]).unwrap_or(Value::Null);
             cli.show(&["check", INET_V4]);
-            allowed = true;
-        } else if added && !removed && remove_at.is_some_and(|r| elapsed >= r) {
-            removed = true;
-            heading(&format!(
-                "t+{:.0}s  the admin takes the internet sender out again",
-                elapsed.as_secs_f64()
-            ));
-            cli.show(&["allow", "remove", INET_V4]);
-            cli.show(&["check", INET_V4]);
-            allowed = false;
+            inet_allowed = check.to_string().contains("allow")
+                || check["verdict"]
+                    .as_str()
+                    .is_some_and(|v| v.contains("pass"));
+            ranges_updated = inet_allowed;
+            if !inet_allowed {
+                tally.unexpected.push(format!(
+                    "the gate does not allow {INET_V4} after the update: {check}"
+                ));
+            }
         }
 
-        heading(&format!(
-            "round {round}  t+{:.0}s{}",
-            elapsed.as_secs_f64(),
-            if allowed {
-                format!("  ({INET_V4} on the allowlist)")
-            } else {
-                String::new()
-            }
-        ));
-        let jobs = [
-            (&eo, EO_V4, ONPREM_V4),
-            (&eo, EO_V6, ONPREM_V6),
-            (&inet, INET_V4, ONPREM_V4),
-            (&inet, INET_V6, ONPREM_V6),
-        ];
-        let results: Vec<Result<Outcome>> = std::thread::scope(|s| {
-            let handles: Vec<_> = jobs
+        heading(&format!("round {round}  t+{:.0}s", elapsed.as_secs_f64()));
+        let results: Vec<(Path5, Result<Value>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = Path5::ALL
                 .iter()
-                .map(|(from, src, dst)| s.spawn(move || attempt(from, src, dst, postfix)))
+                .map(|&p| {
+                    let (kit, names) = (kit.clone(), names.clone());
+                    (p, s.spawn(move || send(p, &kit, &names, round)))
+                })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow!("sender thread panicked")))
+                .map(|(p, h)| {
+                    (
+                        p,
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow!("sender thread panicked"))),
+                    )
                 })
                 .collect()
         });
-        for ((from, src, dst), result) in jobs.iter().zip(results) {
-            let outcome = result?;
-            // eo always passes; inet only over IPv4 while its address is allowed.
-            let should_pass = from.kind == SenderKind::Eo || (allowed && *src == INET_V4);
-            let path = format!("{src} → {dst}");
-            let text = match &outcome {
-                Outcome::Delivered { messages, secs } if postfix => {
-                    format!("✔ delivered {messages} messages in {secs:.2} s")
-                }
-                Outcome::Delivered { secs, .. } => {
-                    format!("✔ connected, banner read in {secs:.2} s")
-                }
-                Outcome::TimedOut => format!(
-                    "✘ refused: no answer within {} s (SYNs dropped by the gate)",
-                    REFUSED_AFTER.as_secs()
-                ),
-                Outcome::Failed(e) => format!("✘ failed: {e}"),
-                Outcome::Interrupted => "… interrupted".to_string(),
-            };
-            let passed = matches!(outcome, Outcome::Delivered { .. });
-            let surprise = !matches!(outcome, Outcome::Interrupted) && passed != should_pass;
-            println!(
-                "  {} {path:<36} {text}{}",
-                from.label(),
-                if surprise { "   ← UNEXPECTED" } else { "" }
+        for (path, result) in results {
+            let v = result?;
+            let (what, ok, outcome) = judge(path, &v, inet_allowed);
+            row(
+                path.label(),
+                &format!("{what}{}", if ok { "" } else { "   ← UNEXPECTED" }),
             );
-            if surprise {
-                tally.unexpected.push(format!(
-                    "round {round}: {} {path}: {text}",
-                    from.label().trim()
-                ));
+            if !ok {
+                tally
+                    .unexpected
+                    .push(format!("round {round}: {}: {what}", path.label()));
             }
-            match (from.kind, &outcome) {
-                (_, Outcome::Interrupted) => {}
-                (SenderKind::Eo, Outcome::Delivered { messages, .. }) => {
-                    tally.eo_attempts += 1;
-                    tally.eo_delivered += u64::from(*messages);
-                }
-                (SenderKind::Eo, _) => {
-                    tally.eo_attempts += 1;
-                    tally.eo_failed += 1;
-                }
-                (SenderKind::Inet, Outcome::Delivered { messages, .. }) => {
-                    tally.inet_attempts += 1;
-                    tally.inet_delivered += u64::from(*messages);
-                    tally.inet_delivered_attempts += 1;
-                }
-                (SenderKind::Inet, _) => {
-                    tally.inet_attempts += 1;
-                    tally.inet_refused += 1;
-                }
+            match (path, outcome) {
+                (Path5::ExoToOnPrem, Outcome::Accepted) => tally.eo_accepted += 1,
+                (Path5::DeviceToM365, Outcome::Accepted) => tally.device_accepted += 1,
+                (Path5::Internet, Outcome::Dropped) => tally.inet_dropped += 1,
+                (Path5::Internet, Outcome::Refused) => tally.inet_refused += 1,
+                (Path5::RelayAttempt, Outcome::Refused) => tally.relay_refused += 1,
+                (Path5::ForeignTenant, Outcome::Refused) => tally.foreign_refused += 1,
+                _ => {}
             }
-        }
-        row(
-            "on-prem server",
-            &format!("{} {} received so far", server.received(), server.unit()),
-        );
-        match cli.stats() {
-            Ok(now) => {
-                show_stats(&now, previous.as_ref());
-                previous = Some(now);
-            }
-            Err(e) => row("gate counters", &format!("unavailable: {e:#}")),
         }
         show_log(&mut tail, &mut tally.drop_lines);
+        live_view(&cli, &edge.name, &onprem_dir, &m365_dir, &mut before);
     }
 
-    // ---- teardown
+    // ---- delivery, then teardown
     heading(if stopping() {
-        "Ctrl-C: tearing down"
+        "Ctrl-C: finishing"
     } else {
-        "time is up: tearing down"
+        "time is up: waiting for the queue"
     });
-    let final_stats = cli.stats().ok().or(previous);
-    println!("  final `smtp-edge stats`:");
-    cli.show(&["stats"]);
-    // Give the drop-event reader a moment, then show the last log lines.
-    std::thread::sleep(Duration::from_millis(200));
-    show_log(&mut tail, &mut tally.drop_lines);
-    let received = server.received();
-
-    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        println!("  stopping the daemon (SIGTERM; the gate stays pinned and enforcing)");
-    } else {
-        println!("  the daemon has already stopped (Ctrl-C reached it too); the gate stays pinned");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !stopping() {
+        let q = cli.json(&["queue", "list"]).unwrap_or(Value::Null);
+        if q.as_array().is_some_and(|a| a.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
-    daemon.stop();
+    let onprem_mail = postfix::wait_mailbox(&onprem_dir, tally.eo_accepted as usize, 10);
+    let m365_mail = postfix::wait_mailbox(&m365_dir, tally.device_accepted as usize, 10);
+    if let Some(m) = onprem_mail.last() {
+        row("on-prem mailbox", "the last message from Exchange Online:");
+        for l in trail(m) {
+            println!("    {l}");
+        }
+    }
+    if let Some(m) = m365_mail.last() {
+        row("M365 mailbox", "the last message from the scanner:");
+        for l in trail(m) {
+            println!("    {l}");
+        }
+    }
+    let final_stats = cli.stats().ok().or(before);
+    cli.show(&["stats"]);
+    cli.show(&["queue", "list"]);
     show_log(&mut tail, &mut tally.drop_lines);
-    println!("  the gate without the daemon (read from the pins):");
-    cli.show(&["filter", "status"]);
-    println!("  detaching the gate:");
-    cli.show(&["filter", "detach"]);
-    drop(server);
-    println!("  deleting the namespaces");
+
+    daemon.stop();
+    let _ = cli.run(&["filter", "detach"]);
+    drop(m365);
+    drop(onprem);
+    drop(nsd);
+    drop(ws);
     drop(eo);
     drop(inet);
-    drop(onprem);
+    drop(lan);
     drop(edge);
-    let pin_path = pin.0.clone();
     drop(pin);
-    println!(
-        "  pin directory {} {}",
-        pin_path.display(),
-        if pin_path.exists() {
-            "is STILL there"
-        } else {
-            "removed"
-        }
-    );
     drop(tmp);
 
     // ---- summary
-    heading("summary");
-    println!(
-        "  ran {round} round(s) in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    println!(
-        "  eo   (Exchange Online stand-in): {} {} delivered in {} attempts ({} failed)",
-        tally.eo_delivered,
-        if postfix { "messages" } else { "connections" },
-        tally.eo_attempts,
-        tally.eo_failed
-    );
-    println!(
-        "  inet (internet sender):          {} delivery attempts refused (SYNs dropped by the gate), {} let through while on the allowlist ({} {})",
-        tally.inet_refused,
-        tally.inet_delivered_attempts,
-        tally.inet_delivered,
-        if postfix { "messages" } else { "connections" }
-    );
-    println!(
-        "  on-prem server received {received} {} in total; the daemon logged {} drop events",
-        match postfix {
-            true => "messages",
-            false => "connections",
-        },
-        tally.drop_lines
-    );
-    if let Some(s) = &final_stats {
-        let nonzero: Vec<String> = s
-            .counters
-            .iter()
-            .filter(|(_, v)| *v > 0)
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect();
-        println!("  gate counters: {}", nonzero.join(" "));
-        for e in &s.entries {
-            println!(
-                "  entry #{} {} ({}): {} hits",
-                e.entry.id, e.entry.entry.source, e.entry.entry.comment, e.hits
-            );
-        }
+    let gate_dropped = final_stats
+        .as_ref()
+        .map_or(0, |s| counter(s, "dropped_not_allowed_v4"));
+    let eo_delivered = onprem_mail.len() as u64;
+    let device_relayed = m365_mail.len() as u64;
+    if eo_delivered < tally.eo_accepted {
+        tally.unexpected.push(format!(
+            "{} of {} accepted Exchange Online messages reached the on-prem mailbox",
+            eo_delivered, tally.eo_accepted
+        ));
     }
+    if device_relayed < tally.device_accepted {
+        tally.unexpected.push(format!(
+            "{} of {} accepted scanner messages reached Microsoft 365",
+            device_relayed, tally.device_accepted
+        ));
+    }
+    if let Some(m) = m365_mail.last()
+        && !m.contains(&format!("CN \"{EDGE_NAME}\""))
+    {
+        tally
+            .unexpected
+            .push("Microsoft 365 did not record the organisation's client certificate".into());
+    }
+    if round > 0 && gate_dropped == 0 {
+        tally.unexpected.push("the gate dropped nothing".into());
+    }
+    if published && !ranges_updated {
+        tally
+            .unexpected
+            .push("the ranges update did not reach the gate".into());
+    }
+    heading("summary");
+    row(
+        "rounds",
+        &format!("{round} in {:.0} s", started.elapsed().as_secs_f64()),
+    );
+    row(
+        "eo → on-prem",
+        &format!(
+            "{} accepted, {eo_delivered} in the on-prem mailbox",
+            tally.eo_accepted
+        ),
+    );
+    row(
+        "scanner → M365",
+        &format!(
+            "{} accepted, {device_relayed} at Microsoft 365",
+            tally.device_accepted
+        ),
+    );
+    row(
+        "internet",
+        &format!(
+            "{} attempts dropped by the gate ({gate_dropped} packets), {} refused by SMTP after the update",
+            tally.inet_dropped, tally.inet_refused
+        ),
+    );
+    row(
+        "open relay",
+        &format!("{} attempts refused", tally.relay_refused),
+    );
+    row(
+        "foreign tenant",
+        &format!("{} messages refused", tally.foreign_refused),
+    );
     if tally.unexpected.is_empty() {
-        println!("  every delivery attempt ended as the allowlist says it should");
+        row("verdict", "every path behaved as expected");
     } else {
-        println!("  UNEXPECTED outcomes:");
+        row("verdict", "UNEXPECTED:");
         for u in &tally.unexpected {
             println!("    {u}");
         }
     }
+    println!(
+        "{}",
+        json!({
+            "rounds": round,
+            "eo_delivered": eo_delivered,
+            "device_relayed": device_relayed,
+            "gate_dropped": gate_dropped,
+            "relay_refused": tally.relay_refused,
+            "foreign_tenant_refused": tally.foreign_refused,
+            "ranges_updated": ranges_updated,
+            "unexpected": tally.unexpected.len(),
+        })
+    );
     let _ = std::io::stdout().flush();
-    if !tally.unexpected.is_empty() {
-        bail!(
-            "{} delivery attempt(s) did not end as the allowlist says",
-            tally.unexpected.len()
-        );
+    Ok(tally.unexpected.is_empty())
+}
+
+fn counter(s: &Stats, name: &str) -> u64 {
+    smtp_edge::view::counter(s, name).copied().unwrap_or(0)
+}
+
+/// A message's Subject and Received fields, unfolded.
+fn trail(m: &str) -> Vec<String> {
+    let head = m.split("\n\n").next().unwrap_or_default().replace('\r', "");
+    let mut fields: Vec<String> = Vec::new();
+    for l in head.lines() {
+        if l.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                last.push(' ');
+                last.push_str(l.trim());
+            }
+        } else {
+            fields.push(l.to_string());
+        }
     }
-    Ok(())
+    fields
+        .into_iter()
+        .filter(|f| f.starts_with("Subject:") || f.starts_with("Received:"))
+        .collect()
+}
+
+/// Gate counters, sessions, queue and deliveries, every round.
+fn live_view(cli: &Cli, edge: &str, onprem: &Path, m365: &Path, before: &mut Option<Stats>) {
+    if let Ok(now) = cli.stats() {
+        let delta = |name: &str| {
+            let v = counter(&now, name);
+            let b = before.as_ref().map_or(0, |b| counter(b, name));
+            format!("{v} (+{})", v.saturating_sub(b))
+        };
+        row(
+            "gate",
+            &format!(
+                "passed_allowed {}   dropped_not_allowed_v4 {}",
+                delta("passed_allowed"),
+                delta("dropped_not_allowed_v4")
+            ),
+        );
+        *before = Some(now);
+    }
+    match metrics(edge) {
+        Ok(body) => {
+            let sessions = |c: &str| {
+                scrape::sum(
+                    &body,
+                    "smtp_edge_smtp_sessions_total",
+                    &format!("connector=\"{c}\""),
+                )
+            };
+            row(
+                "sessions",
+                &format!(
+                    "from-exchange-online {}   devices {}   refused before a connector {}",
+                    sessions("from-exchange-online"),
+                    sessions("devices"),
+                    scrape::sum(
+                        &body,
+                        "smtp_edge_smtp_sessions_total",
+                        "outcome=\"refused\""
+                    ) as u64
+                ),
+            );
+            let deliveries = |c: &str| {
+                scrape::sum(
+                    &body,
+                    "smtp_edge_deliveries_total",
+                    &format!("connector=\"{c}\",outcome=\"delivered\""),
+                ) as u64
+            };
+            row(
+                "deliveries",
+                &format!(
+                    "to-on-prem {}   to-microsoft-365 {}   queue {}",
+                    deliveries("to-on-prem"),
+                    deliveries("to-microsoft-365"),
+                    scrape::sum(&body, "smtp_edge_queue_messages", "") as u64
+                ),
+            );
+            row(
+                "tenant checks",
+                &format!(
+                    "allowed {}   foreign_tenant {}",
+                    scrape::sum(
+                        &body,
+                        "smtp_edge_tenant_checks_total",
+                        "outcome=\"allowed\""
+                    ),
+                    scrape::sum(
+                        &body,
+                        "smtp_edge_tenant_checks_total",
+                        "outcome=\"foreign_tenant\""
+                    )
+                ),
+            );
+        }
+        Err(e) => row("metrics", &format!("unavailable: {e:#}")),
+    }
+    row(
+        "mailboxes",
+        &format!(
+            "on-prem {}   Microsoft 365 {}",
+            postfix::mailbox(onprem).len(),
+            postfix::mailbox(m365).len()
+        ),
+    );
 }
