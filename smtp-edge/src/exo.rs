@@ -665,6 +665,8 @@ recipient_domains = ["fabrikam.net"]
 [[inbound_connectors]]
 name = "eo-b"
 sources = ["exchange-online"]
+require_tls = true
+client_cert_names = ["mail.protection.outlook.com"]
 tenants = [{ id = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", domains = ["fabrikam.onmicrosoft.com"] }]
 [[inbound_connectors]]
 name = "exchange-1"

@@ -171,11 +171,55 @@ fn only_our_tenant_gets_through_an_enforcing_connector() {
     assert_eq!(spooled, m, "a proven message is kept as sent");
     assert!(spooled.contains("X-MS-Exchange-Organization-AuthAs: Internal"));
 
-    // Without the id header (Microsoft does not always stamp it): accepted.
+    // Without the id header (Microsoft does not always stamp it): accepted,
+    // but the internal fields need the stamp too (a replayed signature has
+    // none), so they go.
     let m = lab
         .ours
         .sign(&exo_message("alice@contoso.com", None, "noid"));
-    assert_eq!(code(&lab.send(V4, &m)), 250);
+    let out = lab.send(V4, &m);
+    assert_eq!(code(&out), 250, "{out}");
+    let spooled = lab.spooled(&out);
+    assert!(
+        !spooled
+            .lines()
+            .any(|l| l.starts_with("X-MS-Exchange-Organization-")),
+        "{spooled}"
+    );
+    assert!(spooled.contains("DKIM-Signature: "), "{spooled}");
+
+    // A replay of our signed message with an unsigned Subject, Reply-To and
+    // internal fields put above: refused.
+    let signed = lab
+        .ours
+        .sign(&exo_message("alice@contoso.com", None, "replayed"));
+    let m = format!(
+        "X-MS-Exchange-Organization-AuthAs: Internal\r\nSubject: URGENT wire transfer\r\nReply-To: mallory@fabrikam.example\r\n{signed}"
+    );
+    let out = lab.send(V4, &m);
+    assert_eq!(code(&out), 550, "{out}");
+    assert!(reply(&out).contains("subject"), "{out}");
+
+    // A line without a colon, after which one parser sees header fields and
+    // another the body: not judged, refused.
+    let head = exo_message("alice@contoso.com", Some(OURS), "colonless");
+    let head = head.split("\r\n\r\n").next().unwrap_or_default();
+    let m = lab.ours.sign(&format!(
+        "{head}\r\nNot a header line\r\nFrom: CEO <ceo@contoso.com>\r\n\r\nbody\r\n"
+    ));
+    let out = lab.send(V4, &m);
+    assert_eq!(code(&out), 550, "{out}");
+    assert!(reply(&out).contains("no colon"), "{out}");
+
+    // An Authentication-Results field claiming to be ours is removed.
+    let m = format!(
+        "Authentication-Results: edge.contoso.com; x-ms365-tenant=allowed\r\n{}",
+        lab.ours
+            .sign(&exo_message("alice@contoso.com", Some(OURS), "forged-ar"))
+    );
+    let out = lab.send(V4, &m);
+    assert_eq!(code(&out), 250, "{out}");
+    assert!(!lab.spooled(&out).contains("x-ms365-tenant"), "{out}");
 
     // Exchange Online's connector validation message: null sender, From
     // the tenant's initial domain, signed by it.
@@ -247,7 +291,7 @@ fn only_our_tenant_gets_through_an_enforcing_connector() {
     assert!(reply(&out).contains("From"), "{out}");
 
     // Nothing refused reached the spool: the accepted three only.
-    assert_eq!(lab.edge.incoming().len(), 3, "{:?}", lab.edge.incoming());
+    assert_eq!(lab.edge.incoming().len(), 4, "{:?}", lab.edge.incoming());
     let log = lab.edge.log();
     assert!(
         log.contains("message refused by the tenant check")
@@ -265,10 +309,10 @@ fn only_our_tenant_gets_through_an_enforcing_connector() {
         )
         .unwrap_or(0.0)
     };
-    assert_eq!(count("allowed"), 3.0, "{body}");
+    assert_eq!(count("allowed"), 4.0, "{body}");
     assert_eq!(count("foreign_tenant"), 4.0, "{body}");
     assert_eq!(count("no_signature"), 1.0, "{body}");
-    assert_eq!(count("bad_signature"), 2.0, "{body}");
+    assert_eq!(count("bad_signature"), 4.0, "{body}");
 }
 
 #[test]
@@ -365,31 +409,48 @@ fn tenant_settings_are_checked() {
             "tenant domains are domain names",
         ),
         ("tenant_policy = \"sometimes\"\n", "unknown variant"),
-    ] {
-        std::fs::write(
-            &f,
-            format!(
-                "[filter]\nenabled = false\n\n[[inbound_connectors]]\nname = \"eo\"\nsources = [\"exchange-online\"]\n{table}"
+        (
+            &format!(
+                "tenants = [{{ id = \"{OURS}\", domains = [\"a.test\"] }}, {{ id = \"{THEIRS}\", domains = [\"A.test\"] }}]\n"
             ),
-        )
-        .expect("write");
+            "is listed for two tenants",
+        ),
+    ] {
+        std::fs::write(&f, format!("{HEAD}{table}")).expect("write");
         let out = smtp_edge_tests::cli(None, &["config", "check", f.to_str().expect("path")]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{table}: accepted");
         assert!(err.contains(why), "{table}: {err}");
     }
-    std::fs::write(
-        &f,
-        format!(
-            "[filter]\nenabled = false\n\n[[inbound_connectors]]\nname = \"eo\"\nsources = [\"exchange-online\"]\ntenant_policy = \"monitor\"\ntenants = [{{ id = \"{OURS}\", domains = [\"{OUR_DOMAIN}\"] }}]\n"
-        ),
-    )
-    .expect("write");
+    let tenants = format!("tenants = [{{ id = \"{OURS}\", domains = [\"{OUR_DOMAIN}\"] }}]\n");
+    // Without Exchange Online's certificate a replayed signature would do.
+    let without_cert = HEAD.replace(
+        "client_cert_names = [\"mail.protection.outlook.com\"]\n",
+        "",
+    );
+    std::fs::write(&f, format!("{without_cert}{tenants}")).expect("write");
+    let out = smtp_edge_tests::cli(None, &["config", "check", f.to_str().expect("path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted without a certificate");
+    assert!(err.contains("tenants need client_cert_names"), "{err}");
+    std::fs::write(&f, format!("{HEAD}tenant_policy = \"monitor\"\n{tenants}")).expect("write");
     let out = smtp_edge_tests::cli(None, &["config", "check", f.to_str().expect("path")]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("only monitors its tenants"), "{err}");
+    std::fs::write(&f, format!("{HEAD}tenant_policy = \"off\"\n{tenants}")).expect("write");
+    let out = smtp_edge_tests::cli(None, &["config", "check", f.to_str().expect("path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("lists tenants but tenant_policy = \"off\""),
+        "{err}"
+    );
 }
+
+/// A configuration up to the tenant settings of an Exchange Online
+/// connector.
+const HEAD: &str = "[filter]\nenabled = false\n\n[smtp]\nenabled = true\nlisten = [\"127.0.0.1:2525\"]\n\n[smtp.tls]\ncertificate = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/c.key\"\n\n[[inbound_connectors]]\nname = \"eo\"\nsources = [\"exchange-online\"]\nrequire_tls = true\nclient_cert_names = [\"mail.protection.outlook.com\"]\n";
 
 #[test]
 fn shared_sources_never_keep_internal_headers_without_a_tenant_proof() {

@@ -544,6 +544,7 @@ per_source_prefix_v6 = 64          #   an IPv6 /64 (one site's network)
 min_data_rate = 500                # octets/s a client must average in DATA/BDAT (0: off)
 max_errors = 10                    # protocol errors before disconnect
 max_received_headers = 50          # above: mail loop, 554 5.4.14
+max_header_size = 262144           # octets of header section (Exchange's MaxHeaderSize)
 command_line_limit = 512           # octets, CRLF included (RFC 5321 4.5.3.1.4)
 text_line_limit = 1000             # octets, CRLF included (RFC 5321 4.5.3.1.6)
 # Header fields removed from messages of connectors without trusted_headers,

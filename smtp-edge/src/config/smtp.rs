@@ -89,6 +89,8 @@ pub struct RawSmtp {
     pub max_errors: u32,
     /// Received headers above which a message is a loop.
     pub max_received_headers: u32,
+    /// The largest header section, octets (Exchange's MaxHeaderSize).
+    pub max_header_size: usize,
     /// Octets per command line, CRLF included.
     pub command_line_limit: usize,
     /// Octets per text line, CRLF included.
@@ -119,6 +121,7 @@ impl Default for RawSmtp {
             strip_headers: Vec::new(),
             max_errors: 10,
             max_received_headers: 50,
+            max_header_size: 256 * 1024,
             command_line_limit: 512,
             text_line_limit: 1000,
             timeouts: Timeouts::default(),
@@ -207,6 +210,19 @@ fn tenant_rule(
         .tenant_policy
         .as_ref()
         .map_or_else(|| c.name.span(), |m| m.span());
+    if mode != Mode::Off && !c.tenants.is_empty() && c.client_cert_names.is_empty() {
+        // A signature alone can be replayed by anyone who ever got mail of
+        // the tenant: only Exchange Online's certificate says the message
+        // came through Exchange Online, which stamps who sent it.
+        errors.push(at(
+            c.name.span(),
+            format!(
+                "connector `{name}`: tenants need client_cert_names (Exchange Online's \
+                 certificate, mail.protection.outlook.com): without it anyone could connect \
+                 and present a replayed signature"
+            ),
+        ));
+    }
     if mode != Mode::Off && c.tenants.is_empty() {
         errors.push(at(
             span,
@@ -238,6 +254,14 @@ fn tenant_rule(
         let mut domains = Vec::new();
         for d in &t.domains {
             match DomainPattern::parse(d.get_ref()) {
+                Ok(DomainPattern::Exact(n))
+                    if tenants.iter().any(|x: &Tenant| x.domains.contains(&n)) =>
+                {
+                    errors.push(at(
+                        d.span(),
+                        format!("domain {n} is listed for two tenants (a signature names one)"),
+                    ));
+                }
                 Ok(DomainPattern::Exact(n)) => domains.push(n),
                 Ok(_) => errors.push(at(
                     d.span(),
@@ -252,6 +276,14 @@ fn tenant_rule(
         tenants.push(Tenant { id, domains });
     }
     (mode != Mode::Off).then_some(Rule { mode, tenants })
+}
+
+/// Whether a connector lists tenants but does not check them.
+fn tenants_unchecked(c: &RawInbound) -> bool {
+    !c.tenants.is_empty()
+        && c.tenant_policy
+            .as_ref()
+            .is_some_and(|m| *m.get_ref() == crate::tenant::Mode::Off)
 }
 
 fn accepted_only() -> Vec<Spanned<String>> {
@@ -344,6 +376,7 @@ pub(super) fn validate(
             u64::from(raw.max_received_headers),
             1,
         ),
+        ("max_header_size", raw.max_header_size as u64, 1024),
         ("command_line_limit", raw.command_line_limit as u64, 512),
         ("text_line_limit", raw.text_line_limit as u64, 1000),
         ("timeouts.command", raw.timeouts.command, 1),
@@ -473,8 +506,17 @@ pub(super) fn validate(
                     "connector `{name}` has trusted_headers = true on sources it shares with others \
                      (the Exchange Online ranges, where every Microsoft 365 tenant sends from with \
                      the same certificate, or, without sources, everyone): without tenants nothing \
-                     proves who sent a message, so its Exchange-internal headers are stripped (set \
-                     tenants, or trusted_headers = false)"
+                     proves who sent a message, so its Exchange-internal headers are stripped (check \
+                     tenants with tenant_policy, or set trusted_headers = false)"
+                ),
+            ));
+        }
+        if tenants_unchecked(&c) {
+            warnings.push(at(
+                c.name.span(),
+                format!(
+                    "connector `{name}` lists tenants but tenant_policy = \"off\": no message is \
+                     checked"
                 ),
             ));
         }

@@ -8,16 +8,22 @@
 //!
 //! | mode | verdict | the message |
 //! | --- | --- | --- |
-//! | enforce | allowed, `trusted_headers` | committed as written |
+//! | enforce | allowed, `trusted_headers`, tenant id stamped | committed as written |
 //! | enforce | allowed | rewritten without the internal fields, committed |
 //! | enforce | temporary failure | refused, 451 4.7.5 |
 //! | enforce | anything else | refused, 550 5.7.1 with the reason |
-//! | monitor | any | rewritten with an `Authentication-Results` field naming the outcome, internal fields kept only when allowed and `trusted_headers` |
+//! | monitor | any | rewritten with an `Authentication-Results` field naming the outcome, internal fields kept only as in enforce |
 //!
 //! A rewrite is a second spool file (a new id): envelope and trace, the
 //! added field, the header section filtered again, the body copied from
 //! the map; the first file goes when its writer is dropped. Nothing is
 //! acknowledged before the file that stays is durable.
+//!
+//! The map costs no memory of the process's own (the pages are the page
+//! cache's). Its one failure mode is a disk that cannot read back a page
+//! the kernel had dropped: that is SIGBUS, and the daemon exits (systemd
+//! restarts it). Nothing acknowledged is lost by it: the check and the
+//! rewrite run before the reply, so the client sends again.
 
 use std::sync::Arc;
 
@@ -89,7 +95,7 @@ pub fn printable(s: &str) -> String {
     s.chars()
         .take(200)
         .map(|c| {
-            if (' '..='~').contains(&c) && c != ';' && c != '(' && c != ')' {
+            if (' '..='~').contains(&c) && !matches!(c, ';' | '(' | ')' | '\\' | '"') {
                 c
             } else {
                 '?'
@@ -130,7 +136,10 @@ pub fn commit(
     let content = map.get(content_start as usize..).unwrap_or_default();
     let evidence = handle.block_on(check.auth.evidence(&check.rule, content));
     let verdict = crate::tenant::judge(&check.rule, &evidence);
-    let keep_internal = verdict.allowed() && check.trusted_headers;
+    // Internal fields need more than the signature (which a replay carries
+    // too): the tenant id Exchange Online stamps when it sends.
+    let keep_internal =
+        verdict.allowed() && check.trusted_headers && !verdict.tenant_ids.is_empty();
     match check.rule.mode {
         Mode::Enforce | Mode::Off if !verdict.allowed() => Err(Failure::Refused(verdict)),
         Mode::Enforce | Mode::Off if keep_internal => {

@@ -63,16 +63,22 @@ struct NamePattern {
     prefix: bool,
 }
 
-/// Which header fields untrusted connectors may not bring in.
+/// Which header fields untrusted connectors may not bring in, and whose
+/// Authentication-Results fields no sender may bring in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     patterns: Vec<NamePattern>,
+    /// This host's authserv-id (its name, lower case): an incoming
+    /// `Authentication-Results` field claiming it is a forgery and removed
+    /// from every message, trusted or not (RFC 8601 §5).
+    authserv_id: Option<String>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy::new(&[]).unwrap_or(Policy {
             patterns: Vec::new(),
+            authserv_id: None,
         })
     }
 }
@@ -106,7 +112,41 @@ impl Policy {
                 prefix,
             });
         }
-        Ok(Policy { patterns })
+        Ok(Policy {
+            patterns,
+            authserv_id: None,
+        })
+    }
+
+    /// The same policy, removing `Authentication-Results` fields that claim
+    /// to be `host`'s.
+    pub fn with_authserv_id(mut self, host: &str) -> Policy {
+        self.authserv_id = Some(host.trim_end_matches('.').to_ascii_lowercase());
+        self
+    }
+
+    /// Whether a field `name: value…` (its first line) is an
+    /// `Authentication-Results` field claiming this host's authserv-id. A
+    /// first line without the authserv-id (folded onto the next) counts as
+    /// claiming it: it cannot be told apart here, and dropping a result
+    /// field costs nothing.
+    pub fn forged_result(&self, name: &[u8], value: &[u8]) -> bool {
+        let Some(own) = &self.authserv_id else {
+            return false;
+        };
+        if !name
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"authentication-results")
+        {
+            return false;
+        }
+        let v = value.trim_ascii_start();
+        let end = v
+            .iter()
+            .position(|&b| b == b';' || b.is_ascii_whitespace())
+            .unwrap_or(v.len());
+        let id = &v[..end];
+        id.is_empty() || id.eq_ignore_ascii_case(own.as_bytes())
     }
 
     /// Whether a field of this name is removed from untrusted messages.
@@ -141,6 +181,12 @@ pub enum HeaderError {
         /// The limit.
         limit: u32,
     },
+    /// The header section is larger than allowed.
+    #[error("header section larger than {limit} octets")]
+    HeaderTooLarge {
+        /// The limit, line ends included.
+        limit: usize,
+    },
 }
 
 impl HeaderError {
@@ -158,6 +204,11 @@ impl HeaderError {
                 &format!("Message rejected: header line longer than {limit} octets"),
             ),
             HeaderError::TooManyHops { .. } => Reply::too_many_hops(),
+            HeaderError::HeaderTooLarge { limit } => Reply::new(
+                552,
+                (5, 3, 4),
+                &format!("Message rejected: header section larger than {limit} octets"),
+            ),
         }
     }
 }
@@ -169,6 +220,9 @@ pub struct Limits {
     pub max_line: usize,
     /// The most `Received:` fields.
     pub max_received: u32,
+    /// The largest header section, line ends included (Exchange's
+    /// MaxHeaderSize is 256 KB).
+    pub max_header: usize,
 }
 
 /// What the header section held.
@@ -199,6 +253,8 @@ pub struct HeaderFilter {
     keep: bool,
     /// No line has ended yet.
     first: bool,
+    /// Octets of the header section so far.
+    size: usize,
     stats: HeaderStats,
     error: Option<HeaderError>,
 }
@@ -215,6 +271,7 @@ impl HeaderFilter {
             cr: false,
             keep: true,
             first: true,
+            size: 0,
             stats: HeaderStats::default(),
             error: None,
         }
@@ -283,6 +340,14 @@ impl HeaderFilter {
             return;
         }
         let first = std::mem::replace(&mut self.first, false);
+        self.size += self.line.len() + 2;
+        if self.size > self.limits.max_header {
+            self.error = Some(HeaderError::HeaderTooLarge {
+                limit: self.limits.max_header,
+            });
+            self.line = Vec::new();
+            return;
+        }
         if self.line.is_empty() {
             out.put_slice(b"\r\n");
             self.body = true;
@@ -299,7 +364,11 @@ impl HeaderFilter {
                 Some(i) => (&self.line[..i], true),
                 None => (&self.line[..], false),
             };
-            self.keep = self.trusted || !self.policy.strips(name);
+            self.keep = (self.trusted || !self.policy.strips(name))
+                && !(colon
+                    && self
+                        .policy
+                        .forged_result(name, &self.line[name.len() + 1..]));
             if !self.keep {
                 self.stats.removed += 1;
             }
@@ -328,6 +397,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_line: 1000,
         max_received: 50,
+        max_header: 256 * 1024,
     };
 
     fn filter_split(
@@ -478,5 +548,47 @@ received:x\r\nReceivedX: no\r\nSubject: Received: no\r\n\r\nReceived: body\r\n";
         assert!(Policy::new(&["*".into()]).is_err());
         assert!(Policy::new(&["X-*-Y".into()]).is_err());
         assert!(Policy::new(&["X-Good-*".into()]).is_ok());
+    }
+
+    #[test]
+    fn forged_results_of_this_host_go_from_every_message() {
+        let policy = Arc::new(Policy::default().with_authserv_id("Edge.Contoso.com"));
+        let msg = b"Authentication-Results: edge.contoso.com; x-ms365-tenant=allowed\r\n\
+Authentication-Results:\r\n edge.contoso.com; dkim=pass\r\n\
+Authentication-Results: mx.microsoft.com; dkim=pass\r\n\
+authentication-results : EDGE.CONTOSO.COM;spf=pass\r\n\
+Subject: x\r\n\r\nAuthentication-Results: edge.contoso.com; body\r\n";
+        for trusted in [false, true] {
+            let mut f = HeaderFilter::new(policy.clone(), trusted, LIMITS);
+            let mut out = Vec::new();
+            f.feed(msg, &mut out);
+            let stats = f.finish(&mut out).expect("no error");
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "Authentication-Results: mx.microsoft.com; dkim=pass\r\nSubject: x\r\n\r\nAuthentication-Results: edge.contoso.com; body\r\n"
+            );
+            assert_eq!(stats.removed, 3);
+        }
+    }
+
+    #[test]
+    fn the_header_section_is_bounded() {
+        let limits = Limits {
+            max_header: 100,
+            ..LIMITS
+        };
+        let mut f = HeaderFilter::new(Arc::new(Policy::default()), false, limits);
+        let mut out = Vec::new();
+        for i in 0..10 {
+            f.feed(format!("X-Field-{i}: 0123456789\r\n").as_bytes(), &mut out);
+        }
+        assert_eq!(f.error(), Some(HeaderError::HeaderTooLarge { limit: 100 }));
+        assert_eq!(f.error().map(|e| e.reply().code), Some(552));
+        // A large body is not a large header section.
+        let mut f = HeaderFilter::new(Arc::new(Policy::default()), false, limits);
+        let mut out = Vec::new();
+        f.feed(b"Subject: x\r\n\r\n", &mut out);
+        f.feed(&[b'a'; 10_000], &mut out);
+        assert!(f.finish(&mut out).is_ok());
     }
 }

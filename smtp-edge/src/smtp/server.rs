@@ -205,11 +205,13 @@ impl ServerConfig {
                         .map(|p| p.get_ref().clone())
                         .collect::<Vec<_>>(),
                 )
-                .map_err(SetupError::Headers)?,
+                .map_err(SetupError::Headers)?
+                .with_authserv_id(&c.hostname),
             ),
             header_limits: header::Limits {
                 max_line: r.text_line_limit,
                 max_received: r.max_received_headers,
+                max_header: r.max_header_size,
             },
             command_line_limit: r.command_line_limit,
             max_connections: r.max_connections,

@@ -149,8 +149,20 @@ pub struct Signature {
     pub domain: String,
     /// `h=` names From.
     pub covers_from: bool,
+    /// Fields it signs that the message holds more copies of than `h=`
+    /// names (lower case): an unsigned copy added above a signed one is
+    /// what readers show.
+    pub unsigned_copies: Vec<String>,
     /// The result.
     pub checked: Checked,
+}
+
+impl Signature {
+    /// A signature that proves its domain: it verifies, signs From and
+    /// every copy of each field it signs.
+    pub fn proves(&self) -> bool {
+        self.checked == Checked::Pass && self.covers_from && self.unsigned_copies.is_empty()
+    }
 }
 
 /// What the message shows.
@@ -163,6 +175,9 @@ pub struct Evidence {
     pub tenant_ids: Vec<String>,
     /// How many From fields it has.
     pub from_fields: usize,
+    /// Why its header section cannot be judged (the verifier and the header
+    /// filter would not agree on where it ends).
+    pub malformed: Option<String>,
 }
 
 /// The judgement on one message.
@@ -218,6 +233,9 @@ pub fn judge(rule: &Rule, ev: &Evidence) -> Verdict {
             ),
         );
     }
+    if let Some(why) = &ev.malformed {
+        return verdict(Outcome::BadSignature, None, why.clone());
+    }
     if ev.from_fields != 1 {
         return verdict(
             Outcome::BadSignature,
@@ -232,7 +250,7 @@ pub fn judge(rule: &Rule, ev: &Evidence) -> Verdict {
     let proving: Vec<&Tenant> = ev
         .signatures
         .iter()
-        .filter(|s| s.checked == Checked::Pass && s.covers_from)
+        .filter(|s| s.proves())
         .filter_map(|s| rule.tenant_of(&s.domain))
         .collect();
     if let Some(id) = ids.first() {
@@ -292,14 +310,19 @@ pub fn judge(rule: &Rule, ev: &Evidence) -> Verdict {
         );
     }
     if let Some(s) = ours.iter().find(|s| s.checked == Checked::Pass) {
-        return verdict(
-            Outcome::BadSignature,
-            None,
+        let why = if s.covers_from {
+            format!(
+                "the signature of {} does not cover every copy of {} (an unsigned copy was added)",
+                s.domain,
+                s.unsigned_copies.join(", ")
+            )
+        } else {
             format!(
                 "the signature of {} does not cover the From field",
                 s.domain
-            ),
-        );
+            )
+        };
+        return verdict(Outcome::BadSignature, None, why);
     }
     if let Some(s) = ours.first() {
         let why = match &s.checked {
@@ -362,6 +385,7 @@ mod tests {
         Signature {
             domain: d.into(),
             covers_from: true,
+            unsigned_copies: Vec::new(),
             checked,
         }
     }
@@ -371,6 +395,7 @@ mod tests {
             signatures,
             tenant_ids: ids.iter().map(|s| s.to_string()).collect(),
             from_fields: 1,
+            malformed: None,
         }
     }
 
@@ -467,6 +492,15 @@ mod tests {
         let mut two = ev(vec![sig("contoso.onmicrosoft.com", Checked::Pass)], &[]);
         two.from_fields = 2;
         assert_eq!(judge(&rule(), &two).outcome, Outcome::BadSignature);
+        // A second, unsigned Subject above the signed one.
+        let mut s = sig("contoso.onmicrosoft.com", Checked::Pass);
+        s.unsigned_copies = vec!["subject".into()];
+        let v = judge(&rule(), &ev(vec![s], &[]));
+        assert_eq!(v.outcome, Outcome::BadSignature, "{v:?}");
+        assert!(v.reason.contains("subject"), "{}", v.reason);
+        let mut bad = ev(vec![sig("contoso.onmicrosoft.com", Checked::Pass)], &[]);
+        bad.malformed = Some("a header line without a colon".into());
+        assert_eq!(judge(&rule(), &bad).outcome, Outcome::BadSignature);
     }
 
     #[test]

@@ -3,11 +3,15 @@
 //!
 //! Only signatures whose `d=` is an allowed tenant's domain are verified: a
 //! sender cannot make this host query domains of its choosing, and at most
-//! [`MAX_VERIFIED`] keys are fetched per message. mail-auth parses in strict
-//! mode, so a signature with `l=` (which would let text be appended after
-//! signing) never verifies. The headers judged here (From, the tenant id)
-//! are those of the same parse the verifier used, so the two cannot
-//! disagree about what the message says.
+//! [`MAX_VERIFIED`] keys are fetched per message (one TXT lookup each; the
+//! report (`r=`) and third-party (`atps=`) lookups a signature may ask for
+//! are turned off). mail-auth parses in strict mode, so a signature with
+//! `l=` (which would let text be appended after signing) never verifies.
+//! The headers judged here (From, the tenant id, copies of signed fields)
+//! are those of the same parse the verifier used; where that parse ends
+//! the header section elsewhere than the header filter did (a line without
+//! a colon), the message is not judged at all. The header section is
+//! bounded by the filter (`max_header_size`), so parsing it is too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +67,36 @@ impl Authenticator {
         };
         let from_fields = named("From").len();
         let tenant_ids = named(TENANT_ID_FIELD);
+        // The header filter wrote every header line with CRLF: the section
+        // ends at the first empty line, and so must the verifier's.
+        let header_end = if raw.starts_with(b"\r\n") {
+            2
+        } else {
+            memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 4)
+        };
+        let malformed = (msg.body_offset as usize != header_end).then(|| {
+            "the header section has a line that is not a header field (no colon)".to_string()
+        });
+        let copies = |name: &str| {
+            msg.headers
+                .iter()
+                .filter(|(n, _)| n.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+                .count()
+        };
+        let unsigned_copies = |h: &[String]| {
+            let mut out: Vec<String> = Vec::new();
+            for name in h {
+                let name = name.trim().to_ascii_lowercase();
+                let signed = h
+                    .iter()
+                    .filter(|x| x.trim().eq_ignore_ascii_case(&name))
+                    .count();
+                if copies(&name) > signed && !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+            out
+        };
         let mut signatures = Vec::new();
         // Keep for verification only signatures of allowed tenants' domains.
         let mut kept = 0;
@@ -75,17 +109,25 @@ impl Authenticator {
                 signatures.push(Signature {
                     domain: s.d.to_ascii_lowercase(),
                     covers_from: covers_from(&s.h),
+                    unsigned_copies: Vec::new(),
                     checked: Checked::NotOurs,
                 });
             }
             ours
         });
+        for h in &mut msg.dkim_headers {
+            // No report (`_report._domainkey`) or third-party lookups.
+            h.header.r = false;
+            h.header.atps = None;
+            h.header.atpsh = None;
+        }
         // Malformed signatures (no usable d=) count as bad ones.
         for e in &msg.errors {
             if matches!(e.header, mail_auth::Error::Dkim(_)) {
                 signatures.push(Signature {
                     domain: String::new(),
                     covers_from: false,
+                    unsigned_copies: Vec::new(),
                     checked: Checked::Fail(e.header.to_string()),
                 });
             }
@@ -94,8 +136,9 @@ impl Authenticator {
             signatures,
             tenant_ids,
             from_fields,
+            malformed,
         };
-        if msg.dkim_headers.is_empty() {
+        if msg.dkim_headers.is_empty() || ev.malformed.is_some() {
             return ev;
         }
         let params = Parameters::new(&msg);
@@ -123,6 +166,7 @@ impl Authenticator {
                     ev.signatures.push(Signature {
                         domain: s.d.to_ascii_lowercase(),
                         covers_from: covers_from(&s.h),
+                        unsigned_copies: unsigned_copies(&s.h),
                         checked,
                     });
                 }
@@ -132,6 +176,7 @@ impl Authenticator {
                     ev.signatures.push(Signature {
                         domain: h.header.d.to_ascii_lowercase(),
                         covers_from: covers_from(&h.header.h),
+                        unsigned_copies: Vec::new(),
                         checked: Checked::TempError(format!(
                             "no answer within {} s",
                             self.timeout.as_secs()
