@@ -26,6 +26,7 @@ pub mod routing;
 pub mod smtp;
 pub mod spool;
 pub mod state;
+pub mod submission;
 pub mod tenant;
 pub mod tls;
 pub mod view;

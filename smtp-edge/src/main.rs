@@ -76,6 +76,9 @@ enum Cmd {
     /// Outbound connectors.
     #[command(subcommand)]
     Connector(ConnectorCmd),
+    /// Device accounts for SMTP AUTH on the submission listeners.
+    #[command(subcommand)]
+    Device(DeviceCmd),
     /// Print the Exchange Online and on-premises Exchange PowerShell that
     /// matches this configuration (New-OutboundConnector and
     /// New-InboundConnector in Exchange Online, New-ReceiveConnector and
@@ -97,6 +100,37 @@ enum Cmd {
     GenerateAssets {
         /// Output directory.
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// Add a device; prints its generated password once.
+    Add {
+        /// The account name the device authenticates with.
+        name: String,
+        /// An envelope sender it may use (an address or a domain); repeat
+        /// for more. None: any sender.
+        #[arg(long = "sender", value_name = "ADDRESS|DOMAIN")]
+        senders: Vec<String>,
+        /// Messages per hour (default: [submission] rate_per_hour).
+        #[arg(long, value_name = "N")]
+        rate: Option<u32>,
+        /// The outbound connector its mail takes (default: routing as usual).
+        #[arg(long, value_name = "NAME")]
+        connector: Option<String>,
+    },
+    /// List the devices (never their passwords).
+    List,
+    /// Remove a device.
+    Remove {
+        /// The account name.
+        name: String,
+    },
+    /// Give a device a new generated password; prints it once.
+    Passwd {
+        /// The account name.
+        name: String,
     },
 }
 
@@ -268,6 +302,7 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::GenerateAssets { dir } => generate_assets(dir),
         Cmd::ExoCommands => exo_commands(&cli),
+        Cmd::Device(d) => device(&cli, d),
         Cmd::Connector(ConnectorCmd::Test { name, rcpt, send }) => {
             connector_test(&cli, name, rcpt.as_deref(), *send)
         }
@@ -626,6 +661,101 @@ fn generate_assets(dir: &Path) -> Result<()> {
     }
     std::fs::write(dir.join("smtp-edge.toml"), config::EXAMPLE)?;
     Ok(())
+}
+
+fn device(cli: &Cli, cmd: &DeviceCmd) -> Result<()> {
+    let cfg = load_config(&cli.config)?;
+    let store = smtp_edge::submission::devices::Store::new(&cfg.daemon.state_dir);
+    let shown = |name: &str, password: &str| -> Result<()> {
+        if cli.json {
+            print_json(&serde_json::json!({"name": name, "password": password}))
+        } else {
+            println!("device {name}: password {password}");
+            println!("(shown once: only its hash is kept)");
+            Ok(())
+        }
+    };
+    match cmd {
+        DeviceCmd::Add {
+            name,
+            senders,
+            rate,
+            connector,
+        } => {
+            if let Some(c) = connector
+                && !cfg.outbound.iter().any(|o| &o.name == c)
+            {
+                bail!(
+                    "no outbound connector named `{c}` in {}",
+                    cli.config.display()
+                );
+            }
+            let pw = store
+                .add(name, senders, *rate, connector.clone())
+                .map_err(|e| anyhow!("{e}"))?;
+            if !cfg.submission.enabled() {
+                eprintln!(
+                    "warning: [submission] has no listeners in {}: the device cannot authenticate yet",
+                    cli.config.display()
+                );
+            }
+            shown(name, &pw)
+        }
+        DeviceCmd::Passwd { name } => {
+            let pw = store.passwd(name).map_err(|e| anyhow!("{e}"))?;
+            shown(name, &pw)
+        }
+        DeviceCmd::Remove { name } => {
+            store.remove(name).map_err(|e| anyhow!("{e}"))?;
+            if cli.json {
+                print_json(&serde_json::json!({"removed": name}))
+            } else {
+                println!("device {name} removed");
+                Ok(())
+            }
+        }
+        DeviceCmd::List => {
+            let devices = store.load().map_err(|e| anyhow!("{e}"))?;
+            if cli.json {
+                let v: Vec<serde_json::Value> = devices
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "name": d.name,
+                            "senders": d.senders,
+                            "rate_per_hour": d.rate_per_hour.unwrap_or(cfg.submission.rate_per_hour),
+                            "connector": d.connector,
+                        })
+                    })
+                    .collect();
+                return print_json(&v);
+            }
+            if devices.is_empty() {
+                println!("no devices");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = devices
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.name.clone(),
+                        if d.senders.is_empty() {
+                            "(any)".into()
+                        } else {
+                            d.senders.join(", ")
+                        },
+                        format!(
+                            "{}/hour",
+                            d.rate_per_hour.unwrap_or(cfg.submission.rate_per_hour)
+                        ),
+                        d.connector.clone().unwrap_or_else(|| "(routing)".into()),
+                    ]
+                })
+                .collect();
+            table(&["DEVICE", "SENDERS", "RATE", "CONNECTOR"], &rows);
+            Ok(())
+        }
+    }
 }
 
 fn exo_commands(cli: &Cli) -> Result<()> {

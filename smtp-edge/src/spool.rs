@@ -130,6 +130,13 @@ pub struct Envelope {
     pub connector: String,
     /// TLS details, when the session used TLS.
     pub tls: Option<TlsInfo>,
+    /// The device account that submitted it (SMTP AUTH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// The outbound connector it must take (a device's own), instead of
+    /// routing by recipient domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// This host made the message to report on another (a DSN): what
     /// becomes of it when it fails depends on that.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -113,6 +113,10 @@ pub struct Send<'a> {
     pub message: &'a [u8],
     /// Seconds for the connection and each reply.
     pub timeout: u64,
+    /// Log in first (smtplib's `login()`, SMTP AUTH).
+    pub login: Option<(&'a str, &'a str)>,
+    /// TLS from the first byte (port 465) instead of STARTTLS.
+    pub implicit_tls: bool,
 }
 
 /// Sends one message with Python's smtplib (in the caller's network
@@ -134,6 +138,8 @@ pub fn smtp_send(s: &Send<'_>) -> Value {
     };
     let source = s.source.map(|ip| ip.to_string()).unwrap_or_default();
     let rcpts = s.rcpts.join(",");
+    let (user, password) = s.login.unwrap_or(("", ""));
+    let tls = if s.implicit_tls { "implicit" } else { tls };
     python(
         PY_SEND,
         &[
@@ -148,6 +154,8 @@ pub fn smtp_send(s: &Send<'_>) -> Value {
             &rcpts,
             m.to_str().expect("path"),
             &s.timeout.to_string(),
+            user,
+            password,
         ],
     )
 }
@@ -171,6 +179,8 @@ pub fn starttls_send(
         rcpts: &[rcpt],
         message,
         timeout: 20,
+        login: None,
+        implicit_tls: false,
     });
     // One recipient: its reply as a pair.
     if let Some(r) = v["rcpt"].get(0).cloned() {
@@ -181,23 +191,36 @@ pub fn starttls_send(
 
 const PY_SEND: &str = r#"
 import json, smtplib, socket, ssl, sys
-host, port, source, tls, cert, key, ehlo, frm, rcpts, path, timeout = sys.argv[1:12]
+host, port, source, tls, cert, key, ehlo, frm, rcpts, path, timeout, user, password = sys.argv[1:14]
 out = {}
 try:
     src = (source, 0) if source else None
-    s = smtplib.SMTP(host, int(port), local_hostname=ehlo, timeout=float(timeout), source_address=src)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    if tls == "implicit":
+        s = smtplib.SMTP_SSL(host, int(port), local_hostname=ehlo, timeout=float(timeout), source_address=src, context=ctx)
+    else:
+        s = smtplib.SMTP(host, int(port), local_hostname=ehlo, timeout=float(timeout), source_address=src)
     out["connect"] = True
     if tls == "starttls":
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        if cert:
-            ctx.load_cert_chain(cert, key)
         code, text = s.starttls(context=ctx)
         out["starttls"] = [code, text.decode()]
-        s.ehlo(ehlo)
-    else:
-        s.ehlo(ehlo)
+    s.ehlo(ehlo)
+    out["ehlo"] = s.ehlo_resp.decode() if s.ehlo_resp else ""
+    if user:
+        try:
+            code, text = s.login(user, password)
+            out["auth"] = [code, text.decode()]
+        except smtplib.SMTPAuthenticationError as e:
+            out["auth"] = [e.smtp_code, e.smtp_error.decode()]
+        except smtplib.SMTPNotSupportedError as e:
+            out["auth"] = [0, str(e)]
+        if out["auth"][0] != 235:
+            print(json.dumps(out))
+            sys.exit(0)
     code, text = s.mail(frm)
     out["mail"] = [code, text.decode()]
     if code == 250:

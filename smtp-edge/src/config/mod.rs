@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod ranges;
 pub mod smtp;
+pub mod submission;
 
 use std::path::{Path, PathBuf};
 
@@ -232,6 +233,8 @@ struct Raw {
     ranges: ranges::RawRanges,
     #[serde(default)]
     metrics: metrics::RawMetrics,
+    #[serde(default)]
+    submission: submission::RawSubmission,
 }
 
 /// A validated configuration.
@@ -261,6 +264,8 @@ pub struct Config {
     pub ranges: ranges::Ranges,
     /// `[metrics]`.
     pub metrics: metrics::Metrics,
+    /// `[submission]`.
+    pub submission: submission::Submission,
     /// Valid settings worth a second look (shown by `config check`, logged
     /// at start and reload).
     pub warnings: Vec<ConfigError>,
@@ -384,6 +389,28 @@ impl Config {
         let outbound = outbound::validate(raw.outbound_connectors, &raw.queue, &at, &mut errors);
         let ranges = ranges::validate(raw.ranges, &at, &mut errors, &mut warnings);
         let metrics = metrics::validate(raw.metrics, &at, &mut errors, &mut warnings);
+        let submission = submission::validate(
+            raw.submission,
+            smtp.raw.tls.is_some(),
+            &smtp.listen,
+            &at,
+            &mut errors,
+            &mut warnings,
+        );
+        if submission.enabled() && !smtp.raw.enabled {
+            errors.push(at(
+                0..0,
+                "[submission] needs smtp.enabled = true (it spools and relays as the receiving side does)"
+                    .into(),
+            ));
+        }
+        // The gate protects the submission ports too: LAN-only sources are
+        // written in the allowlist as for port 25.
+        for p in submission.ports() {
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
         for message in raw.dns.problems() {
             errors.push(ConfigError {
                 file: file.clone(),
@@ -402,6 +429,7 @@ impl Config {
             dns: raw.dns,
             ranges,
             metrics,
+            submission,
             path: path.to_path_buf(),
             daemon: raw.daemon,
             filter: raw.filter,
@@ -670,6 +698,20 @@ timeout = 30                    # seconds per request
 # Prometheus endpoint (/metrics, OpenMetrics text); empty: off. No
 # authentication: keep it on loopback or a management network.
 listen = ""                     # e.g. "127.0.0.1:9325"
+
+[submission]
+# SMTP AUTH for scanners and apps that cannot use a certificate connector
+# (Microsoft 365 turns Basic authentication for SMTP AUTH off): they log in
+# here with a device account (`smtp-edge device add NAME --sender ...`) and
+# their mail is relayed with the organisation's certificate. Empty: off.
+# The gate protects these ports too: allow the LAN in [allowlist].
+listen = []                     # STARTTLS, e.g. ["192.0.2.1:587"]
+listen_tls = []                 # implicit TLS, e.g. ["192.0.2.1:465"]
+plaintext_auth_sources = []     # legacy devices allowed AUTH without TLS (warned)
+max_failures = 5                # per source network (/32, /64) and per account
+lockout_seconds = 900           # then 454 4.7.0 until it passes
+failure_delay_ms = 500          # before each 535, doubling, at most 8 s
+rate_per_hour = 1800            # messages per device (Exchange Online: 30 a minute)
 "#;
 
 #[cfg(test)]

@@ -125,15 +125,9 @@ impl Supervisor {
         let queue = queue::QueueService::new(&mut registry);
         metrics::register(&mut registry, gate.clone(), state.clone(), shared.clone());
         let receiver = match config.smtp.raw.enabled {
-            true => Some(
-                receiver::Receiver::start(
-                    &config.smtp,
-                    &config.dns,
-                    &exchange_list.nets(),
-                    smtp_metrics,
-                )
-                .await?,
-            ),
+            true => {
+                Some(receiver::Receiver::start(&config, &exchange_list.nets(), smtp_metrics).await?)
+            }
             false => None,
         };
         if let Some(r) = &receiver

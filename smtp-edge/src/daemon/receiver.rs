@@ -15,16 +15,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::DaemonError;
-use crate::config::dns::Dns;
-use crate::config::smtp::Smtp;
+use crate::config::Config;
 use crate::queue::QueueSlot;
-use crate::smtp::server::{self, ConnectionLimits, ServerConfig};
+use crate::smtp::server::{self, ConnectionLimits, Mode, ServerConfig};
 use crate::spool::Spool;
+use crate::submission::guard::Guard;
 
 /// A configuration ready to be put in force.
 pub struct Prepared {
     server: ServerConfig,
-    new_listeners: Vec<(SocketAddr, TcpListener)>,
+    new_listeners: Vec<(SocketAddr, Mode, TcpListener)>,
     removed: Vec<SocketAddr>,
 }
 
@@ -32,44 +32,111 @@ pub struct Prepared {
 pub struct Receiver {
     spool: Arc<Spool>,
     current: watch::Sender<Arc<ServerConfig>>,
-    listeners: Mutex<BTreeMap<SocketAddr, JoinHandle<()>>>,
+    listeners: Mutex<BTreeMap<SocketAddr, (Mode, JoinHandle<()>)>>,
     limits: ConnectionLimits,
+    /// AUTH failure counts and rates: kept across reloads.
+    guard: Arc<Guard>,
+}
+
+/// Every address the configuration listens on, with its mode.
+fn wanted(config: &Config) -> Vec<(SocketAddr, Mode)> {
+    let mut out: Vec<(SocketAddr, Mode)> = config
+        .smtp
+        .listen
+        .iter()
+        .map(|a| (*a, Mode::Smtp))
+        .collect();
+    out.extend(
+        config
+            .submission
+            .listen
+            .iter()
+            .map(|a| (*a, Mode::Submission)),
+    );
+    out.extend(
+        config
+            .submission
+            .listen_tls
+            .iter()
+            .map(|a| (*a, Mode::SubmissionTls)),
+    );
+    out
+}
+
+/// The server for `config`, with the accounts of its state directory.
+fn build(
+    config: &Config,
+    spool: Arc<Spool>,
+    exchange: &[IpNet],
+    guard: &Arc<Guard>,
+) -> Result<ServerConfig, server::SetupError> {
+    let mut cfg = ServerConfig::from_config(
+        &config.smtp,
+        &config.submission,
+        &config.dns,
+        spool,
+        exchange,
+    )?;
+    if config.submission.enabled() {
+        guard.configure(config.submission.guard);
+        cfg.accounts = Some(crate::smtp::auth::Accounts {
+            store: crate::submission::devices::Store::new(&config.daemon.state_dir),
+            guard: guard.clone(),
+        });
+    }
+    Ok(cfg)
 }
 
 impl Receiver {
     /// Opens the spool, builds the server, binds every address and starts
     /// accepting.
     pub async fn start(
-        smtp: &Smtp,
-        dns: &Dns,
+        config: &Config,
         exchange: &[IpNet],
         metrics: crate::smtp::metrics::SmtpMetrics,
     ) -> Result<Receiver, DaemonError> {
+        let smtp = &config.smtp;
         let spool = ServerConfig::open_spool(smtp)?;
-        let mut cfg = ServerConfig::from_config(smtp, dns, spool.clone(), exchange)?;
+        let guard = Arc::new(Guard::new(config.submission.guard));
+        let mut cfg = build(config, spool.clone(), exchange, &guard)?;
         cfg.metrics = metrics;
-        let bound = server::bind(&smtp.listen).await?;
+        let addrs = wanted(config);
+        let bound = server::bind(&addrs.iter().map(|(a, _)| *a).collect::<Vec<_>>()).await?;
         let (current, _) = watch::channel(Arc::new(cfg));
         let r = Receiver {
             spool,
             current,
             listeners: Mutex::new(BTreeMap::new()),
             limits: ConnectionLimits::default(),
+            guard,
         };
         {
             let mut map = r.listeners();
-            for (addr, l) in smtp.listen.iter().zip(bound) {
+            for ((addr, mode), l) in addrs.iter().zip(bound) {
                 map.insert(
                     *addr,
-                    server::spawn_listener(l, r.current.subscribe(), &r.limits),
+                    (
+                        *mode,
+                        server::spawn_listener(l, *mode, r.current.subscribe(), &r.limits),
+                    ),
                 );
             }
         }
         tracing::info!(listen = ?smtp.listen, hostname = %smtp.hostname, "SMTP listening");
+        if config.submission.enabled() {
+            tracing::info!(
+                starttls = ?config.submission.listen,
+                implicit_tls = ?config.submission.listen_tls,
+                "submission (SMTP AUTH) listening"
+            );
+            for n in &config.submission.plaintext_auth_sources {
+                tracing::warn!(source = %n, "SMTP AUTH without TLS is allowed from this source (legacy devices)");
+            }
+        }
         Ok(r)
     }
 
-    fn listeners(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, JoinHandle<()>>> {
+    fn listeners(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, (Mode, JoinHandle<()>)>> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -109,32 +176,34 @@ impl Receiver {
             .collect()
     }
 
-    /// Builds the server for `smtp` and binds the addresses not yet
-    /// listened on; nothing is in force until [`Receiver::commit`].
-    pub async fn prepare(
-        &self,
-        smtp: &Smtp,
-        dns: &Dns,
-        exchange: &[IpNet],
-    ) -> Result<Prepared, String> {
-        let mut server = ServerConfig::from_config(smtp, dns, self.spool.clone(), exchange)
-            .map_err(|e| e.to_string())?;
+    /// Builds the server for `config` and binds the addresses not yet
+    /// listened on (or listened on in another mode); nothing is in force
+    /// until [`Receiver::commit`].
+    pub async fn prepare(&self, config: &Config, exchange: &[IpNet]) -> Result<Prepared, String> {
+        let mut server =
+            build(config, self.spool.clone(), exchange, &self.guard).map_err(|e| e.to_string())?;
         // One queue slot and one set of metrics for the life of the process.
         server.queue = self.queue_slot();
         server.metrics = self.current.borrow().metrics.clone();
-        let running: Vec<SocketAddr> = self.listeners().keys().copied().collect();
+        let running: Vec<(SocketAddr, Mode)> = self
+            .listeners()
+            .iter()
+            .map(|(a, (m, _))| (*a, *m))
+            .collect();
+        let wanted = wanted(config);
         let mut new_listeners = Vec::new();
-        for addr in smtp.listen.iter().filter(|a| !running.contains(a)) {
+        for (addr, mode) in wanted.iter().filter(|w| !running.contains(w)) {
             let mut l = server::bind(std::slice::from_ref(addr))
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(l) = l.pop() {
-                new_listeners.push((*addr, l));
+                new_listeners.push((*addr, *mode, l));
             }
         }
         let removed = running
             .into_iter()
-            .filter(|a| !smtp.listen.contains(a))
+            .filter(|r| !wanted.contains(r))
+            .map(|(a, _)| a)
             .collect();
         Ok(Prepared {
             server,
@@ -147,17 +216,22 @@ impl Receiver {
     pub fn commit(&self, p: Prepared) {
         self.current.send_replace(Arc::new(p.server));
         let mut map = self.listeners();
-        for (addr, l) in p.new_listeners {
-            tracing::info!(%addr, "SMTP listening (added by reload)");
-            map.insert(
-                addr,
-                server::spawn_listener(l, self.current.subscribe(), &self.limits),
-            );
-        }
         for addr in p.removed {
-            if let Some(task) = map.remove(&addr) {
+            if let Some((_, task)) = map.remove(&addr) {
                 task.abort();
                 tracing::info!(%addr, "SMTP no longer listening (removed by reload); open sessions finish");
+            }
+        }
+        for (addr, mode, l) in p.new_listeners {
+            tracing::info!(%addr, ?mode, "SMTP listening (added by reload)");
+            if let Some((_, old)) = map.insert(
+                addr,
+                (
+                    mode,
+                    server::spawn_listener(l, mode, self.current.subscribe(), &self.limits),
+                ),
+            ) {
+                old.abort();
             }
         }
     }
@@ -171,7 +245,7 @@ impl Receiver {
 
     /// Stops accepting everywhere (shutdown).
     pub fn stop(&self) {
-        for (_, task) in std::mem::take(&mut *self.listeners()) {
+        for (_, (_, task)) in std::mem::take(&mut *self.listeners()) {
             task.abort();
         }
     }

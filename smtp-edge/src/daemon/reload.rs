@@ -64,11 +64,7 @@ impl Supervisor {
         // Prepare: everything that can fail, nothing in force yet.
         let exchange = crate::ranges::load(&self.state).map_err(refused)?.nets();
         let prepared = match &self.receiver {
-            Some(r) => Some(
-                r.prepare(&next.smtp, &next.dns, &exchange)
-                    .await
-                    .map_err(refused)?,
-            ),
+            Some(r) => Some(r.prepare(&next, &exchange).await.map_err(refused)?),
             None => None,
         };
         let queue = match &self.receiver {

@@ -84,12 +84,36 @@ pub struct Route {
 /// Routes the `pending` recipients (position and address) and resolves
 /// their next hops: the routes, and the outcomes of recipients that
 /// cannot go anywhere (unroutable, null MX, no address).
+///
+/// With `forced` (a device's own connector, [`crate::spool::Envelope::route`]),
+/// every recipient takes that connector whatever its domain; a connector no
+/// longer configured means routing as usual.
 pub async fn routes(
     cfg: &QueueConfig,
     pending: &[(usize, String)],
+    forced: Option<&str>,
 ) -> (Vec<Route>, Vec<(usize, Outcome)>) {
     let addresses: Vec<String> = pending.iter().map(|(_, a)| a.clone()).collect();
-    let split = crate::routing::split(&addresses, &cfg.connectors, &cfg.accepted);
+    let forced_at = forced.and_then(|name| cfg.connectors.iter().position(|c| c.name == name));
+    if let (Some(name), None) = (forced, forced_at) {
+        tracing::warn!(
+            connector = name,
+            "a device's outbound connector is gone: routing as usual"
+        );
+    }
+    let split = match forced_at.and_then(|i| cfg.connectors.get(i).map(|c| (i, c))) {
+        Some((i, c)) => {
+            let mut any = c.clone();
+            any.recipient_domains = vec![crate::routing::RecipientDomain::Any];
+            let mut s =
+                crate::routing::split(&addresses, std::slice::from_ref(&any), &cfg.accepted);
+            for r in &mut s.routes {
+                r.connector = i;
+            }
+            s
+        }
+        None => crate::routing::split(&addresses, &cfg.connectors, &cfg.accepted),
+    };
     let mut done = Vec::new();
     if cfg.connectors.is_empty() {
         // A reload that removed every connector is a configuration being

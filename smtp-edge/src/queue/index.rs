@@ -35,6 +35,8 @@ pub struct Summary {
     pub notification: Option<Notification>,
     /// When it arrived.
     pub received_at: u64,
+    /// The outbound connector it must take (a device's own).
+    pub route: Option<Box<str>>,
 }
 
 /// One queued message.
@@ -462,6 +464,7 @@ mod tests {
                 recipients: vec!["a@b".into()],
                 notification: None,
                 received_at: 0,
+                route: None,
             },
             st,
         )

@@ -202,6 +202,7 @@ fn summary(env: &Envelope) -> Summary {
             .collect(),
         notification: env.notification(),
         received_at: env.received_at,
+        route: env.route.as_deref().map(Into::into),
     }
 }
 
@@ -424,7 +425,7 @@ impl Manager {
             dsn: None,
             park_on: None,
         };
-        let Some((mut st, addresses)) = self.index().get(&id).map(|e| {
+        let Some((mut st, addresses, route)) = self.index().get(&id).map(|e| {
             (
                 e.state.clone(),
                 e.summary
@@ -432,6 +433,7 @@ impl Manager {
                     .iter()
                     .map(|r| r.to_string())
                     .collect::<Vec<_>>(),
+                e.summary.route.as_deref().map(str::to_string),
             )
         }) else {
             return gone;
@@ -442,7 +444,7 @@ impl Manager {
             .filter_map(|i| addresses.get(i).map(|a| (i, a.clone())))
             .collect();
         // Next hops first: a full destination costs no file read.
-        let (routes, mut outcomes) = attempt::routes(cfg, &pending).await;
+        let (routes, mut outcomes) = attempt::routes(cfg, &pending, route.as_deref()).await;
         for (_, o) in &outcomes {
             // Settled before any next hop: unroutable, null MX, no address.
             self.metrics.outcome("none", o);

@@ -258,6 +258,9 @@ pub enum Command {
     Help(Option<String>),
     /// `STARTTLS`.
     StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954), its arguments as
+    /// sent ([`super::sasl::parse_start`]); they may hold a password.
+    Auth(String),
     /// Any other verb (as sent, e.g. `AUTH`, `ETRN`, `XCLIENT`); answer
     /// [`Reply::unrecognized`] or [`Reply::not_implemented`].
     Unknown(String),
@@ -673,6 +676,7 @@ impl Command {
             b"EXPN" => required(args, "EXPN string").map(Command::Expn),
             b"HELP" => Ok(Command::Help((!args.is_empty()).then(|| args.to_string()))),
             b"STARTTLS" => no_args(args, Command::StartTls, "STARTTLS"),
+            b"AUTH" => Ok(Command::Auth(args.to_string())),
             _ => Ok(Command::Unknown(verb.to_string())),
         }
     }
@@ -1439,7 +1443,7 @@ mod tests {
     fn unknown_verbs() {
         assert_eq!(
             parse("AUTH PLAIN x\r\n"),
-            Ok(Command::Unknown("AUTH".into()))
+            Ok(Command::Auth("PLAIN x".into()))
         );
         assert_eq!(
             parse("XYZZYXYZZY\r\n"),

@@ -347,6 +347,18 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     };
                     send(cfg, io, &reply);
                 }
+                Action::Auth(start) => {
+                    let Some(reply) = auth(stream, session, io, cfg, clock, start).await else {
+                        return Ok(Outcome::Closed);
+                    };
+                    let close = reply.code == 421 || reply.status == Some((5, 5, 6));
+                    send(cfg, io, &reply);
+                    if close {
+                        io.end.get_or_insert(SessionOutcome::closed);
+                        flush(stream, io, clock).await?;
+                        return Ok(Outcome::Closed);
+                    }
+                }
                 Action::Bdat { size, last, refuse } => {
                     let Some(reply) =
                         read_bdat(stream, session, io, cfg, clock, (size, last), refuse).await
@@ -374,6 +386,120 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Outcome::Closed);
         }
     }
+}
+
+/// Reads one line of the AUTH exchange (its CRLF removed); `Err` with the
+/// reply when it is too long or not text, `None` when the connection ended.
+async fn exchange_line<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    io: &mut Io,
+    clock: &Clock,
+    host: &str,
+) -> Option<Result<String, Reply>> {
+    loop {
+        let pending = &io.inbuf[io.start..];
+        if let Some(i) = memchr::memchr(b'\n', pending) {
+            let line = pending[..i]
+                .strip_suffix(b"\r")
+                .unwrap_or(&pending[..i])
+                .to_vec();
+            io.start += i + 1;
+            return Some(
+                String::from_utf8(line)
+                    .map_err(|_| Reply::new(501, (5, 5, 2), "Cannot decode the response (base64)")),
+            );
+        }
+        if pending.len() >= super::sasl::MAX_LINE {
+            return Some(Err(Reply::new(
+                500,
+                (5, 5, 6),
+                "Authentication Exchange line is too long",
+            )));
+        }
+        let wait = (Instant::now() + clock.command, Expiry::Command);
+        fill(stream, io, clock, wait, host).await?;
+    }
+}
+
+/// Asks for one response with `challenge` and decodes it.
+async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    io: &mut Io,
+    cfg: &ServerConfig,
+    clock: &Clock,
+    challenge: &str,
+) -> Option<Result<Vec<u8>, Reply>> {
+    send(cfg, io, &super::sasl::challenge(challenge));
+    flush(stream, io, clock).await.ok()?;
+    let line = exchange_line(stream, io, clock, &cfg.session.hostname).await?;
+    Some(line.and_then(|l| super::sasl::decode(&l)))
+}
+
+/// The AUTH exchange (RFC 4954): the responses, then the credentials'
+/// check; the reply to send, `None` when the connection ended.
+async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut Session,
+    io: &mut Io,
+    cfg: &ServerConfig,
+    clock: &Clock,
+    start: super::sasl::Start,
+) -> Option<Reply> {
+    use super::sasl::{self, Mechanism};
+    let Some(accounts) = &cfg.accounts else {
+        return Some(Reply::not_implemented());
+    };
+    let initial = match start.initial.as_deref().map(sasl::decode) {
+        Some(Err(r)) => return Some(r),
+        Some(Ok(v)) => Some(v),
+        None => None,
+    };
+    let creds = match start.mechanism {
+        Mechanism::Plain => {
+            let response = match initial {
+                Some(v) => v,
+                None => match respond(stream, io, cfg, clock, "").await? {
+                    Ok(v) => v,
+                    Err(r) => return Some(r),
+                },
+            };
+            sasl::plain(&response)
+        }
+        Mechanism::Login => {
+            let user = match initial {
+                Some(v) => v,
+                None => match respond(stream, io, cfg, clock, "Username:").await? {
+                    Ok(v) => v,
+                    Err(r) => return Some(r),
+                },
+            };
+            let password = match respond(stream, io, cfg, clock, "Password:").await? {
+                Ok(v) => v,
+                Err(r) => return Some(r),
+            };
+            sasl::login(&user, &password)
+        }
+    };
+    let creds = match creds {
+        Ok(c) => c,
+        Err(r) => {
+            if r.code == 535 {
+                let (delay, _) = accounts.guard.failed(session.peer(), "");
+                tokio::time::sleep(delay).await;
+                cfg.metrics.auth(super::auth::Attempt::Failure);
+            }
+            return Some(r);
+        }
+    };
+    let (result, attempt) = accounts.check(session.peer(), creds).await;
+    cfg.metrics.auth(attempt);
+    Some(match result {
+        Ok((device, reply)) => {
+            session.authenticated(device);
+            reply
+        }
+        Err(r) => r,
+    })
 }
 
 /// A new message for the session's transaction.

@@ -67,7 +67,13 @@ pub struct SmtpMetrics {
     accepted: Family<ConnectorLabel, Counter>,
     accepted_octets: Family<ConnectorLabel, Counter>,
     tenant: Family<TenantLabels, Counter>,
+    auth: Family<OutcomeLabel, Counter>,
     open: Gauge,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 impl SmtpMetrics {
@@ -101,6 +107,12 @@ impl SmtpMetrics {
             m.accepted.clone(),
         );
         registry.register(
+            "smtp_auth_attempts",
+            "SMTP AUTH attempts on the submission listeners, by outcome (success, failure, \
+             locked, error)",
+            m.auth.clone(),
+        );
+        registry.register(
             "tenant_checks",
             "Tenant checks at the end of DATA, by inbound connector and outcome (allowed, \
              foreign_tenant, no_signature, bad_signature, temp_error)",
@@ -120,6 +132,15 @@ impl SmtpMetrics {
             .get_or_create(&SessionLabels {
                 connector: crate::metrics::label(connector),
                 outcome,
+            })
+            .inc();
+    }
+
+    /// An AUTH attempt ended.
+    pub fn auth(&self, outcome: super::auth::Attempt) {
+        self.auth
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
             })
             .inc();
     }

@@ -22,6 +22,7 @@
 //!
 //! Every error type here has a `reply()` giving the reply the session sends.
 
+pub mod auth;
 pub mod checked;
 pub mod command;
 pub mod connection;
@@ -30,6 +31,7 @@ pub mod header;
 pub mod intake;
 pub mod metrics;
 pub mod reply;
+pub mod sasl;
 pub mod server;
 pub mod session;
 pub mod trace;

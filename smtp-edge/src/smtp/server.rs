@@ -93,6 +93,10 @@ pub struct ServerConfig {
     pub spool: Arc<Spool>,
     /// Verifies DKIM for connectors with tenants (built when one has).
     pub authenticator: Option<crate::tenant::verify::Authenticator>,
+    /// Device accounts for the submission listeners (when configured).
+    pub accounts: Option<super::auth::Accounts>,
+    /// `[submission]`.
+    pub submission: crate::config::submission::Submission,
     /// The receiving side's metrics (shared by every configuration).
     pub metrics: super::metrics::SmtpMetrics,
     /// Told about each accepted message: the queue manager, once it runs
@@ -145,6 +149,7 @@ impl ServerConfig {
     /// in force, for connectors with the `exchange-online` source.
     pub fn from_config(
         c: &crate::config::smtp::Smtp,
+        submission: &crate::config::submission::Submission,
         dns: &crate::config::dns::Dns,
         spool: Arc<Spool>,
         exchange: &[IpNet],
@@ -223,6 +228,8 @@ impl ServerConfig {
             min_data_rate: r.min_data_rate,
             spool,
             authenticator,
+            accounts: None,
+            submission: submission.clone(),
             metrics: super::metrics::SmtpMetrics::default(),
             queue: Arc::default(),
         })
@@ -332,6 +339,17 @@ impl Limits {
     }
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    /// SMTP relay (port 25): inbound connectors by source.
+    Smtp,
+    /// Submission with STARTTLS (port 587): SMTP AUTH before MAIL.
+    Submission,
+    /// Submission with implicit TLS (port 465, RFC 8314).
+    SubmissionTls,
+}
+
 /// The configuration in force; a reload or a new Exchange Online list
 /// publishes another, and each new connection takes the one current when it
 /// arrives (sessions keep theirs to the end).
@@ -352,6 +370,7 @@ impl ConnectionLimits {
 /// that drops the address): open sessions go on to their end.
 pub fn spawn_listener(
     listener: TcpListener,
+    mode: Mode,
     current: Current,
     limits: &ConnectionLimits,
 ) -> tokio::task::JoinHandle<()> {
@@ -372,7 +391,7 @@ pub fn spawn_listener(
                     Some(slot) => {
                         let metrics = cfg.metrics.clone();
                         metrics.open(1);
-                        let (connector, outcome) = handle(stream, ip, cfg).await;
+                        let (connector, outcome) = handle(stream, ip, mode, cfg).await;
                         metrics.open(-1);
                         metrics.session(&connector, outcome);
                         drop(slot);
@@ -410,62 +429,50 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 /// One connection; its connector's name and how it ended.
-async fn handle(tcp: TcpStream, ip: IpAddr, cfg: Arc<ServerConfig>) -> (String, SessionOutcome) {
+async fn handle(
+    tcp: TcpStream,
+    ip: IpAddr,
+    mode: Mode,
+    cfg: Arc<ServerConfig>,
+) -> (String, SessionOutcome) {
     let mut io = Io::new(cfg.command_line_limit);
-    let (connector, early) = session(tcp, ip, &cfg, &mut io).await;
+    let (connector, early) = session(tcp, ip, mode, &cfg, &mut io).await;
     // How the protocol ended wins over a failed last write (a client that
     // sends QUIT and goes away at once).
     let outcome = io.end.or(early).unwrap_or(SessionOutcome::disconnected);
     (connector, outcome)
 }
 
-async fn session(
-    mut tcp: TcpStream,
+/// The TLS handshake on `tcp` and what it established (the client's chain
+/// judged by `conn`'s trust); the outcome when it failed.
+async fn accept_tls(
+    tcp: TcpStream,
     ip: IpAddr,
-    cfg: &Arc<ServerConfig>,
-    io: &mut Io,
-) -> (String, Option<SessionOutcome>) {
-    let clock = Clock::start(cfg).for_peer(ip);
-    let conn = policy::select_index(cfg.connectors.iter().map(|c| &*c.policy), ip)
-        .and_then(|i| cfg.connectors.get(i));
-    let mut session = Session::new(cfg.session.clone(), conn.map(|c| c.policy.clone()), ip);
-    let name = session.connector_name().to_string();
-    tracing::debug!(%ip, connector = %name, "connection");
-    match session.greeting() {
-        Action::Close(r) => {
-            tracing::info!(%ip, "connection refused: no inbound connector matches");
-            cfg.metrics.reply(&r);
-            let _ = tokio::time::timeout(cfg.command_timeout, tcp.write_all(&r.to_bytes())).await;
-            return (name, Some(SessionOutcome::refused));
-        }
-        Action::Reply(r) => r.write_to(io.out()),
-        _ => return (name, Some(SessionOutcome::closed)),
-    }
-    match connection::run(&mut tcp, &mut session, io, cfg, &clock).await {
-        Ok(Outcome::StartTls) => {}
-        Ok(Outcome::Closed) => {
-            io.discard().await;
-            return (name, None);
-        }
-        Err(_) => {
-            io.discard().await;
-            return (name, Some(SessionOutcome::error));
-        }
-    }
+    cfg: &ServerConfig,
+    conn: Option<&Connector>,
+    clock: &Clock,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<TcpStream>,
+        TlsState,
+        TlsInfo,
+    ),
+    SessionOutcome,
+> {
     let Some(tls) = cfg.tls.clone() else {
-        return (name, Some(SessionOutcome::closed));
+        return Err(SessionOutcome::closed);
     };
     let until = clock.command_deadline();
     let accepted = tokio::time::timeout_at(until, TlsAcceptor::from(tls).accept(tcp)).await;
-    let mut stream = match accepted {
+    let stream = match accepted {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(%ip, error = %e, "TLS handshake failed");
-            return (name, Some(SessionOutcome::tls_failed));
+            return Err(SessionOutcome::tls_failed);
         }
         Err(_) => {
             tracing::info!(%ip, "TLS handshake timed out");
-            return (name, Some(SessionOutcome::tls_failed));
+            return Err(SessionOutcome::tls_failed);
         }
     };
     let (state, info) = {
@@ -503,8 +510,100 @@ async fn session(
         };
         (state, info)
     };
-    tracing::info!(%ip, version = %info.version, cipher = %info.cipher, client_cert = ?info.client_cert, verify_error = ?state.verify_error, connector = session.connector_name(), "TLS established");
+    tracing::info!(%ip, version = %info.version, cipher = %info.cipher, client_cert = ?info.client_cert, verify_error = ?state.verify_error, "TLS established");
     cfg.metrics.tls(&info.version);
+    Ok((stream, state, info))
+}
+
+/// The submission connector: any source the gate lets in, mail relayed for
+/// an authenticated device.
+fn submission_connector() -> Arc<Inbound> {
+    Arc::new(Inbound {
+        name: "submission".into(),
+        sources: Vec::new(),
+        require_tls: false,
+        client_cert_names: Vec::new(),
+        sender_domains: Vec::new(),
+        recipient_domains: vec![crate::policy::DomainPattern::Any],
+        relay: true,
+        trusted_headers: false,
+        tenants: None,
+    })
+}
+
+async fn session(
+    mut tcp: TcpStream,
+    ip: IpAddr,
+    mode: Mode,
+    cfg: &Arc<ServerConfig>,
+    io: &mut Io,
+) -> (String, Option<SessionOutcome>) {
+    let clock = Clock::start(cfg).for_peer(ip);
+    let conn = match mode {
+        Mode::Smtp => policy::select_index(cfg.connectors.iter().map(|c| &*c.policy), ip)
+            .and_then(|i| cfg.connectors.get(i)),
+        Mode::Submission | Mode::SubmissionTls => None,
+    };
+    let mut session = match (mode, &cfg.accounts) {
+        (Mode::Smtp, _) => Session::new(cfg.session.clone(), conn.map(|c| c.policy.clone()), ip),
+        (_, Some(accounts)) => Session::new(cfg.session.clone(), Some(submission_connector()), ip)
+            .with_submission(super::session::Submission {
+                plaintext_auth: cfg
+                    .submission
+                    .plaintext_auth_sources
+                    .iter()
+                    .any(|n| n.contains(&ip)),
+                guard: accounts.guard.clone(),
+                rate_per_hour: cfg.submission.rate_per_hour,
+            }),
+        // A submission listener without accounts (cannot happen: both come
+        // from [submission]): refuse.
+        (_, None) => Session::new(cfg.session.clone(), None, ip),
+    };
+    let name = session.connector_name().to_string();
+    tracing::debug!(%ip, connector = %name, ?mode, "connection");
+    if mode == Mode::SubmissionTls {
+        // RFC 8314: TLS from the first byte, then the greeting.
+        let (mut stream, state, info) = match accept_tls(tcp, ip, cfg, conn, &clock).await {
+            Ok(t) => t,
+            Err(outcome) => return (name, Some(outcome)),
+        };
+        session.tls_established(info, state);
+        match session.greeting() {
+            Action::Reply(r) => r.write_to(io.out()),
+            _ => return (name, Some(SessionOutcome::refused)),
+        }
+        let r = connection::run(&mut stream, &mut session, io, cfg, &clock).await;
+        let _ = tokio::time::timeout_at(Instant::now() + Duration::from_secs(5), stream.shutdown())
+            .await;
+        io.discard().await;
+        return (name, r.is_err().then_some(SessionOutcome::error));
+    }
+    match session.greeting() {
+        Action::Close(r) => {
+            tracing::info!(%ip, "connection refused: no inbound connector matches");
+            cfg.metrics.reply(&r);
+            let _ = tokio::time::timeout(cfg.command_timeout, tcp.write_all(&r.to_bytes())).await;
+            return (name, Some(SessionOutcome::refused));
+        }
+        Action::Reply(r) => r.write_to(io.out()),
+        _ => return (name, Some(SessionOutcome::closed)),
+    }
+    match connection::run(&mut tcp, &mut session, io, cfg, &clock).await {
+        Ok(Outcome::StartTls) => {}
+        Ok(Outcome::Closed) => {
+            io.discard().await;
+            return (name, None);
+        }
+        Err(_) => {
+            io.discard().await;
+            return (name, Some(SessionOutcome::error));
+        }
+    }
+    let (mut stream, state, info) = match accept_tls(tcp, ip, cfg, conn, &clock).await {
+        Ok(t) => t,
+        Err(outcome) => return (name, Some(outcome)),
+    };
     session.tls_established(info, state);
     let r = connection::run(&mut stream, &mut session, io, cfg, &clock).await;
     let _ =

@@ -14,6 +14,7 @@ use super::command::{
     Address, Body, Command, CommandError, Host, MailParams, Path, RcptParams, Ret,
 };
 use super::reply::Reply;
+use super::sasl;
 use super::trace::Trace;
 use crate::policy::{DomainPattern, Inbound, TlsState};
 use crate::spool::{Envelope, Recipient, TlsInfo};
@@ -49,6 +50,9 @@ pub enum Action {
     StartTls(Reply),
     /// Send the reply (354), then read message data until `<CRLF>.<CRLF>`.
     Data(Reply),
+    /// Run the AUTH exchange (RFC 4954), then tell the session
+    /// ([`Session::authenticated`]).
+    Auth(sasl::Start),
     /// Read `size` octets of a BDAT chunk (no reply before it). With
     /// `refuse`, the chunk is read and thrown away, then the reply is sent:
     /// its octets must never be taken for commands.
@@ -74,6 +78,18 @@ struct Transaction {
     bdat: bool,
 }
 
+/// A session on a submission listener (587 or 465): SMTP AUTH is required
+/// before MAIL, and an authenticated device may relay.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The client may AUTH without TLS (a legacy device's source).
+    pub plaintext_auth: bool,
+    /// Message rates.
+    pub guard: Arc<crate::submission::guard::Guard>,
+    /// Messages per hour of a device without its own rate.
+    pub rate_per_hour: u32,
+}
+
 /// One SMTP session.
 #[derive(Debug)]
 pub struct Session {
@@ -86,6 +102,9 @@ pub struct Session {
     tls_info: Option<TlsInfo>,
     txn: Option<Transaction>,
     errors: u32,
+    submission: Option<Submission>,
+    /// The device the client authenticated as.
+    auth: Option<crate::submission::devices::Device>,
 }
 
 fn mailbox_text(path: &Path) -> String {
@@ -117,7 +136,43 @@ impl Session {
             tls_info: None,
             txn: None,
             errors: 0,
+            submission: None,
+            auth: None,
         }
+    }
+
+    /// The same session on a submission listener.
+    pub fn with_submission(mut self, submission: Submission) -> Self {
+        self.submission = Some(submission);
+        self
+    }
+
+    /// Whether this is a submission session.
+    pub fn is_submission(&self) -> bool {
+        self.submission.is_some()
+    }
+
+    /// Whether AUTH is offered now: on submission listeners, after TLS (or
+    /// from a legacy source allowed plain text).
+    pub fn auth_offered(&self) -> bool {
+        self.submission
+            .as_ref()
+            .is_some_and(|s| self.tls.active || s.plaintext_auth)
+    }
+
+    /// The client is `device` from now on (the AUTH exchange succeeded).
+    pub fn authenticated(&mut self, device: crate::submission::devices::Device) {
+        self.auth = Some(device);
+    }
+
+    /// The device the client authenticated as.
+    pub fn device(&self) -> Option<&crate::submission::devices::Device> {
+        self.auth.as_ref()
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> IpAddr {
+        self.peer
     }
 
     /// The connector's name (for logs), or "none".
@@ -157,6 +212,7 @@ impl Session {
         self.helo = None;
         self.esmtp = false;
         self.txn = None;
+        self.auth = None;
     }
 
     fn error(&mut self, reply: Reply) -> Action {
@@ -199,7 +255,7 @@ impl Session {
         if p.body == Some(Body::BinaryMime) {
             return not_offered("BODY=BINARYMIME is");
         }
-        if p.auth.is_some() {
+        if p.auth.is_some() && !(self.esmtp && self.auth_offered()) {
             return not_offered("AUTH parameter (no AUTH):");
         }
         Ok(())
@@ -237,6 +293,9 @@ impl Session {
         ];
         if self.cfg.tls_available && !self.tls.active {
             kw.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            kw.push(format!("AUTH {}", sasl::OFFERED));
         }
         Reply::ehlo(
             &self.cfg.hostname,
@@ -307,6 +366,34 @@ impl Session {
                     return self.error(Reply::utf8_without_smtputf8());
                 }
                 let mail_from = mailbox_text(&from);
+                if let Some(sub) = &self.submission {
+                    let Some(device) = &self.auth else {
+                        return Action::Reply(Reply::new(
+                            530,
+                            (5, 7, 0),
+                            "Authentication required",
+                        ));
+                    };
+                    if !device.may_send_as(&mail_from) {
+                        tracing::info!(device = %device.name, peer = %self.peer, from = %mail_from, "sender refused: not one of the device's senders");
+                        return Action::Reply(Reply::new(
+                            550,
+                            (5, 7, 1),
+                            &format!("Device {} may not send as <{mail_from}>", device.name),
+                        ));
+                    }
+                    let rate = device.rate_per_hour.unwrap_or(sub.rate_per_hour);
+                    if !sub.guard.take_message(&device.name, rate) {
+                        tracing::warn!(device = %device.name, peer = %self.peer, rate, "message rate exceeded");
+                        return Action::Reply(Reply::new(
+                            450,
+                            (4, 7, 1),
+                            &format!(
+                                "Rate limit exceeded: {rate} messages per hour, try again later"
+                            ),
+                        ));
+                    }
+                }
                 if let Err(r) = connector.check_sender(&mail_from, &self.cfg.accepted) {
                     tracing::info!(connector = %connector.name, peer = %self.peer, from = %mail_from, reason = r.reason, "sender refused");
                     return Action::Reply(r.reply);
@@ -443,6 +530,33 @@ impl Session {
                     Action::StartTls(Reply::ready_tls())
                 }
             }
+            Command::Auth(args) => {
+                if self.submission.is_none() {
+                    return self.error(Reply::unrecognized());
+                }
+                if self.auth.is_some() {
+                    return self.error(Reply::bad_sequence("Already authenticated"));
+                }
+                if self.txn.is_some() {
+                    return self.error(Reply::bad_sequence(
+                        "AUTH not permitted during a mail transaction",
+                    ));
+                }
+                if !self.esmtp {
+                    return self.error(Reply::bad_sequence("Send EHLO first"));
+                }
+                if !self.auth_offered() {
+                    return Action::Reply(Reply::new(
+                        538,
+                        (5, 7, 11),
+                        "Encryption required for requested authentication mechanism",
+                    ));
+                }
+                match sasl::parse_start(&args) {
+                    Ok(start) => Action::Auth(start),
+                    Err(r) => self.error(r),
+                }
+            }
             Command::Unknown(_) => self.error(Reply::unrecognized()),
         }
     }
@@ -476,6 +590,8 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             connector: self.connector_name().to_string(),
             tls: self.tls_info.clone(),
+            auth: self.auth.as_ref().map(|d| d.name.clone()),
+            route: self.auth.as_ref().and_then(|d| d.connector.clone()),
             notification: None,
         })
     }
@@ -513,6 +629,7 @@ impl Session {
                 .as_ref()
                 .filter(|t| t.recipients.len() == 1)
                 .map(|t| t.recipients[0].address.clone()),
+            auth: self.auth.as_ref().map(|d| d.name.clone()),
             at: now,
         }
     }
@@ -555,7 +672,7 @@ mod tests {
     fn code(a: &Action) -> u16 {
         match a {
             Action::Reply(r) | Action::Close(r) | Action::StartTls(r) | Action::Data(r) => r.code,
-            Action::Bdat { .. } => 0,
+            Action::Bdat { .. } | Action::Auth(_) => 0,
         }
     }
 

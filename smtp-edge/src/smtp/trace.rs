@@ -26,6 +26,8 @@ pub struct Trace {
     pub connector: String,
     /// The recipient, when there is exactly one.
     pub recipient: Option<String>,
+    /// The device account the client authenticated as (SMTP AUTH).
+    pub auth: Option<String>,
     /// When (seconds since the epoch).
     pub at: u64,
 }
@@ -47,11 +49,14 @@ fn host(s: &str) -> String {
 impl Trace {
     /// The field for queue id `id`, CRLF included.
     pub fn render(&self, id: &str) -> String {
-        let proto = match (self.esmtp, self.tls.is_some()) {
-            (true, true) => "ESMTPS",
-            (true, false) => "ESMTP",
-            (false, true) => "SMTPS",
-            (false, false) => "SMTP",
+        // RFC 3848: ESMTPSA / ESMTPA for authenticated sessions.
+        let proto = match (self.esmtp, self.tls.is_some(), self.auth.is_some()) {
+            (true, true, true) => "ESMTPSA",
+            (true, false, true) => "ESMTPA",
+            (true, true, false) => "ESMTPS",
+            (true, false, false) => "ESMTP",
+            (false, true, _) => "SMTPS",
+            (false, false, _) => "SMTP",
         };
         let helo = match self.helo.as_deref().map(host) {
             Some(h) if !h.is_empty() => h,
@@ -72,6 +77,9 @@ impl Trace {
                 Some(c) => h.push_str(&format!(" client-certificate=\"{}\")", clean(c))),
                 None => h.push(')'),
             }
+        }
+        if let Some(a) = &self.auth {
+            h.push_str(&format!("\r\n\t(authenticated as {})", clean(a)));
         }
         h.push_str(&format!(
             "\r\n\t(connector {}) id {}",
@@ -143,6 +151,7 @@ mod tests {
             }),
             connector: "internet".into(),
             recipient: Some("b@contoso.com>\r\nX: y".into()),
+            auth: Some("scanner) (x\r\nY: z".into()),
             at: 0,
         };
         let r = t.render("0123");

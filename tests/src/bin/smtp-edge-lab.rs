@@ -472,6 +472,8 @@ fn send(path: Path5, kit: &Kit, ns: &Names, round: u32) -> Result<Value> {
             rcpts: &[&rcpt],
             message: message.as_bytes(),
             timeout: DROPPED_AFTER,
+            login: None,
+            implicit_tls: false,
         }))
     })
 }
