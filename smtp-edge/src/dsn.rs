@@ -198,8 +198,14 @@ pub fn build(
     let mta = host_text(reporter.mta);
     let sender = one_line(&envelope.mail_from);
 
-    // Part 1: for people.
-    let text = explanation(&mta, envelope, &reported);
+    // Part 1: for people (with the original's Subject, its encoded words
+    // decoded by mail-parser, so the sender knows which message it was).
+    let subject = mail_parser::MessageParser::new()
+        .parse_headers(header_section(message))
+        .and_then(|m| m.subject().map(one_line))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.chars().take(200).collect::<String>());
+    let text = explanation(&mta, envelope, subject.as_deref(), &reported);
     // Part 2: for programs.
     let status = delivery_status(&mta, envelope, &reported);
     // Part 3: the original, whole or its header.
@@ -318,6 +324,7 @@ pub fn build(
 fn explanation(
     mta: &str,
     envelope: &Envelope,
+    subject: Option<&str>,
     reported: &[(&RecipientStatus, &crate::spool::Recipient)],
 ) -> String {
     let mut t = String::new();
@@ -358,6 +365,9 @@ fn explanation(
         "  ",
         "    ",
     );
+    if let Some(subject) = subject {
+        push(t, &format!("Subject: {subject}"), "  ", "    ");
+    }
     push(t, "", "", "");
     let sections: [(Action, &str); 5] = [
         (
@@ -970,6 +980,23 @@ the numbers are attached.\r\n";
             }
         }
         assert!(content.ends_with(b"\r\n"));
+    }
+
+    #[test]
+    fn the_explanation_names_the_original_subject_decoded() {
+        let env = envelope(vec![rcpt("bob@fabrikam.com", None, None)]);
+        let d = build(&reporter(), &env, MESSAGE, &[failed(0)]).unwrap();
+        assert!(text(&d).contains("  Subject: Quarterly report\r\n"), "{}", text(&d));
+        // Encoded words are decoded; what they hide cannot break a line.
+        let m = b"Subject: =?utf-8?B?R3LDvMOfZQ0KQmNjOiBldmls?=\r\n\r\nx\r\n";
+        let d = build(&reporter(), &env, m, &[failed(0)]).unwrap();
+        let t = text(&d);
+        assert!(t.contains("  Subject: Grüße Bcc: evil\r\n"), "{t}");
+        assert!(d.eight_bit, "a UTF-8 explanation is sent as 8bit");
+        assert_well_formed(&d.content);
+        // No Subject, no line.
+        let d = build(&reporter(), &env, b"From: a@b\r\n\r\nx\r\n", &[failed(0)]).unwrap();
+        assert!(!text(&d).contains("  Subject:"));
     }
 
     #[test]
