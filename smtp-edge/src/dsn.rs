@@ -986,7 +986,11 @@ the numbers are attached.\r\n";
     fn the_explanation_names_the_original_subject_decoded() {
         let env = envelope(vec![rcpt("bob@fabrikam.com", None, None)]);
         let d = build(&reporter(), &env, MESSAGE, &[failed(0)]).unwrap();
-        assert!(text(&d).contains("  Subject: Quarterly report\r\n"), "{}", text(&d));
+        assert!(
+            text(&d).contains("  Subject: Quarterly report\r\n"),
+            "{}",
+            text(&d)
+        );
         // Encoded words are decoded; what they hide cannot break a line.
         let m = b"Subject: =?utf-8?B?R3LDvMOfZQ0KQmNjOiBldmls?=\r\n\r\nx\r\n";
         let d = build(&reporter(), &env, m, &[failed(0)]).unwrap();

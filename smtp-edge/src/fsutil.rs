@@ -169,6 +169,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Takes an exclusive lock (flock(2)) on `path`, created 0600 if missing;
+/// held until the file is dropped. Waits for another holder.
+pub fn lock_exclusive(path: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 /// Whether a file name is one of [`write_atomic`]'s temporary files (left
 /// behind only by a crash).
 pub fn is_atomic_leftover(name: &str) -> bool {

@@ -110,9 +110,12 @@ enum DeviceCmd {
         /// The account name the device authenticates with.
         name: String,
         /// An envelope sender it may use (an address or a domain); repeat
-        /// for more. None: any sender.
+        /// for more. Required unless --any-sender.
         #[arg(long = "sender", value_name = "ADDRESS|DOMAIN")]
         senders: Vec<String>,
+        /// Let it use any envelope sender (and the null sender).
+        #[arg(long, conflicts_with = "senders")]
+        any_sender: bool,
         /// Messages per hour (default: [submission] rate_per_hour).
         #[arg(long, value_name = "N")]
         rate: Option<u32>,
@@ -679,9 +682,16 @@ fn device(cli: &Cli, cmd: &DeviceCmd) -> Result<()> {
         DeviceCmd::Add {
             name,
             senders,
+            any_sender,
             rate,
             connector,
         } => {
+            if senders.is_empty() && !any_sender {
+                bail!(
+                    "say which senders the device may use (--sender ADDRESS|DOMAIN), or --any-sender: \
+                     its mail leaves with the organisation's certificate"
+                );
+            }
             if let Some(c) = connector
                 && !cfg.outbound.iter().any(|o| &o.name == c)
             {

@@ -229,13 +229,25 @@ fn devices_authenticate_and_their_mail_is_relayed_with_the_certificate() {
     // for everyone else, takes `to-m365` for it.
     let err = lab
         .edge
-        .cli(&["device", "add", "bad", "--connector", "nowhere"])
+        .cli(&[
+            "device",
+            "add",
+            "bad",
+            "--any-sender",
+            "--connector",
+            "nowhere",
+        ])
         .expect_err("an unknown connector");
     assert!(
         err.contains("no outbound connector named `nowhere`"),
         "{err}"
     );
-    let pw2 = lab.add(&["mfp", "--connector", "to-m365"]);
+    let err = lab
+        .edge
+        .cli(&["device", "add", "nosender"])
+        .expect_err("senders are required");
+    assert!(err.contains("--any-sender"), "{err}");
+    let pw2 = lab.add(&["mfp", "--any-sender", "--connector", "to-m365"]);
     let v = smtp_send(&Send {
         addr: SocketAddr::new(V4, lab.implicit),
         source: None,
@@ -349,13 +361,17 @@ fn auth_is_refused_as_it_should_be() {
     );
     assert!(c.cmd("AUTH CRAM-MD5").is(504, "5.5.4"));
     assert!(c.cmd("AUTH PLAIN not!base64").is(501, "5.5.2"));
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    // A long initial response is an AUTH line, not a too-long command.
+    let long = b64(&format!("\0scanner\0{}", "x".repeat(600)));
+    let a = c.cmd(&format!("AUTH PLAIN {long}"));
+    assert!(a.is(535, "5.7.8"), "{a:?}");
     let a = c.cmd("AUTH LOGIN");
     assert_eq!((a.code, a.text()), (334, "VXNlcm5hbWU6".to_string()));
     assert!(c.cmd("*").is(501, "5.7.0"), "cancelled");
     let a = c.cmd("AUTH PLAIN");
     assert_eq!(a.code, 334);
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     assert!(c.cmd(&b64(&format!("\0scanner\0{pw}"))).is(235, "2.7.0"));
     assert!(c.cmd("AUTH PLAIN =").is(503, "5.5.1"), "once per session");
     // AUTH=<> on MAIL is understood once AUTH is offered.
@@ -388,7 +404,7 @@ fn auth_is_refused_as_it_should_be() {
 #[test]
 fn repeated_failures_lock_the_source_until_the_lockout_passes() {
     let lab = Lab::start("max_failures = 4\nlockout_seconds = 2\nfailure_delay_ms = 10");
-    let pw = lab.add(&["scanner"]);
+    let pw = lab.add(&["scanner", "--any-sender"]);
     // smtplib's login() tries PLAIN, then LOGIN: two failures a call.
     for _ in 0..2 {
         let v = lab.py(
@@ -461,4 +477,38 @@ fn submission_settings_are_checked_and_its_ports_are_gated() {
     assert!(!ok && out.contains("listened on already"), "{out}");
     let (ok, out) = check(&format!("{base}{tls}[submission]\nmax_failures = 0\n"));
     assert!(!ok && out.contains("max_failures"), "{out}");
+}
+
+#[test]
+fn parallel_guesses_get_no_more_checks_than_the_limit() {
+    let lab = Lab::start("max_failures = 5\nlockout_seconds = 60\nfailure_delay_ms = 0");
+    lab.add(&["scanner", "--any-sender"]);
+    use base64::Engine as _;
+    let guess = base64::engine::general_purpose::STANDARD.encode("\0scanner\0guess");
+    let port = lab.starttls;
+    // 20 connections at once from the legacy source (AUTH without TLS).
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                let guess = guess.clone();
+                s.spawn(move || {
+                    let mut c = Client::connect(SocketAddr::new(V6, port), None).expect("connect");
+                    c.answer();
+                    c.cmd("EHLO printer.contoso.com");
+                    c.cmd(&format!("AUTH PLAIN {guess}")).code
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let checked = codes.iter().filter(|&&c| c == 535).count();
+    let locked = codes.iter().filter(|&&c| c == 454).count();
+    assert_eq!(checked + locked, 20, "{codes:?}");
+    assert!(
+        checked <= 5,
+        "{checked} passwords checked of 20, limit 5: {codes:?}"
+    );
 }

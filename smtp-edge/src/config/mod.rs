@@ -404,6 +404,14 @@ impl Config {
                     .into(),
             ));
         }
+        if submission.enabled() && !raw.filter.enabled {
+            warnings.push(at(
+                0..0,
+                "[submission] listens while the gate is off (filter.enabled = false): any source \
+                 that can reach its ports may try passwords"
+                    .into(),
+            ));
+        }
         // The gate protects the submission ports too: LAN-only sources are
         // written in the allowlist as for port 25.
         for p in submission.ports() {
@@ -708,7 +716,7 @@ listen = ""                     # e.g. "127.0.0.1:9325"
 listen = []                     # STARTTLS, e.g. ["192.0.2.1:587"]
 listen_tls = []                 # implicit TLS, e.g. ["192.0.2.1:465"]
 plaintext_auth_sources = []     # legacy devices allowed AUTH without TLS (warned)
-max_failures = 5                # per source network (/32, /64) and per account
+max_failures = 5                # per source network (/32, /64), then a lockout
 lockout_seconds = 900           # then 454 4.7.0 until it passes
 failure_delay_ms = 500          # before each 535, doubling, at most 8 s
 rate_per_hour = 1800            # messages per device (Exchange Online: 30 a minute)

@@ -5,7 +5,7 @@
 //! listen = ["192.0.2.1:587"]        # STARTTLS, then AUTH (RFC 6409)
 //! listen_tls = ["192.0.2.1:465"]    # implicit TLS (RFC 8314)
 //! plaintext_auth_sources = []       # legacy devices allowed AUTH without TLS
-//! max_failures = 5                  # per source network and per account
+//! max_failures = 5                  # per source network (/32, /64)
 //! lockout_seconds = 900
 //! failure_delay_ms = 500            # doubles per failure, at most 8 s
 //! rate_per_hour = 1800              # per device unless it has its own

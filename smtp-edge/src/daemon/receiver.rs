@@ -24,6 +24,7 @@ use crate::submission::guard::Guard;
 /// A configuration ready to be put in force.
 pub struct Prepared {
     server: ServerConfig,
+    guard: crate::submission::guard::Settings,
     new_listeners: Vec<(SocketAddr, Mode, TcpListener)>,
     removed: Vec<SocketAddr>,
 }
@@ -78,7 +79,6 @@ fn build(
         exchange,
     )?;
     if config.submission.enabled() {
-        guard.configure(config.submission.guard);
         cfg.accounts = Some(crate::smtp::auth::Accounts {
             store: crate::submission::devices::Store::new(&config.daemon.state_dir),
             guard: guard.clone(),
@@ -129,6 +129,16 @@ impl Receiver {
                 implicit_tls = ?config.submission.listen_tls,
                 "submission (SMTP AUTH) listening"
             );
+            let store = crate::submission::devices::Store::new(&config.daemon.state_dir);
+            match store.load() {
+                Ok(d) if d.is_empty() => {
+                    tracing::warn!(file = %store.path().display(), "no device accounts yet (smtp-edge device add)")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(
+                    "device accounts: {e}; every AUTH is answered 454 until it is fixed"
+                ),
+            }
             for n in &config.submission.plaintext_auth_sources {
                 tracing::warn!(source = %n, "SMTP AUTH without TLS is allowed from this source (legacy devices)");
             }
@@ -207,6 +217,7 @@ impl Receiver {
             .collect();
         Ok(Prepared {
             server,
+            guard: config.submission.guard,
             new_listeners,
             removed,
         })
@@ -214,6 +225,7 @@ impl Receiver {
 
     /// Puts a prepared configuration in force.
     pub fn commit(&self, p: Prepared) {
+        self.guard.configure(p.guard);
         self.current.send_replace(Arc::new(p.server));
         let mut map = self.listeners();
         for addr in p.removed {

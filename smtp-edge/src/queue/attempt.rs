@@ -86,8 +86,8 @@ pub struct Route {
 /// cannot go anywhere (unroutable, null MX, no address).
 ///
 /// With `forced` (a device's own connector, [`crate::spool::Envelope::route`]),
-/// every recipient takes that connector whatever its domain; a connector no
-/// longer configured means routing as usual.
+/// every recipient takes that connector whatever its domain; while that
+/// connector is not configured, the recipients wait (4.3.5).
 pub async fn routes(
     cfg: &QueueConfig,
     pending: &[(usize, String)],
@@ -96,9 +96,20 @@ pub async fn routes(
     let addresses: Vec<String> = pending.iter().map(|(_, a)| a.clone()).collect();
     let forced_at = forced.and_then(|name| cfg.connectors.iter().position(|c| c.name == name));
     if let (Some(name), None) = (forced, forced_at) {
+        // Never another way out than the one the device was given (its
+        // certificate connector): wait for the configuration to have it.
         tracing::warn!(
             connector = name,
-            "a device's outbound connector is gone: routing as usual"
+            "a device's outbound connector is not configured: its mail waits"
+        );
+        let all: Vec<usize> = pending.iter().map(|(i, _)| *i).collect();
+        return (
+            Vec::new(),
+            deferred_all(
+                &all,
+                (4, 3, 5),
+                format!("the device's outbound connector `{name}` is not configured"),
+            ),
         );
     }
     let split = match forced_at.and_then(|i| cfg.connectors.get(i).map(|c| (i, c))) {

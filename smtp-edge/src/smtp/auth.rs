@@ -52,6 +52,16 @@ fn temporary(text: &str) -> Reply {
     Reply::new(454, (4, 7, 0), text)
 }
 
+/// A hash no password matches: unknown accounts are checked against it,
+/// so a reply takes as long whether or not the name exists.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        crate::submission::devices::hash(&crate::submission::devices::generate_password())
+            .unwrap_or_default()
+    })
+}
+
 impl Accounts {
     /// Checks `creds` from `peer`: the device and 235, or the reply to send
     /// (after the guard's delay for a failure).
@@ -60,7 +70,7 @@ impl Accounts {
         peer: IpAddr,
         creds: Credentials,
     ) -> (Result<(Device, Reply), Reply>, Attempt) {
-        if let Some(left) = self.guard.locked(peer, &creds.user) {
+        if let Err(left) = self.guard.reserve(peer) {
             tracing::warn!(%peer, seconds = left.as_secs(), "AUTH refused: locked out after repeated failures");
             return (
                 Err(temporary(
@@ -69,22 +79,38 @@ impl Accounts {
                 Attempt::Locked,
             );
         }
+        let Some(slot) = self.guard.verify_slot().await else {
+            return (
+                Err(temporary("Temporary authentication failure")),
+                Attempt::Error,
+            );
+        };
         let store = self.store.clone();
-        let user = creds.user.clone();
-        // Argon2 takes tens of milliseconds and 19 MiB: off the async workers.
+        // Argon2 takes tens of milliseconds and 19 MiB: off the async
+        // workers, a few at a time.
         let found = tokio::task::spawn_blocking(move || {
             let device = store.find(&creds.user)?;
-            Ok::<_, crate::submission::devices::DeviceError>(
-                device
-                    .filter(|d| d.verify(&creds.password))
-                    .map(Ok)
-                    .unwrap_or(Err(())),
-            )
+            Ok::<_, crate::submission::devices::DeviceError>(match device {
+                Some(d) if d.verify(&creds.password) => Ok(d),
+                Some(d) => Err(Some(d.name)),
+                None => {
+                    let dummy = Device {
+                        name: String::new(),
+                        hash: dummy_hash().to_string(),
+                        senders: Vec::new(),
+                        rate_per_hour: None,
+                        connector: None,
+                    };
+                    let _ = dummy.verify(&creds.password);
+                    Err(None)
+                }
+            })
         })
         .await;
+        drop(slot);
         match found {
             Ok(Ok(Ok(device))) => {
-                self.guard.succeeded(peer, &device.name);
+                self.guard.succeeded(peer);
                 tracing::info!(%peer, device = %device.name, "AUTH succeeded");
                 (
                     Ok((
@@ -94,9 +120,8 @@ impl Accounts {
                     Attempt::Success,
                 )
             }
-            Ok(Ok(Err(()))) => {
-                let (delay, locked) = self.guard.failed(peer, &user);
-                let known = self.store.find(&user).ok().flatten().map(|d| d.name);
+            Ok(Ok(Err(known))) => {
+                let (delay, locked) = self.guard.failed(peer);
                 tracing::warn!(
                     %peer,
                     device = known.as_deref().unwrap_or("(unknown account)"),

@@ -107,8 +107,8 @@ impl LineSplitter {
     }
 
     /// A splitter for an SMTP server: command lines of at most `limit`
-    /// octets, MAIL and RCPT lines [`PARAMETER_ALLOWANCE`] more (the DSN,
-    /// SIZE, BODY and AUTH parameters grow them).
+    /// octets, MAIL, RCPT and AUTH lines [`PARAMETER_ALLOWANCE`] more (the
+    /// DSN, SIZE, BODY and AUTH parameters, an initial response).
     pub fn for_commands(limit: usize) -> Self {
         LineSplitter {
             limit: limit.max(1).saturating_add(PARAMETER_ALLOWANCE),
@@ -176,9 +176,13 @@ impl LineSplitter {
         match self.next_line(buf) {
             (LineEvent::Line(line), n) => {
                 let parsed = match Command::parse(line) {
+                    // AUTH carries an initial response (RFC 4954 §4).
                     Ok(c)
                         if line.len() > self.command_limit
-                            && !matches!(c, Command::Mail { .. } | Command::Rcpt { .. }) =>
+                            && !matches!(
+                                c,
+                                Command::Mail { .. } | Command::Rcpt { .. } | Command::Auth(_)
+                            ) =>
                     {
                         Err(CommandError::LineTooLong)
                     }

@@ -484,7 +484,9 @@ async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(c) => c,
         Err(r) => {
             if r.code == 535 {
-                let (delay, _) = accounts.guard.failed(session.peer(), "");
+                // Counted as any failed attempt from the source.
+                let _ = accounts.guard.reserve(session.peer());
+                let (delay, _) = accounts.guard.failed(session.peer());
                 tokio::time::sleep(delay).await;
                 cfg.metrics.auth(super::auth::Attempt::Failure);
             }

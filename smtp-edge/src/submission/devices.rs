@@ -4,7 +4,9 @@
 //! constant time by that crate.
 //!
 //! The daemon reads the file at each AUTH (it is small), so `smtp-edge
-//! device add|remove|passwd` takes effect at once without a reload.
+//! device add|remove|passwd` takes effect at once without a reload. Changes
+//! hold a lock (`devices.json.lock`) from reading to replacing, so two CLI
+//! commands at once both take effect.
 
 use std::path::{Path, PathBuf};
 
@@ -195,6 +197,31 @@ impl Store {
             .find(|d| d.name.eq_ignore_ascii_case(name)))
     }
 
+    /// Runs `change` on the list under the store's lock and saves what it
+    /// leaves.
+    fn update<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<Device>) -> Result<T, DeviceError>,
+    ) -> Result<T, DeviceError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::fsutil::private_dir(dir).map_err(|source| DeviceError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut lock_path = self.path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let _lock =
+            crate::fsutil::lock_exclusive(&lock_path).map_err(|source| DeviceError::Io {
+                path: lock_path.clone(),
+                source,
+            })?;
+        let mut devices = self.load()?;
+        let out = change(&mut devices)?;
+        self.save(&devices)?;
+        Ok(out)
+    }
+
     fn save(&self, devices: &[Device]) -> Result<(), DeviceError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         crate::fsutil::private_dir(dir).map_err(|source| DeviceError::Io {
@@ -244,45 +271,52 @@ impl Store {
         if rate_per_hour == Some(0) {
             return Err(DeviceError::Invalid("--rate must be at least 1".into()));
         }
-        let mut devices = self.load()?;
-        if devices.iter().any(|d| d.name.eq_ignore_ascii_case(name)) {
-            return Err(DeviceError::Exists(name.to_string()));
-        }
-        let password = generate_password();
-        devices.push(Device {
-            name: name.to_string(),
-            hash: hash(&password)?,
-            senders: senders.to_vec(),
-            rate_per_hour,
-            connector,
-        });
-        self.save(&devices)?;
-        Ok(password)
+        let hashed = {
+            let password = generate_password();
+            (hash(&password)?, password)
+        };
+        self.update(|devices| {
+            if devices.iter().any(|d| d.name.eq_ignore_ascii_case(name)) {
+                return Err(DeviceError::Exists(name.to_string()));
+            }
+            devices.push(Device {
+                name: name.to_string(),
+                hash: hashed.0.clone(),
+                senders: senders.to_vec(),
+                rate_per_hour,
+                connector: connector.clone(),
+            });
+            Ok(())
+        })?;
+        Ok(hashed.1)
     }
 
     /// Removes a device.
     pub fn remove(&self, name: &str) -> Result<(), DeviceError> {
-        let mut devices = self.load()?;
-        let before = devices.len();
-        devices.retain(|d| !d.name.eq_ignore_ascii_case(name));
-        if devices.len() == before {
-            return Err(DeviceError::Unknown(name.to_string()));
-        }
-        self.save(&devices)
+        self.update(|devices| {
+            let before = devices.len();
+            devices.retain(|d| !d.name.eq_ignore_ascii_case(name));
+            if devices.len() == before {
+                return Err(DeviceError::Unknown(name.to_string()));
+            }
+            Ok(())
+        })
     }
 
     /// Gives a device a new generated password; returns it (shown once).
     pub fn passwd(&self, name: &str) -> Result<String, DeviceError> {
-        let mut devices = self.load()?;
-        let Some(d) = devices
-            .iter_mut()
-            .find(|d| d.name.eq_ignore_ascii_case(name))
-        else {
-            return Err(DeviceError::Unknown(name.to_string()));
-        };
         let password = generate_password();
-        d.hash = hash(&password)?;
-        self.save(&devices)?;
+        let hashed = hash(&password)?;
+        self.update(|devices| {
+            let Some(d) = devices
+                .iter_mut()
+                .find(|d| d.name.eq_ignore_ascii_case(name))
+            else {
+                return Err(DeviceError::Unknown(name.to_string()));
+            };
+            d.hash = hashed;
+            Ok(())
+        })?;
         Ok(password)
     }
 }
@@ -319,6 +353,22 @@ mod tests {
         store.remove("scanner-1").expect("remove");
         assert!(store.find("scanner-1").expect("load").is_none());
         assert!(matches!(store.remove("x"), Err(DeviceError::Unknown(_))));
+    }
+
+    #[test]
+    fn concurrent_changes_all_take_effect() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let p = path.clone();
+                std::thread::spawn(move || Store::new(&p).add(&format!("d{i}"), &[], None, None))
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread").expect("add");
+        }
+        assert_eq!(Store::new(&path).load().expect("load").len(), 8);
     }
 
     #[test]

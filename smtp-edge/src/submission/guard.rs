@@ -1,12 +1,18 @@
 //! Brute-force and rate guards of SMTP AUTH, shared by every session.
 //!
-//! Failed attempts are counted per source network (an IPv4 /32, an IPv6
-//! /64) and per account. Each failure is answered after a delay that
-//! doubles with the count (from `failure_delay_ms`, at most
-//! [`MAX_DELAY`]); at `max_failures` the source or the account is locked
-//! for `lockout_seconds` (454 4.7.0), whatever password comes next. A
-//! success clears the source's and the account's counts. The tables are
-//! bounded ([`MAX_ENTRIES`]): the oldest entries go first.
+//! Attempts are counted per source network (an IPv4 /32, an IPv6 /64). An
+//! attempt is counted as a failure *before* its password is checked (and
+//! the count given back when it succeeds), so connections racing in
+//! parallel cannot get more checks than `max_failures` between them; at
+//! `max_failures` the source is locked for `lockout_seconds` (454 4.7.0),
+//! whatever password comes next, without any check. Each failure is
+//! answered after a delay that doubles with the count (from
+//! `failure_delay_ms`, at most [`MAX_DELAY`]). Accounts are not locked as
+//! such: generated passwords are far beyond guessing, and a lock by account
+//! name would let anyone who can connect lock a device out. At most
+//! [`VERIFY_SLOTS`] password checks (Argon2, 19 MiB each) run at once, host
+//! wide. The table is bounded ([`MAX_ENTRIES`]): idle, then oldest unlocked
+//! entries go first.
 //!
 //! Each device also has a message rate (per hour, sliding).
 
@@ -21,6 +27,9 @@ pub const MAX_DELAY: Duration = Duration::from_secs(8);
 /// Entries kept per table.
 pub const MAX_ENTRIES: usize = 100_000;
 
+/// Password checks running at once.
+pub const VERIFY_SLOTS: usize = 2;
+
 /// The guard's settings (`[submission]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -30,6 +39,16 @@ pub struct Settings {
     pub lockout: Duration,
     /// The delay after the first failure.
     pub failure_delay: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_failures: 5,
+            lockout: Duration::from_secs(900),
+            failure_delay: Duration::from_millis(500),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +61,6 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Tables {
     sources: HashMap<IpAddr, Entry>,
-    accounts: HashMap<String, Entry>,
     sent: HashMap<String, VecDeque<Instant>>,
 }
 
@@ -51,6 +69,7 @@ struct Tables {
 pub struct Guard {
     settings: Mutex<Settings>,
     tables: Mutex<Tables>,
+    verify: tokio::sync::Semaphore,
 }
 
 /// The source network an address counts for.
@@ -65,30 +84,22 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn locked(e: Option<&Entry>, now: Instant) -> Option<Duration> {
-    e.and_then(|e| e.locked_until)
-        .filter(|&t| t > now)
-        .map(|t| t - now)
-}
-
-fn prune<K: Clone + Eq + std::hash::Hash>(
-    map: &mut HashMap<K, Entry>,
-    now: Instant,
-    keep: Duration,
-) {
+fn prune(map: &mut HashMap<IpAddr, Entry>, now: Instant, keep: Duration) {
     if map.len() < MAX_ENTRIES {
         return;
     }
-    map.retain(|_, e| now.duration_since(e.last) < keep || e.locked_until.is_some_and(|t| t > now));
+    let locked = |e: &Entry| e.locked_until.is_some_and(|t| t > now);
+    map.retain(|_, e| now.duration_since(e.last) < keep || locked(e));
     while map.len() >= MAX_ENTRIES {
-        let Some(oldest) = map
+        // The oldest unlocked entry, else the oldest.
+        let victim = map
             .iter()
+            .filter(|(_, e)| !locked(e))
             .min_by_key(|(_, e)| e.last)
-            .map(|(k, _)| k.clone())
-        else {
-            break;
-        };
-        map.remove(&oldest);
+            .or_else(|| map.iter().min_by_key(|(_, e)| e.last))
+            .map(|(k, _)| *k);
+        let Some(k) = victim else { break };
+        map.remove(&k);
     }
 }
 
@@ -98,10 +109,11 @@ impl Guard {
         Guard {
             settings: Mutex::new(settings),
             tables: Mutex::new(Tables::default()),
+            verify: tokio::sync::Semaphore::new(VERIFY_SLOTS),
         }
     }
 
-    /// New settings (a reload); the counts stay.
+    /// New settings (a reload in force); the counts stay.
     pub fn configure(&self, settings: Settings) {
         if let Ok(mut s) = self.settings.lock() {
             *s = settings;
@@ -109,73 +121,74 @@ impl Guard {
     }
 
     fn settings(&self) -> Settings {
-        self.settings.lock().map_or(
-            Settings {
-                max_failures: 5,
-                lockout: Duration::from_secs(900),
-                failure_delay: Duration::from_millis(500),
-            },
-            |s| *s,
-        )
+        self.settings.lock().map_or(Settings::default(), |s| *s)
     }
 
-    /// Whether `ip` or `account` is locked now: how much longer.
-    pub fn locked(&self, ip: IpAddr, account: &str) -> Option<Duration> {
-        let now = Instant::now();
-        let t = self.tables.lock().ok()?;
-        locked(t.sources.get(&source_key(ip)), now)
-            .or_else(|| locked(t.accounts.get(&account.to_ascii_lowercase()), now))
+    /// Waits for one of the host's password-check slots.
+    pub async fn verify_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.verify.acquire().await.ok()
     }
 
-    /// A failed attempt: how long to wait before answering, and whether it
-    /// locked the source or the account.
-    pub fn failed(&self, ip: IpAddr, account: &str) -> (Duration, bool) {
+    /// An attempt from `ip` begins: `Err(time left)` when the source is
+    /// locked (check nothing); else it is counted as a failure until
+    /// [`Guard::succeeded`] gives it back.
+    pub fn reserve(&self, ip: IpAddr) -> Result<(), Duration> {
         let s = self.settings();
         let now = Instant::now();
         let Ok(mut t) = self.tables.lock() else {
-            return (s.failure_delay, false);
+            return Ok(());
         };
         let keep = s.lockout.max(Duration::from_secs(3600));
-        let bump = |e: &mut Entry| {
-            // Counts start again once a lockout has passed, or after an
-            // hour of quiet.
-            if e.locked_until.is_some_and(|l| l <= now) || now.duration_since(e.last) > keep {
-                e.failures = 0;
-                e.locked_until = None;
-            }
-            e.failures += 1;
-            e.last = now;
-            if e.failures >= s.max_failures {
-                e.locked_until = Some(now + s.lockout);
-            }
-            e.failures
-        };
-        let fresh = Entry {
+        prune(&mut t.sources, now, keep);
+        let e = t.sources.entry(source_key(ip)).or_insert(Entry {
             failures: 0,
             last: now,
             locked_until: None,
-        };
-        prune(&mut t.sources, now, keep);
-        prune(&mut t.accounts, now, keep);
-        let by_source = bump(t.sources.entry(source_key(ip)).or_insert(fresh));
-        let by_account = bump(
-            t.accounts
-                .entry(account.to_ascii_lowercase())
-                .or_insert(fresh),
-        );
-        let n = by_source.max(by_account);
-        let delay = s
-            .failure_delay
-            .saturating_mul(1u32 << (n.saturating_sub(1)).min(16))
-            .min(MAX_DELAY);
-        (delay, n >= s.max_failures)
+        });
+        if let Some(until) = e.locked_until {
+            if until > now {
+                return Err(until - now);
+            }
+            // The lockout has passed: counts start again.
+            e.failures = 0;
+            e.locked_until = None;
+        } else if now.duration_since(e.last) > keep {
+            e.failures = 0;
+        }
+        e.failures += 1;
+        e.last = now;
+        if e.failures >= s.max_failures {
+            e.locked_until = Some(now + s.lockout);
+        }
+        Ok(())
     }
 
-    /// A successful AUTH: the source's and the account's counts go.
-    pub fn succeeded(&self, ip: IpAddr, account: &str) {
+    /// How long to wait before answering a failure from `ip`, and whether
+    /// the source is locked now.
+    pub fn failed(&self, ip: IpAddr) -> (Duration, bool) {
+        let s = self.settings();
+        let now = Instant::now();
+        let (n, locked) = self
+            .tables
+            .lock()
+            .ok()
+            .and_then(|t| {
+                t.sources
+                    .get(&source_key(ip))
+                    .map(|e| (e.failures, e.locked_until.is_some_and(|l| l > now)))
+            })
+            .unwrap_or((1, false));
+        let delay = s
+            .failure_delay
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(MAX_DELAY);
+        (delay, locked)
+    }
+
+    /// A successful AUTH: the source's count goes (its reservation too).
+    pub fn succeeded(&self, ip: IpAddr) {
         if let Ok(mut t) = self.tables.lock() {
             t.sources.remove(&source_key(ip));
-            t.accounts.remove(&account.to_ascii_lowercase());
         }
     }
 
@@ -216,62 +229,46 @@ mod tests {
     }
 
     #[test]
-    fn failures_grow_the_delay_then_lock_and_the_lock_expires() {
+    fn attempts_count_before_the_check_and_a_success_gives_them_back() {
         let g = guard(3, 200);
         let ip: IpAddr = "192.0.2.7".parse().expect("ip");
-        assert_eq!(g.failed(ip, "a"), (Duration::from_millis(100), false));
-        assert_eq!(g.failed(ip, "b"), (Duration::from_millis(200), false));
-        // The source is at 3: locked, for any account.
-        assert_eq!(g.failed(ip, "c"), (Duration::from_millis(400), true));
-        assert!(g.locked(ip, "d").is_some());
-        assert!(g.locked("192.0.2.8".parse().expect("ip"), "d").is_none());
+        assert!(g.reserve(ip).is_ok());
+        assert_eq!(g.failed(ip), (Duration::from_millis(100), false));
+        assert!(g.reserve(ip).is_ok());
+        assert_eq!(g.failed(ip), (Duration::from_millis(200), false));
+        // The third reservation locks; racing ones are refused unchecked.
+        assert!(g.reserve(ip).is_ok());
+        assert!(g.failed(ip).1);
+        assert!(g.reserve(ip).is_err());
+        assert!(g.reserve("192.0.2.8".parse().expect("ip")).is_ok());
         std::thread::sleep(Duration::from_millis(250));
-        assert!(g.locked(ip, "d").is_none(), "the lockout expires");
-        // A success clears the counts.
-        g.failed(ip, "a");
-        g.succeeded(ip, "a");
-        assert_eq!(g.failed(ip, "a"), (Duration::from_millis(100), false));
+        assert!(g.reserve(ip).is_ok(), "the lockout expires");
+        g.succeeded(ip);
+        assert!(g.reserve(ip).is_ok());
+        assert_eq!(
+            g.failed(ip).0,
+            Duration::from_millis(100),
+            "counts start again"
+        );
     }
 
     #[test]
-    fn accounts_lock_across_sources_and_v6_counts_per_64() {
+    fn v6_counts_per_64() {
         let g = guard(2, 10_000);
-        g.failed("192.0.2.1".parse().expect("ip"), "Scanner");
-        let (_, locked) = g.failed("198.51.100.1".parse().expect("ip"), "scanner");
-        assert!(locked);
-        assert!(
-            g.locked("203.0.113.1".parse().expect("ip"), "SCANNER")
-                .is_some()
-        );
-        let g = guard(2, 10_000);
-        g.failed("2001:db8::1".parse().expect("ip"), "x");
-        g.failed("2001:db8::ffff".parse().expect("ip"), "y");
-        assert!(g.locked("2001:db8::2".parse().expect("ip"), "z").is_some());
-        assert!(
-            g.locked("2001:db8:1::2".parse().expect("ip"), "z")
-                .is_none()
-        );
-        assert_eq!(
-            g.failed("2001:db8:2::1".parse().expect("ip"), "w").0,
-            Duration::from_millis(100),
-            "another /64 and another account start afresh"
-        );
-        assert_eq!(
-            g.failed("2001:db8::3".parse().expect("ip"), "v").0,
-            Duration::from_millis(400),
-            "a new account from a source with two failures: the larger count"
-        );
+        assert!(g.reserve("2001:db8::1".parse().expect("ip")).is_ok());
+        assert!(g.reserve("2001:db8::ffff".parse().expect("ip")).is_ok());
+        assert!(g.reserve("2001:db8::2".parse().expect("ip")).is_err());
+        assert!(g.reserve("2001:db8:1::2".parse().expect("ip")).is_ok());
     }
 
     #[test]
     fn the_delay_is_capped_and_rates_slide() {
         let g = guard(100, 1000);
         let ip: IpAddr = "192.0.2.9".parse().expect("ip");
-        let mut last = Duration::ZERO;
         for _ in 0..20 {
-            last = g.failed(ip, "a").0;
+            let _ = g.reserve(ip);
         }
-        assert_eq!(last, MAX_DELAY);
+        assert_eq!(g.failed(ip).0, MAX_DELAY);
         assert!(g.take_message("d", 2));
         assert!(g.take_message("D", 2));
         assert!(!g.take_message("d", 2));
