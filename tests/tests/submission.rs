@@ -210,9 +210,34 @@ fn devices_authenticate_and_their_mail_is_relayed_with_the_certificate() {
     );
     assert_eq!(code(&v, "auth"), 235, "{v}");
     assert_eq!(code(&v, "data"), 250, "{v}");
-    // All three reach the next hop that requires the client certificate.
-    let mail = postfix::wait_mailbox(&lab.m365_dir, 3, 30);
-    assert_eq!(mail.len(), 3, "{}", lab.edge.log());
+    // A From field that is not the device's: relayed (the receiving
+    // system's business), and logged.
+    let forged =
+        format!("From: <ceo@fabrikam.example>\r\nTo: <{RCPT}>\r\nSubject: from\r\n\r\nx\r\n");
+    let v = smtp_send(&Send {
+        addr: SocketAddr::new(V4, lab.implicit),
+        source: None,
+        starttls: None,
+        ehlo: "scanner.contoso.com",
+        from: SENDER,
+        rcpts: &[RCPT],
+        message: forged.as_bytes(),
+        timeout: 20,
+        login: Some(("scanner", &pw)),
+        implicit_tls: true,
+    });
+    assert_eq!(code(&v, "data"), 250, "{v}");
+    // All four reach the next hop that requires the client certificate.
+    let mail = postfix::wait_mailbox(&lab.m365_dir, 4, 30);
+    assert_eq!(mail.len(), 4, "{}", lab.edge.log());
+    assert!(
+        lab.edge
+            .log()
+            .contains("the From field is not one of the device's senders")
+            && lab.edge.log().contains("from_header=ceo@fabrikam.example"),
+        "{}",
+        lab.edge.log()
+    );
     for m in &mail {
         let unfolded = m.replace("\n\t", " ").replace("\n ", " ");
         assert!(unfolded.contains("with ESMTPSA"), "{m}");
@@ -261,7 +286,7 @@ fn devices_authenticate_and_their_mail_is_relayed_with_the_certificate() {
         implicit_tls: true,
     });
     assert_eq!(code(&v, "data"), 250, "{v}");
-    let mail = postfix::wait_mailbox(&lab.m365_dir, 4, 30);
+    let mail = postfix::wait_mailbox(&lab.m365_dir, 5, 30);
     assert!(
         mail.iter().any(|m| m.contains("dave@partner.example")),
         "{}",

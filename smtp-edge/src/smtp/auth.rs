@@ -110,7 +110,7 @@ impl Accounts {
         drop(slot);
         match found {
             Ok(Ok(Ok(device))) => {
-                self.guard.succeeded(peer);
+                self.guard.succeeded(peer, &device.name);
                 tracing::info!(%peer, device = %device.name, "AUTH succeeded");
                 (
                     Ok((
@@ -121,7 +121,7 @@ impl Accounts {
                 )
             }
             Ok(Ok(Err(known))) => {
-                let (delay, locked) = self.guard.failed(peer);
+                let (delay, locked) = self.guard.failed(peer, known.as_deref());
                 tracing::warn!(
                     %peer,
                     device = known.as_deref().unwrap_or("(unknown account)"),

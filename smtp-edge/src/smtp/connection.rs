@@ -486,13 +486,16 @@ async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
             if r.code == 535 {
                 // Counted as any failed attempt from the source.
                 let _ = accounts.guard.reserve(session.peer());
-                let (delay, _) = accounts.guard.failed(session.peer());
+                let (delay, _) = accounts.guard.failed(session.peer(), None);
                 tokio::time::sleep(delay).await;
                 cfg.metrics.auth(super::auth::Attempt::Failure);
             }
             return Some(r);
         }
     };
+    if !session.tls_active() {
+        tracing::warn!(peer = %session.peer(), "AUTH without TLS from a legacy source (plaintext_auth_sources)");
+    }
     let (result, attempt) = accounts.check(session.peer(), creds).await;
     cfg.metrics.auth(attempt);
     Some(match result {
@@ -681,6 +684,13 @@ async fn finish(
                         "tenant check: {}",
                         v.reason
                     );
+                }
+                if let (Some(device), Some(from)) = (session.device(), c.from_header.as_deref())
+                    && !device.may_send_as(from)
+                {
+                    // The envelope sender was the device's; the From field is
+                    // the receiving system's business, but worth knowing.
+                    tracing::warn!(device = %device.name, from_header = %from, "the From field is not one of the device's senders");
                 }
                 let env = c.envelope;
                 tracing::info!(

@@ -257,6 +257,9 @@ pub struct HeaderFilter {
     size: usize,
     stats: HeaderStats,
     error: Option<HeaderError>,
+    /// The first From field's first line, as kept (for a log line about
+    /// authenticated senders).
+    from: Option<Vec<u8>>,
 }
 
 impl HeaderFilter {
@@ -274,7 +277,13 @@ impl HeaderFilter {
             size: 0,
             stats: HeaderStats::default(),
             error: None,
+            from: None,
         }
+    }
+
+    /// The first From field's first line (`From: …`), once seen.
+    pub fn from_field(&self) -> Option<&[u8]> {
+        self.from.as_deref()
     }
 
     /// The first error, if any (nothing more is written after it).
@@ -371,6 +380,9 @@ impl HeaderFilter {
                         .forged_result(name, &self.line[name.len() + 1..]));
             if !self.keep {
                 self.stats.removed += 1;
+            }
+            if colon && self.from.is_none() && name.trim_ascii().eq_ignore_ascii_case(b"from") {
+                self.from = Some(self.line.clone());
             }
             if colon && name.trim_ascii().eq_ignore_ascii_case(b"received") {
                 self.stats.received += 1;

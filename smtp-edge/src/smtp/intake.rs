@@ -54,6 +54,8 @@ pub struct Committed {
     pub headers: HeaderStats,
     /// The tenant check's verdict (on a connector with tenants).
     pub tenant: Option<Verdict>,
+    /// The address of the message's From field, if it has one.
+    pub from_header: Option<String>,
 }
 
 /// Why a message was not committed: the reply, and a reason for the log.
@@ -74,6 +76,15 @@ fn start(spool: &Spool, head: &mut Head) -> Result<SpoolWriter, SpoolError> {
     w.write(trace.as_bytes())?;
     head.content_start = w.len();
     Ok(w)
+}
+
+/// The address in a `From:` line (mail-parser reads the field's syntax).
+fn from_address(line: &[u8]) -> Option<String> {
+    let mut field = line.to_vec();
+    field.extend_from_slice(b"\r\n\r\n");
+    let m = mail_parser::MessageParser::new().parse_headers(&field)?;
+    let first = m.from()?.first()?;
+    first.address().map(str::to_string)
 }
 
 fn join_error(e: tokio::task::JoinError) -> SpoolError {
@@ -247,6 +258,7 @@ impl Intake {
                         envelope: h.envelope,
                         headers,
                         tenant,
+                        from_header: self.filter.from_field().and_then(from_address),
                     });
                 }
                 Ok((None, _)) => {}

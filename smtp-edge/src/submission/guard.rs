@@ -7,9 +7,12 @@
 //! `max_failures` the source is locked for `lockout_seconds` (454 4.7.0),
 //! whatever password comes next, without any check. Each failure is
 //! answered after a delay that doubles with the count (from
-//! `failure_delay_ms`, at most [`MAX_DELAY`]). Accounts are not locked as
-//! such: generated passwords are far beyond guessing, and a lock by account
-//! name would let anyone who can connect lock a device out. At most
+//! `failure_delay_ms`, at most [`MAX_DELAY`]). Failures are also counted
+//! per existing account, and the delay follows the larger count, so
+//! guesses spread over many sources slow down too; but accounts are not
+//! locked as such: generated passwords are far beyond guessing, and a lock
+//! by account name would let anyone who can connect lock a device out (a
+//! delay only ever slows failures). At most
 //! [`VERIFY_SLOTS`] password checks (Argon2, 19 MiB each) run at once, host
 //! wide. The table is bounded ([`MAX_ENTRIES`]): idle, then oldest unlocked
 //! entries go first.
@@ -61,6 +64,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Tables {
     sources: HashMap<IpAddr, Entry>,
+    /// Failures per existing device (names at most 64 octets).
+    accounts: HashMap<String, Entry>,
     sent: HashMap<String, VecDeque<Instant>>,
 }
 
@@ -84,7 +89,11 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn prune(map: &mut HashMap<IpAddr, Entry>, now: Instant, keep: Duration) {
+fn prune<K: Clone + Eq + std::hash::Hash>(
+    map: &mut HashMap<K, Entry>,
+    now: Instant,
+    keep: Duration,
+) {
     if map.len() < MAX_ENTRIES {
         return;
     }
@@ -97,7 +106,7 @@ fn prune(map: &mut HashMap<IpAddr, Entry>, now: Instant, keep: Duration) {
             .filter(|(_, e)| !locked(e))
             .min_by_key(|(_, e)| e.last)
             .or_else(|| map.iter().min_by_key(|(_, e)| e.last))
-            .map(|(k, _)| *k);
+            .map(|(k, _)| k.clone());
         let Some(k) = victim else { break };
         map.remove(&k);
     }
@@ -163,21 +172,40 @@ impl Guard {
         Ok(())
     }
 
-    /// How long to wait before answering a failure from `ip`, and whether
-    /// the source is locked now.
-    pub fn failed(&self, ip: IpAddr) -> (Duration, bool) {
+    /// A failed check from `ip` for `account` (an existing device's name):
+    /// how long to wait before answering, and whether the source is locked
+    /// now.
+    pub fn failed(&self, ip: IpAddr, account: Option<&str>) -> (Duration, bool) {
         let s = self.settings();
         let now = Instant::now();
-        let (n, locked) = self
-            .tables
-            .lock()
-            .ok()
-            .and_then(|t| {
-                t.sources
-                    .get(&source_key(ip))
-                    .map(|e| (e.failures, e.locked_until.is_some_and(|l| l > now)))
-            })
+        let Ok(mut t) = self.tables.lock() else {
+            return (s.failure_delay, false);
+        };
+        let keep = s.lockout.max(Duration::from_secs(3600));
+        let (by_source, locked) = t
+            .sources
+            .get(&source_key(ip))
+            .map(|e| (e.failures, e.locked_until.is_some_and(|l| l > now)))
             .unwrap_or((1, false));
+        let mut by_account = 0;
+        if let Some(name) = account.filter(|n| n.len() <= 64) {
+            prune(&mut t.accounts, now, keep);
+            let e = t
+                .accounts
+                .entry(name.to_ascii_lowercase())
+                .or_insert(Entry {
+                    failures: 0,
+                    last: now,
+                    locked_until: None,
+                });
+            if now.duration_since(e.last) > keep {
+                e.failures = 0;
+            }
+            e.failures += 1;
+            e.last = now;
+            by_account = e.failures;
+        }
+        let n = by_source.max(by_account);
         let delay = s
             .failure_delay
             .saturating_mul(1u32 << n.saturating_sub(1).min(16))
@@ -185,10 +213,12 @@ impl Guard {
         (delay, locked)
     }
 
-    /// A successful AUTH: the source's count goes (its reservation too).
-    pub fn succeeded(&self, ip: IpAddr) {
+    /// A successful AUTH as `account`: the source's count goes (its
+    /// reservation too), and the account's.
+    pub fn succeeded(&self, ip: IpAddr, account: &str) {
         if let Ok(mut t) = self.tables.lock() {
             t.sources.remove(&source_key(ip));
+            t.accounts.remove(&account.to_ascii_lowercase());
         }
     }
 
@@ -233,20 +263,20 @@ mod tests {
         let g = guard(3, 200);
         let ip: IpAddr = "192.0.2.7".parse().expect("ip");
         assert!(g.reserve(ip).is_ok());
-        assert_eq!(g.failed(ip), (Duration::from_millis(100), false));
+        assert_eq!(g.failed(ip, None), (Duration::from_millis(100), false));
         assert!(g.reserve(ip).is_ok());
-        assert_eq!(g.failed(ip), (Duration::from_millis(200), false));
+        assert_eq!(g.failed(ip, None), (Duration::from_millis(200), false));
         // The third reservation locks; racing ones are refused unchecked.
         assert!(g.reserve(ip).is_ok());
-        assert!(g.failed(ip).1);
+        assert!(g.failed(ip, None).1);
         assert!(g.reserve(ip).is_err());
         assert!(g.reserve("192.0.2.8".parse().expect("ip")).is_ok());
         std::thread::sleep(Duration::from_millis(250));
         assert!(g.reserve(ip).is_ok(), "the lockout expires");
-        g.succeeded(ip);
+        g.succeeded(ip, "x");
         assert!(g.reserve(ip).is_ok());
         assert_eq!(
-            g.failed(ip).0,
+            g.failed(ip, None).0,
             Duration::from_millis(100),
             "counts start again"
         );
@@ -262,13 +292,34 @@ mod tests {
     }
 
     #[test]
+    fn an_account_guessed_from_many_sources_slows_down_but_is_not_locked() {
+        let g = guard(3, 10_000);
+        let mut last = Duration::ZERO;
+        for i in 1..=4u8 {
+            let ip = IpAddr::from([192, 0, 2, i]);
+            assert!(g.reserve(ip).is_ok());
+            last = g.failed(ip, Some("Scanner")).0;
+        }
+        assert_eq!(last, Duration::from_millis(800), "the account's count: 4");
+        // A fresh source with the right password is not held up.
+        let ip = IpAddr::from([192, 0, 2, 9]);
+        assert!(g.reserve(ip).is_ok());
+        g.succeeded(ip, "scanner");
+        assert!(g.reserve(IpAddr::from([192, 0, 2, 10])).is_ok());
+        assert_eq!(
+            g.failed(IpAddr::from([192, 0, 2, 10]), Some("scanner")).0,
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
     fn the_delay_is_capped_and_rates_slide() {
         let g = guard(100, 1000);
         let ip: IpAddr = "192.0.2.9".parse().expect("ip");
         for _ in 0..20 {
             let _ = g.reserve(ip);
         }
-        assert_eq!(g.failed(ip).0, MAX_DELAY);
+        assert_eq!(g.failed(ip, None).0, MAX_DELAY);
         assert!(g.take_message("d", 2));
         assert!(g.take_message("D", 2));
         assert!(!g.take_message("d", 2));
