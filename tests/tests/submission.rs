@@ -123,14 +123,29 @@ impl Lab {
         login: Option<(&str, &str)>,
         from: &str,
     ) -> Value {
+        self.submit(ip, port, tls, login, from, RCPT, &message("py"))
+    }
+
+    /// One message to `rcpt` with smtplib, logged in as `login`.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &self,
+        ip: std::net::IpAddr,
+        port: u16,
+        tls: Transport,
+        login: Option<(&str, &str)>,
+        from: &str,
+        rcpt: &str,
+        message: &str,
+    ) -> Value {
         smtp_send(&Send {
             addr: SocketAddr::new(ip, port),
             source: None,
             starttls: matches!(tls, Transport::StartTls).then_some(None),
             ehlo: "scanner.contoso.com",
             from,
-            rcpts: &[RCPT],
-            message: message("py").as_bytes(),
+            rcpts: &[rcpt],
+            message: message.as_bytes(),
             timeout: 20,
             login,
             implicit_tls: matches!(tls, Transport::Implicit),
@@ -214,18 +229,15 @@ fn devices_authenticate_and_their_mail_is_relayed_with_the_certificate() {
     // system's business), and logged.
     let forged =
         format!("From: <ceo@fabrikam.example>\r\nTo: <{RCPT}>\r\nSubject: from\r\n\r\nx\r\n");
-    let v = smtp_send(&Send {
-        addr: SocketAddr::new(V4, lab.implicit),
-        source: None,
-        starttls: None,
-        ehlo: "scanner.contoso.com",
-        from: SENDER,
-        rcpts: &[RCPT],
-        message: forged.as_bytes(),
-        timeout: 20,
-        login: Some(("scanner", &pw)),
-        implicit_tls: true,
-    });
+    let v = lab.submit(
+        V4,
+        lab.implicit,
+        Transport::Implicit,
+        Some(("scanner", &pw)),
+        SENDER,
+        RCPT,
+        &forged,
+    );
     assert_eq!(code(&v, "data"), 250, "{v}");
     // All four reach the next hop that requires the client certificate.
     let mail = postfix::wait_mailbox(&lab.m365_dir, 4, 30);
@@ -273,18 +285,15 @@ fn devices_authenticate_and_their_mail_is_relayed_with_the_certificate() {
         .expect_err("senders are required");
     assert!(err.contains("--any-sender"), "{err}");
     let pw2 = lab.add(&["mfp", "--any-sender", "--connector", "to-m365"]);
-    let v = smtp_send(&Send {
-        addr: SocketAddr::new(V4, lab.implicit),
-        source: None,
-        starttls: None,
-        ehlo: "mfp.contoso.com",
-        from: SENDER,
-        rcpts: &["dave@partner.example"],
-        message: message("own connector").as_bytes(),
-        timeout: 20,
-        login: Some(("mfp", &pw2)),
-        implicit_tls: true,
-    });
+    let v = lab.submit(
+        V4,
+        lab.implicit,
+        Transport::Implicit,
+        Some(("mfp", &pw2)),
+        SENDER,
+        "dave@partner.example",
+        &message("own connector"),
+    );
     assert_eq!(code(&v, "data"), 250, "{v}");
     let mail = postfix::wait_mailbox(&lab.m365_dir, 5, 30);
     assert!(

@@ -170,13 +170,7 @@ fn rewrite(
     keep: bool,
     field: Option<&str>,
 ) -> Result<(), SpoolError> {
-    // The filter wrote every header line with CRLF: the first empty line
-    // ends the section (or none does: all of it is header).
-    let body_at = if content.starts_with(b"\r\n") {
-        2
-    } else {
-        memchr::memmem::find(content, b"\r\n\r\n").map_or(content.len(), |i| i + 4)
-    };
+    let body_at = super::header::body_offset(content);
     let mut filter = HeaderFilter::new(check.policy.clone(), keep, check.limits);
     let mut headers = Vec::with_capacity(body_at);
     filter.feed(&content[..body_at], &mut headers);

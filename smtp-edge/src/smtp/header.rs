@@ -213,6 +213,17 @@ impl HeaderError {
     }
 }
 
+/// Where the body begins in a message the filter wrote: every header line
+/// it keeps ends with CRLF, so the first empty line ends the section (none:
+/// all of it is header).
+pub fn body_offset(written: &[u8]) -> usize {
+    if written.starts_with(b"\r\n") {
+        2
+    } else {
+        memchr::memmem::find(written, b"\r\n\r\n").map_or(written.len(), |i| i + 4)
+    }
+}
+
 /// Settings of one [`HeaderFilter`].
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

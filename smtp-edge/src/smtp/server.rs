@@ -516,19 +516,22 @@ async fn accept_tls(
 }
 
 /// The submission connector: any source the gate lets in, mail relayed for
-/// an authenticated device.
+/// an authenticated device (one for the process: it never changes).
 fn submission_connector() -> Arc<Inbound> {
-    Arc::new(Inbound {
-        name: "submission".into(),
-        sources: Vec::new(),
-        require_tls: false,
-        client_cert_names: Vec::new(),
-        sender_domains: Vec::new(),
-        recipient_domains: vec![crate::policy::DomainPattern::Any],
-        relay: true,
-        trusted_headers: false,
-        tenants: None,
-    })
+    static CONNECTOR: std::sync::LazyLock<Arc<Inbound>> = std::sync::LazyLock::new(|| {
+        Arc::new(Inbound {
+            name: "submission".into(),
+            sources: Vec::new(),
+            require_tls: false,
+            client_cert_names: Vec::new(),
+            sender_domains: Vec::new(),
+            recipient_domains: vec![crate::policy::DomainPattern::Any],
+            relay: true,
+            trusted_headers: false,
+            tenants: None,
+        })
+    });
+    CONNECTOR.clone()
 }
 
 async fn session(

@@ -67,13 +67,8 @@ impl Authenticator {
         };
         let from_fields = named("From").len();
         let tenant_ids = named(TENANT_ID_FIELD);
-        // The header filter wrote every header line with CRLF: the section
-        // ends at the first empty line, and so must the verifier's.
-        let header_end = if raw.starts_with(b"\r\n") {
-            2
-        } else {
-            memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 4)
-        };
+        // The verifier's header section must end where the filter's did.
+        let header_end = crate::smtp::header::body_offset(raw);
         let malformed = (msg.body_offset as usize != header_end).then(|| {
             "the header section has a line that is not a header field (no colon)".to_string()
         });
