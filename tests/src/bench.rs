@@ -6,7 +6,7 @@
 //! Traffic is loopback only.
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,10 +106,6 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
         }
     }
     Ok(want)
-}
-
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 pub fn postfix_version() -> String {

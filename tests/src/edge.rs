@@ -11,7 +11,8 @@ use serde_json::Value;
 use smtp_edge::spool::{Spooled, read_file};
 
 use crate::Daemon;
-use crate::smtp::{Answer, Client, free_port_dual, wait_for};
+use crate::ports::free_port_dual;
+use crate::smtp::{Answer, Client, wait_for};
 
 /// 127.0.0.1.
 pub const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

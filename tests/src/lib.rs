@@ -17,6 +17,7 @@ pub mod frames;
 pub mod netns;
 pub mod nexthop;
 pub mod nsd;
+pub mod ports;
 pub mod postfix;
 pub mod scrape;
 pub mod sink;

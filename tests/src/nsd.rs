@@ -2,7 +2,7 @@
 //! zone `test.` given by the caller. Resolvers pointed at it ask nothing
 //! else, so no query leaves the machine. Every wait is bounded (5 s).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -11,16 +11,7 @@ use std::time::{Duration, Instant};
 use smtp_edge::config::dns::Dns;
 use smtp_edge::resolve::Resolver;
 
-/// A port free for both UDP and TCP on 127.0.0.1 (at the time of asking).
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-        let port = tcp.local_addr().expect("local address").port();
-        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-}
+use crate::ports::free_port_udp_tcp;
 
 /// A DNS query for `test. SOA`, id 0x5eed.
 const PROBE: &[u8] = &[
@@ -52,7 +43,7 @@ impl Nsd {
     fn try_start(zone: &str) -> Result<Nsd, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let port = free_port();
+        let port = free_port_udp_tcp();
         std::fs::write(d.join("test.zone"), zone).expect("write zone");
         std::fs::write(d.join("nsd.conf"), nsd_conf(d, port)).expect("write nsd.conf");
         let log = std::fs::File::create(d.join("nsd.log")).expect("create nsd.log");

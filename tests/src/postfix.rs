@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
-use crate::bench::{free_port, set_mode, user_ids, wait_banner};
+use crate::bench::{set_mode, user_ids, wait_banner};
+use crate::ports::free_port;
 
 /// A private Postfix instance: its own configuration, queue and data
 /// directories, smtpd on a loopback port. Stopped on drop (its directory goes
@@ -38,7 +39,7 @@ impl Postfix {
         main_cf: impl FnOnce(&PostfixDirs) -> String,
         services: &str,
     ) -> Result<Postfix> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         Postfix::start_at(dir, addr, main_cf, services)
     }
 

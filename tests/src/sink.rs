@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::smtp::{free_port, wait_for};
+use crate::ports::free_port;
+use crate::smtp::wait_for;
 
 /// A running smtp-sink.
 pub struct Sink {

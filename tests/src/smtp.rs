@@ -1,33 +1,12 @@
 //! A raw, blocking SMTP client for tests (it does what no well-behaved client
-//! does, byte for byte), free ports, and polling with a bound.
+//! does, byte for byte) and polling with a bound.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// The longest wait for any one read from a server.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A TCP port free on 127.0.0.1 (at the time of asking).
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
-
-/// A port free on both 127.0.0.1 and ::1 (the daemon binds with SO_REUSEADDR).
-pub fn free_port_dual() -> u16 {
-    for _ in 0..100 {
-        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-        let port = v4.local_addr().expect("local address").port();
-        if TcpListener::bind((Ipv6Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free on both 127.0.0.1 and ::1");
-}
 
 /// Polls `f` every 100 ms until it gives a value; panics with `what` (and
 /// the last observation from `f`) after `secs` seconds.

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use smtp_edge_tests::certs::{Ca, Leaf};
 use smtp_edge_tests::edge::{Edge, LOOPBACK_RELAY, Setup, V4, outbound};
 use smtp_edge_tests::nexthop::{NextHop, RcptRule, Script, StartTls};
+use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::sink::{Sink, envelope};
-use smtp_edge_tests::smtp::{Client, data_of, free_port, message, send, wait_for};
+use smtp_edge_tests::smtp::{Client, data_of, message, send, wait_for};
 
 /// A relay for loopback clients with these outbound connectors and
 /// `[queue]` keys.

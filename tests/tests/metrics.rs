@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use smtp_edge_tests::edge::{Edge, Setup, V4, outbound};
 use smtp_edge_tests::nexthop::{NextHop, RcptRule, Script};
+use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::scrape::{sample, scrape, sum};
-use smtp_edge_tests::smtp::{Client, free_port, message, wait_for};
+use smtp_edge_tests::smtp::{Client, message, wait_for};
 use smtp_edge_tests::tools::run_tool;
 
 const CONNECTORS: &str = "[[inbound_connectors]]\nname = \"loopback\"\nsources = [\"127.0.0.1\"]\nrelay = true\n\n[[inbound_connectors]]\nname = \"internet\"\n";

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use smtp_edge_tests::edge::{Edge, LOOPBACK_RELAY, Setup as EdgeSetup, outbound};
 use smtp_edge_tests::nexthop::{NextHop, RcptRule, Script};
 use smtp_edge_tests::nsd::Nsd;
+use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::sink::{Sink, envelope};
-use smtp_edge_tests::smtp::{Client, data_of, free_port, message, send, unfold, wait_for};
+use smtp_edge_tests::smtp::{Client, data_of, message, send, unfold, wait_for};
 
 /// The default `[queue]`: retries after 1 s, then every 2 s.
 const QUEUE: &str = "retry_schedule = [1, 2]\n";

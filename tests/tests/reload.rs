@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use smtp_edge_tests::certs::self_signed;
 use smtp_edge_tests::edge::{Edge, LOOPBACK_RELAY, Setup, outbound};
 use smtp_edge_tests::nexthop::{NextHop, Script};
-use smtp_edge_tests::smtp::{Client, free_port, message, wait_for};
+use smtp_edge_tests::ports::free_port;
+use smtp_edge_tests::smtp::{Client, message, wait_for};
 use smtp_edge_tests::tools::run_tool;
 
 /// `smtp-edge reload` against `edge`: Ok(message) or Err(message).

@@ -7,13 +7,14 @@
 //! is 1 s.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use smtp_edge::config::dns::Dns;
 use smtp_edge::resolve::{MxHost, ResolveError, Resolver};
 use smtp_edge::routing::SmartHost;
 use smtp_edge_tests::nsd::Nsd;
+use smtp_edge_tests::ports::free_port_udp_tcp;
 
 const ZONE: &str = r#"$ORIGIN test.
 $TTL 300
@@ -60,17 +61,6 @@ nodata          TXT   "nothing for mail"
 relay           A     203.0.113.25
 relay           AAAA  2001:db8::25
 "#;
-
-/// A port free for both UDP and TCP on 127.0.0.1 (at the time of asking).
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-        let port = tcp.local_addr().expect("local address").port();
-        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
@@ -222,7 +212,7 @@ async fn smart_hosts() {
 #[tokio::test]
 async fn unreachable_and_silent_servers_are_temporary() {
     // Nothing listens: ICMP port unreachable, or a timeout.
-    let closed = free_port();
+    let closed = free_port_udp_tcp();
     // Bound, never read: every query times out.
     let silent = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     let silent_addr = silent.local_addr().expect("local address");

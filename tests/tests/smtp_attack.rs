@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use smtp_edge_tests::certs::{Ca, Leaf, LeafSpec};
 use smtp_edge_tests::edge::{Edge, INTERNET, Setup, V4, text};
 use smtp_edge_tests::netns::{Netns, add_addr};
-use smtp_edge_tests::smtp::{Answer, Client, free_port};
+use smtp_edge_tests::ports::free_port;
+use smtp_edge_tests::smtp::{Answer, Client};
 use smtp_edge_tests::tools::{swaks, swaks_reply};
 use smtp_edge_tests::{Daemon, cli};
 

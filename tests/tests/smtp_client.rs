@@ -22,8 +22,8 @@ use smtp_edge::routing::TlsLevel;
 use smtp_edge::spool::Recipient;
 use smtp_edge_tests::Daemon;
 use smtp_edge_tests::certs::{Ca, Leaf};
+use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::sink::Sink;
-use smtp_edge_tests::smtp::free_port;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 

@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 use smtp_edge_tests::certs::{Ca, Leaf};
 use smtp_edge_tests::edge::{Edge, Setup, V4, V6, outbound};
+use smtp_edge_tests::ports::free_port_dual;
 use smtp_edge_tests::postfix::{self, MailServer, Postfix};
-use smtp_edge_tests::smtp::{Client, free_port_dual};
+use smtp_edge_tests::smtp::Client;
 use smtp_edge_tests::tools::{self, Send, smtp_send, swaks_reply};
 
 const SENDER: &str = "scanner@contoso.com";
@@ -44,7 +45,7 @@ impl Lab {
         let m365_cert =
             Leaf::new(&["mail.protection.outlook.test"], Some(&ca), false).write(&d, "m365");
         let m365_dir = d.join("m365");
-        let port = smtp_edge_tests::bench::free_port().expect("port");
+        let port = smtp_edge_tests::ports::free_port();
         let m365 = postfix::mail_server(
             &m365_dir,
             SocketAddr::from(([127, 0, 0, 1], port)),

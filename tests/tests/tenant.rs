@@ -12,8 +12,9 @@ use smtp_edge_tests::certs::{Ca, Leaf};
 use smtp_edge_tests::dkim::{self, DkimKey};
 use smtp_edge_tests::edge::{Edge, Setup, V4, V6, split_received};
 use smtp_edge_tests::nsd::Nsd;
+use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::scrape::{sample, scrape};
-use smtp_edge_tests::smtp::{free_port, queued};
+use smtp_edge_tests::smtp::queued;
 use smtp_edge_tests::tools::starttls_send;
 
 const OURS: &str = "11111111-2222-3333-4444-555555555555";

@@ -267,7 +267,7 @@ fn run(args: &Args) -> Result<()> {
         rcpt: RcptRule::All("451 4.3.0 try later".into()),
         ..Script::default()
     });
-    let port = smtp_edge_tests::smtp::free_port();
+    let port = smtp_edge_tests::ports::free_port();
     std::fs::write(
         d.join("c.toml"),
         config(d, port, &healthy.host(), &deferring.host()),

@@ -50,9 +50,10 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use smtp_edge_tests::bench::{
     self, Certs, Client, IO_TIMEOUT, Outcome, Postfix, PostfixDirs, Tally, certificates,
-    client_config, free_port, interrupted, postfix_version, raise_nofile, round, run_sessions,
-    set_mode, settle, stopped, wait_banner,
+    client_config, interrupted, postfix_version, raise_nofile, round, run_sessions, set_mode,
+    settle, stopped, wait_banner,
 };
+use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::{Daemon, is_root};
 
 /// End-to-end relay benchmark: smtp-edge vs Postfix (last line of stdout:
@@ -842,7 +843,7 @@ struct Edge {
 
 impl Edge {
     fn start(dir: &Path, certs: &Certs, sink: SocketAddr, tls: bool, args: &Args) -> Result<Edge> {
-        let port = free_port()?;
+        let port = free_port();
         let config = dir.join("smtp-edge.toml");
         let max_conn = args.sessions * 4 + 100;
         let text = format!(

@@ -46,9 +46,10 @@ use tokio_rustls::TlsConnector;
 
 use smtp_edge_tests::bench::{
     self, Certs, Client, Outcome, Postfix, PostfixDirs, Tally, certificates, client_config,
-    free_port, interrupted, postfix_version, raise_nofile, round, run_sessions, set_mode, settle,
-    stopped, wait_banner,
+    interrupted, postfix_version, raise_nofile, round, run_sessions, set_mode, settle, stopped,
+    wait_banner,
 };
+use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::{Daemon, is_root};
 
 /// Benchmark of smtp-edge's receiving side against Postfix (last line of
@@ -579,7 +580,7 @@ struct Edge {
 
 impl Edge {
     fn start(dir: &Path, certs: &Certs, max_conn: u32, tag: &str) -> Result<Edge> {
-        let port = free_port()?;
+        let port = free_port();
         let config = dir.join(format!("smtp-edge-{tag}.toml"));
         let spool = dir.join("spool");
         let text = format!(
