@@ -63,6 +63,9 @@ pub struct Script {
     pub data_end_delay: Duration,
     /// Read message data at most this fast (octets per second; 0: at once).
     pub read_rate: usize,
+    /// Close a session that sent nothing for this long, after a 421 (as a
+    /// server's idle timeout does); `None`: 30 s, then just closed.
+    pub idle_close: Option<Duration>,
 }
 
 impl Default for Script {
@@ -77,6 +80,7 @@ impl Default for Script {
             data_end: "250 2.0.0 ok".into(),
             data_end_delay: Duration::ZERO,
             read_rate: 0,
+            idle_close: None,
         }
     }
 }
@@ -179,7 +183,8 @@ impl NextHop {
         self.addr
     }
 
-    /// Changes what it answers from the next session on.
+    /// Changes what it answers: the greeting, EHLO and STARTTLS from the
+    /// next session on, the rest from the next transaction (MAIL) on.
     pub fn set(&self, f: impl FnOnce(&mut Script)) {
         f(&mut self.shared.script.lock().unwrap_or_else(|p| p.into_inner()));
     }
@@ -187,6 +192,11 @@ impl NextHop {
     /// Sessions so far.
     pub fn sessions(&self) -> usize {
         self.shared.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Sessions open now.
+    pub fn open_now(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
     }
 
     /// The most sessions open at once.
@@ -261,16 +271,19 @@ impl Drop for NextHop {
 }
 
 fn session(s: TcpStream, shared: &Shared) -> io::Result<()> {
-    let script = shared
-        .script
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let current = || {
+        shared
+            .script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    };
+    let mut script = current();
     s.set_nonblocking(false)?;
     // Replies go out one write each: without this, Nagle and the client's
     // delayed ACK hold the second of two pipelined replies for 40 ms.
     s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_read_timeout(Some(script.idle_close.unwrap_or(Duration::from_secs(30))))?;
     let mut w = s.try_clone()?;
     let mut r = BufReader::new(s);
     let say = |w: &mut TcpStream, reply: &str| w.write_all(format!("{reply}\r\n").as_bytes());
@@ -282,8 +295,20 @@ fn session(s: TcpStream, shared: &Shared) -> io::Result<()> {
     let (mut from, mut rcpts) = (None::<String>, Vec::<String>::new());
     loop {
         let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(());
+        match r.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if script.idle_close.is_some()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                let _ = say(&mut w, "421 4.4.2 nexthop.test idle too long, closing");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         }
         let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
         let reply = match verb.as_str() {
@@ -307,6 +332,15 @@ fn session(s: TcpStream, shared: &Shared) -> io::Result<()> {
                 return Ok(());
             }
             "MAIL" => {
+                // What `set` changed since counts from this transaction on.
+                let fresh = current();
+                script = Script {
+                    greeting: script.greeting,
+                    ehlo: script.ehlo,
+                    starttls: script.starttls,
+                    idle_close: script.idle_close,
+                    ..fresh
+                };
                 let a = address_of(&line);
                 shared
                     .seen

@@ -669,6 +669,7 @@ max_concurrency = 100                   # deliveries at once
 max_per_destination = 20                # at once to one next hop (smart host or MX host set)
 max_addresses = 5                       # addresses tried per delivery attempt
 max_sessions = 2                        # SMTP sessions per delivery attempt
+session_cache_time = 2                  # seconds a session waits open for the next message to its next hop (0: off)
 postmaster = ""                         # bounces of bounces go here; empty: dropped and logged
 
 [queue.timeouts]

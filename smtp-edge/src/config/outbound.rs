@@ -70,6 +70,10 @@ pub struct Queue {
     pub max_addresses: u32,
     /// SMTP sessions per delivery attempt (Postfix's smtp_mx_session_limit).
     pub max_sessions: u32,
+    /// Seconds a session stays open after a delivery, for the next message
+    /// to the same next hop (Postfix's smtp_connection_cache_time_limit);
+    /// 0: every delivery has a connection of its own.
+    pub session_cache_time: u64,
     /// The SMTP client's time limits.
     pub timeouts: ClientTimeouts,
 }
@@ -85,6 +89,7 @@ impl Default for Queue {
             postmaster: String::new(),
             max_addresses: 5,
             max_sessions: 2,
+            session_cache_time: 2,
             timeouts: ClientTimeouts::default(),
         }
     }
@@ -271,6 +276,15 @@ pub(super) fn validate(
         errors.push(at(
             0..0,
             "queue.max_age, max_concurrency, max_per_destination, max_addresses and max_sessions must be above 0".into(),
+        ));
+    }
+    if queue.session_cache_time > 300 {
+        errors.push(at(
+            0..0,
+            format!(
+                "queue.session_cache_time = {} must be within 0..=300 seconds (a server closes an idle session after 5 minutes, RFC 5321 4.5.3.2.7)",
+                queue.session_cache_time
+            ),
         ));
     }
     for (name, secs) in queue.timeouts.all() {

@@ -58,6 +58,10 @@ pub fn queue_config(config: &Config) -> Result<QueueConfig, DaemonError> {
         tls_configs: config.outbound.iter().map(|_| Arc::default()).collect(),
         roots,
         resolver,
+        sessions: Arc::new(crate::queue::sessions::Sessions::new(
+            std::time::Duration::from_secs(config.queue.session_cache_time),
+            config.queue.max_concurrency as usize,
+        )),
     })
 }
 

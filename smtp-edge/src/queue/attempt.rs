@@ -25,7 +25,8 @@ use std::net::SocketAddr;
 use super::manager::QueueConfig;
 use super::state::Outcome;
 use crate::delivery::client::{
-    self, ClientSettings, Content, DeliveryError, Disposition, RcptResult, Stage, Transaction,
+    self, ClientSettings, Content, DeliveryError, Disposition, RcptResult, Session, Stage,
+    Transaction,
 };
 use crate::routing::NextHop;
 use crate::spool::{Envelope, Recipient};
@@ -290,6 +291,45 @@ fn outcome_of(r: &RcptResult, remote: &str) -> Outcome {
     }
 }
 
+/// One transaction with `host` at `addr`: on a session kept from an earlier
+/// delivery to this destination when there is one that still answers
+/// (`true`), else on a new one; the session is kept afterwards when it can
+/// take another transaction ([`super::sessions`]).
+async fn deliver_on(
+    cfg: &QueueConfig,
+    route: &Route,
+    host: &str,
+    addr: SocketAddr,
+    settings: &ClientSettings,
+    txn: &Transaction<'_>,
+    content: &Content,
+) -> (Result<client::Outcome, DeliveryError>, bool) {
+    let cache = &cfg.sessions;
+    let kept = if cache.enabled() {
+        cache.take(&route.key, route.connector, host, addr).await
+    } else {
+        None
+    };
+    let reused = kept.is_some();
+    let mut session = match kept {
+        Some(s) => s,
+        None => {
+            cache.make_room(&route.key);
+            match Session::open(addr, host, settings).await {
+                Ok(s) => s,
+                Err(e) => return (Err(e), false),
+            }
+        }
+    };
+    let result = session.send(txn, content).await;
+    if result.is_ok() {
+        cache.put(&route.key, route.connector, host, session).await;
+    } else {
+        session.end(result.as_ref().err()).await;
+    }
+    (result, reused)
+}
+
 /// Delivers a route's recipients, trying its next hops in order; an
 /// outcome for each.
 pub async fn deliver_route(
@@ -332,7 +372,9 @@ pub async fn deliver_route(
                 let rcpts: Vec<Recipient> =
                     pending.iter().map(|&i| env.recipients[i].clone()).collect();
                 let txn = Transaction::new(env, &rcpts);
-                match client::deliver(addr, host, &settings, &txn, content).await {
+                let (result, reused) =
+                    deliver_on(cfg, route, host, addr, &settings, &txn, content).await;
+                match result {
                     Err(e) => {
                         if !matches!(
                             e,
@@ -371,7 +413,7 @@ pub async fn deliver_route(
                     }
                     Ok(outcome) => {
                         sessions += 1;
-                        tracing::info!(id = %env.id, connector = %connector.name, %remote, tls = ?outcome.tls.as_ref().map(|t| &t.version), "delivery attempt");
+                        tracing::info!(id = %env.id, connector = %connector.name, %remote, tls = ?outcome.tls.as_ref().map(|t| &t.version), reused, "delivery attempt");
                         let moves_on = outcome
                             .failure
                             .as_ref()

@@ -57,6 +57,8 @@ pub struct QueueConfig {
     pub tls_configs: Vec<Arc<crate::delivery::client::TlsConfigs>>,
     /// DNS.
     pub resolver: Resolver,
+    /// Sessions kept open between deliveries (this configuration's).
+    pub sessions: Arc<super::sessions::Sessions>,
 }
 
 /// One message as `smtp-edge queue list` shows it.

@@ -5,6 +5,7 @@
 //! - [`index`] — what is queued and when it is due (pure).
 //! - [`attempt`] — one delivery attempt: routes, next hops, failover.
 //! - [`metrics`] — deliveries, attempt times, the queue's size.
+//! - [`sessions`] — SMTP sessions kept open between deliveries to a next hop.
 //! - [`report`] — which DSN a state calls for, and to whom (pure).
 //! - [`state`] — the per-message delivery state kept on disk (pure).
 //! - [`store`] — the queue's files (blocking I/O).
@@ -14,6 +15,7 @@ pub mod index;
 pub mod manager;
 pub mod metrics;
 pub mod report;
+pub mod sessions;
 pub mod state;
 pub mod store;
 

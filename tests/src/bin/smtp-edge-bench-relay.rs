@@ -56,6 +56,11 @@ use smtp_edge_tests::bench::{
 use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::{Daemon, is_root};
 
+/// The ratio to Postfix each mode must reach (issue: "at least 3x").
+const TARGET: f64 = 3.0;
+/// The ratio aimed at (issue: "goal 4x both").
+const GOAL: f64 = 4.0;
+
 /// End-to-end relay benchmark: smtp-edge vs Postfix (last line of stdout:
 /// JSON).
 #[derive(Parser)]
@@ -316,11 +321,12 @@ fn run(args: &Args) -> Result<()> {
         );
         let ratio = e.rate / p.rate;
         println!(
-            "  {mode:5}: smtp-edge {:.0} msg/s, Postfix {:.0} msg/s: {ratio:.2}x (target >= 2x: {}); \
+            "  {mode:5}: smtp-edge {:.0} msg/s, Postfix {:.0} msg/s: {ratio:.2}x (at least {TARGET}x: {}; goal {GOAL}x: {}); \
              p99 250->sink smtp-edge {:.1} ms, Postfix {:.1} ms",
             e.rate,
             p.rate,
-            if ratio >= 2.0 { "met" } else { "NOT met" },
+            if ratio >= TARGET { "met" } else { "NOT met" },
+            if ratio >= GOAL { "met" } else { "not yet" },
             e.p99_ms,
             p.p99_ms
         );
@@ -336,11 +342,12 @@ fn run(args: &Args) -> Result<()> {
         .fold(f64::NAN, f64::max);
     out.insert("relay_p99_ms".into(), json!(round(p99, 2)));
     out.insert("postfix_p99_ms".into(), json!(round(pf_p99, 2)));
-    out.insert("target_relay_ratio".into(), json!(2.0));
+    out.insert("target_relay_ratio".into(), json!(TARGET));
+    out.insert("goal_relay_ratio".into(), json!(GOAL));
     let met = modes.iter().all(|m| {
         out.get(&format!("relay_ratio_vs_postfix_{m}"))
             .and_then(Value::as_f64)
-            .is_some_and(|r| r >= 2.0)
+            .is_some_and(|r| r >= TARGET)
     });
     out.insert("targets_met".into(), json!(met));
     out.insert(

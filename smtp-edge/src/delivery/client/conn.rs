@@ -34,6 +34,8 @@ pub(super) struct Conn {
     pub(super) buf: Vec<u8>,
     /// Time limits.
     pub(super) timeouts: Timeouts,
+    /// The server said it is closing the connection (a 421 reply).
+    pub(super) closing: bool,
 }
 
 impl Conn {
@@ -68,6 +70,7 @@ impl Conn {
                 match parse_reply(&self.buf) {
                     Ok(Some((reply, used))) => {
                         self.buf.drain(..used);
+                        self.closing |= reply.code == 421;
                         return Ok(reply);
                     }
                     Ok(None) => {}

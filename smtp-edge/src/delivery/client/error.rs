@@ -34,6 +34,8 @@ pub enum Stage {
     Content,
     /// Waiting for the reply to the final dot.
     DataEnd,
+    /// RSET (before a transaction on a session kept open).
+    Rset,
     /// QUIT.
     Quit,
 }
@@ -54,6 +56,7 @@ impl Stage {
             Stage::Data => "DATA",
             Stage::Content => "message content",
             Stage::DataEnd => "end of data",
+            Stage::Rset => "RSET",
             Stage::Quit => "QUIT",
         }
     }

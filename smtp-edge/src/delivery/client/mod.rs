@@ -126,6 +126,6 @@ pub use error::{DeliveryError, Stage};
 pub use outcome::{Disposition, Outcome, RcptResult, TlsSession};
 pub use probe::{Step, probe};
 pub use reply::{Extensions, MAX_REPLY_BYTES, MAX_REPLY_LINES, Reply, Status, parse_reply};
-pub use session::deliver;
+pub use session::{Session, deliver};
 pub use settings::{ClientIdentity, ClientSettings, Timeouts, system_roots};
 pub use tls::TlsConfigs;

@@ -83,6 +83,7 @@ pub async fn probe(addr: SocketAddr, host: &str, settings: &ClientSettings) -> V
         stream: Stream::Plain(tcp),
         buf: Vec::new(),
         timeouts: t,
+        closing: false,
     };
     run(&mut conn, host, settings, &mut steps).await;
     conn.quit().await;

@@ -2,6 +2,7 @@
 //! content, the results.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use tokio::net::TcpStream;
 
@@ -15,16 +16,12 @@ use super::reply::{Extensions, Reply};
 use super::settings::ClientSettings;
 use crate::routing::TlsLevel;
 
-/// Delivers one message to one next hop at `addr`. `host` is the next hop's
-/// name as routed (smart host or MX host name, or the address as text): the
+/// Delivers one message to one next hop at `addr` on a session of its own:
+/// [`Session::open`], [`Session::send`], QUIT. `host` is the next hop's name
+/// as routed (smart host or MX host name, or the address as text): the
 /// certificate name under domain validation without
 /// [`ClientSettings::tls_name`], and the SNI. See the module documentation
 /// for what is sent and what the results mean.
-///
-/// Under [`TlsLevel::Opportunistic`], a TLS handshake that fails (or times
-/// out, or cannot be set up) is tried again at once on a new connection
-/// without TLS, as Exchange and Postfix do (with a log line); stricter
-/// levels never fall back.
 pub async fn deliver(
     addr: SocketAddr,
     host: &str,
@@ -32,73 +29,199 @@ pub async fn deliver(
     txn: &Transaction<'_>,
     content: &Content,
 ) -> Result<Outcome, DeliveryError> {
-    let first = deliver_once(addr, host, settings, txn, content).await;
-    let tls_failed = |e: &DeliveryError| {
-        matches!(
-            e,
-            DeliveryError::TlsHandshake(_)
-                | DeliveryError::Settings(_)
-                | DeliveryError::Timeout {
-                    stage: Stage::TlsHandshake
-                }
-        )
-    };
-    match &first {
-        Err(e) if settings.tls == TlsLevel::Opportunistic && tls_failed(e) => {
-            tracing::info!(%host, %addr, error = %e, "TLS handshake failed; opportunistic TLS, trying again without TLS");
-            let clear = ClientSettings {
-                tls: TlsLevel::None,
-                ..settings.clone()
-            };
-            deliver_once(addr, host, &clear, txn, content).await
+    let mut session = Session::open(addr, host, settings).await?;
+    let result = session.send(txn, content).await;
+    session.end(result.as_ref().err()).await;
+    result
+}
+
+/// An SMTP session with a next hop, greeted, EHLO said and TLS negotiated
+/// as the connector's level asks: ready for transactions, one after the
+/// other (the queue keeps one open for a moment after a delivery, for the
+/// next message to the same next hop, as Postfix's connection cache does).
+pub struct Session {
+    conn: Conn,
+    ext: Extensions,
+    tls: Option<TlsSession>,
+    addr: SocketAddr,
+    opened: Instant,
+    /// Between transactions, in step with the server: the last one ended
+    /// with the reply that ends it, and nothing was left unread.
+    clean: bool,
+    transactions: u32,
+}
+
+impl Session {
+    /// Connects to `addr`, reads the greeting, says EHLO and negotiates TLS.
+    ///
+    /// Under [`TlsLevel::Opportunistic`], a TLS handshake that fails (or
+    /// times out, or cannot be set up) is tried again at once on a new
+    /// connection without TLS, as Exchange and Postfix do (with a log
+    /// line); stricter levels never fall back.
+    pub async fn open(
+        addr: SocketAddr,
+        host: &str,
+        settings: &ClientSettings,
+    ) -> Result<Session, DeliveryError> {
+        let first = Session::open_once(addr, host, settings).await;
+        let tls_failed = |e: &DeliveryError| {
+            matches!(
+                e,
+                DeliveryError::TlsHandshake(_)
+                    | DeliveryError::Settings(_)
+                    | DeliveryError::Timeout {
+                        stage: Stage::TlsHandshake
+                    }
+            )
+        };
+        match first {
+            Err(e) if settings.tls == TlsLevel::Opportunistic && tls_failed(&e) => {
+                tracing::info!(%host, %addr, error = %e, "TLS handshake failed; opportunistic TLS, trying again without TLS");
+                let clear = ClientSettings {
+                    tls: TlsLevel::None,
+                    ..settings.clone()
+                };
+                Session::open_once(addr, host, &clear).await
+            }
+            other => other,
         }
-        _ => first,
+    }
+
+    async fn open_once(
+        addr: SocketAddr,
+        host: &str,
+        settings: &ClientSettings,
+    ) -> Result<Session, DeliveryError> {
+        let t = settings.timeouts;
+        let tcp = tokio::time::timeout(t.connect, TcpStream::connect(addr))
+            .await
+            .map_err(|_| DeliveryError::Timeout {
+                stage: Stage::Connect,
+            })?
+            .map_err(|source| DeliveryError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Conn {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+            timeouts: t,
+            closing: false,
+        };
+        match greet(&mut conn, host, settings).await {
+            Ok((ext, tls)) => Ok(Session {
+                conn,
+                ext,
+                tls,
+                addr,
+                opened: Instant::now(),
+                clean: true,
+                transactions: 0,
+            }),
+            Err(e) => {
+                close_after(&mut conn, Some(&e)).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The address it is connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How long ago it was opened.
+    pub fn age(&self) -> std::time::Duration {
+        self.opened.elapsed()
+    }
+
+    /// Transactions sent on it so far.
+    pub fn transactions(&self) -> u32 {
+        self.transactions
+    }
+
+    /// Whether another transaction may follow on it: still connected, in
+    /// step with the server, and the server did not say it is closing
+    /// (421).
+    pub fn reusable(&self) -> bool {
+        self.clean && !self.conn.closing && !matches!(self.conn.stream, Stream::Closed)
+    }
+
+    /// RSET before a transaction on a session that already had one (and
+    /// waited): `true` when the server answers 250, so the session is known
+    /// to be alive and the next transaction starts from a clean state. A
+    /// session that fails it is closed; nothing was sent for any message.
+    pub async fn reset(&mut self) -> bool {
+        if !self.reusable() {
+            return false;
+        }
+        let limit = self.conn.timeouts.command;
+        let ok = matches!(
+            self.conn.command("RSET", Stage::Rset, limit).await,
+            Ok(r) if r.code == 250
+        );
+        if !ok {
+            self.clean = false;
+            self.conn.close().await;
+        }
+        ok
+    }
+
+    /// Ends the session after `error` (the result of the last transaction,
+    /// if it failed): QUIT when the server is still in step, else the
+    /// connection is just closed.
+    pub async fn end(mut self, error: Option<&DeliveryError>) {
+        if self.reusable() && error.is_none() {
+            self.conn.quit().await;
+        } else {
+            close_after(&mut self.conn, error).await;
+        }
+    }
+
+    /// One transaction: MAIL, RCPT, DATA and the content; the recipients'
+    /// results. See the module documentation. Afterwards
+    /// [`Session::reusable`] tells whether another may follow.
+    pub async fn send(
+        &mut self,
+        txn: &Transaction<'_>,
+        content: &Content,
+    ) -> Result<Outcome, DeliveryError> {
+        if !self.reusable() {
+            return Err(DeliveryError::Local(
+                "internal error: a transaction on a session that cannot take one".into(),
+            ));
+        }
+        self.clean = false;
+        self.transactions += 1;
+        let (tls, ext) = (self.tls.clone(), self.ext.clone());
+        let (result, clean) = transaction(&mut self.conn, txn, content, tls, ext).await;
+        self.clean = clean;
+        result
     }
 }
 
-async fn deliver_once(
-    addr: SocketAddr,
-    host: &str,
-    settings: &ClientSettings,
-    txn: &Transaction<'_>,
-    content: &Content,
-) -> Result<Outcome, DeliveryError> {
-    let t = settings.timeouts;
-    let tcp = tokio::time::timeout(t.connect, TcpStream::connect(addr))
-        .await
-        .map_err(|_| DeliveryError::Timeout {
-            stage: Stage::Connect,
-        })?
-        .map_err(|source| DeliveryError::Connect { addr, source })?;
-    let _ = tcp.set_nodelay(true);
-    let mut conn = Conn {
-        stream: Stream::Plain(tcp),
-        buf: Vec::new(),
-        timeouts: t,
-    };
-    let result = session(&mut conn, host, settings, txn, content).await;
-    match &result {
-        // The connection was already closed, or must be closed without QUIT.
-        Ok(_) => {}
-        Err(
+/// Closes the connection after a failed step: QUIT when the server may
+/// still read it (a refusal), a plain close when the connection is broken,
+/// out of step or the handshake failed.
+async fn close_after(conn: &mut Conn, error: Option<&DeliveryError>) {
+    match error {
+        Some(
             DeliveryError::Timeout { .. }
             | DeliveryError::Connection { .. }
             | DeliveryError::Protocol { .. }
             | DeliveryError::TlsHandshake(_)
             | DeliveryError::Certificate { .. },
         ) => conn.close().await,
-        Err(_) => conn.quit().await,
+        _ if matches!(conn.stream, Stream::Closed) => {}
+        _ => conn.quit().await,
     }
-    result
 }
 
-pub(super) async fn session(
+/// The greeting, EHLO (HELO), STARTTLS at the connector's level and EHLO
+/// again: the extensions in force and the TLS session.
+async fn greet(
     conn: &mut Conn,
     host: &str,
     settings: &ClientSettings,
-    txn: &Transaction<'_>,
-    content: &Content,
-) -> Result<Outcome, DeliveryError> {
+) -> Result<(Extensions, Option<TlsSession>), DeliveryError> {
     let t = settings.timeouts;
     let greeting = conn.reply(Stage::Greeting, t.greeting).await?;
     if !greeting.is_positive() {
@@ -133,7 +256,33 @@ pub(super) async fn session(
             });
         }
     }
+    Ok((ext, tls))
+}
 
+/// One transaction on `conn`; whether the connection is still in step
+/// afterwards (between transactions, nothing left unread). Where the
+/// session used to QUIT, it now stops in step and lets the owner decide.
+async fn transaction(
+    conn: &mut Conn,
+    txn: &Transaction<'_>,
+    content: &Content,
+    tls: Option<TlsSession>,
+    ext: Extensions,
+) -> (Result<Outcome, DeliveryError>, bool) {
+    let mut clean = false;
+    let result = transaction_steps(conn, txn, content, tls, ext, &mut clean).await;
+    (result, clean)
+}
+
+async fn transaction_steps(
+    conn: &mut Conn,
+    txn: &Transaction<'_>,
+    content: &Content,
+    tls: Option<TlsSession>,
+    ext: Extensions,
+    clean: &mut bool,
+) -> Result<Outcome, DeliveryError> {
+    let t = conn.timeouts;
     let (mail, rcpts) = envelope_lines(txn, &ext, &content.facts())?;
     let n = rcpts.len();
     let mut rcpt_replies: Vec<Option<Reply>> = vec![None; n];
@@ -192,7 +341,7 @@ pub(super) async fn session(
                 return Ok(finish(&rcpt_replies, None, tls, ext));
             }
             Ok(_) if !accepted => {
-                conn.quit().await;
+                *clean = true;
                 return Ok(finish(&rcpt_replies, None, tls, ext));
             }
             other => other,
@@ -219,7 +368,7 @@ pub(super) async fn session(
         match failure {
             Some(e) => Err(e),
             None if !accepted => {
-                conn.quit().await;
+                *clean = true;
                 return Ok(finish(&rcpt_replies, None, tls, ext));
             }
             None => conn.command("DATA", Stage::Data, t.data_init).await,
@@ -240,7 +389,7 @@ pub(super) async fn session(
 
     if let Err(e) = data_reply.and_then(check_data) {
         match &e {
-            DeliveryError::Refused { .. } => conn.quit().await,
+            DeliveryError::Refused { .. } => *clean = true,
             _ => conn.close().await,
         }
         return Ok(outcome_err(e, &rcpt_replies, tls, ext));
@@ -298,6 +447,6 @@ pub(super) async fn session(
             return Ok(outcome_err(e, &rcpt_replies, tls, ext));
         }
     };
-    conn.quit().await;
+    *clean = true;
     Ok(finish(&rcpt_replies, Some(&final_reply), tls, ext))
 }
