@@ -63,6 +63,11 @@ pub struct Script {
     pub data_end_delay: Duration,
     /// Read message data at most this fast (octets per second; 0: at once).
     pub read_rate: usize,
+    /// A second reply line sent right after the reply to the final dot
+    /// (a server out of step, or an LMTP-like one answering per recipient).
+    pub data_end_extra: Option<String>,
+    /// The reply to RSET.
+    pub rset: String,
     /// Close a session that sent nothing for this long, after a 421 (as a
     /// server's idle timeout does); `None`: 30 s, then just closed.
     pub idle_close: Option<Duration>,
@@ -81,6 +86,8 @@ impl Default for Script {
             data_end_delay: Duration::ZERO,
             read_rate: 0,
             idle_close: None,
+            data_end_extra: None,
+            rset: "250 2.0.0 ok".into(),
         }
     }
 }
@@ -422,13 +429,16 @@ fn session(s: TcpStream, shared: &Shared) -> io::Result<()> {
                             });
                     }
                     from = None;
-                    script.data_end.clone()
+                    match &script.data_end_extra {
+                        Some(extra) => format!("{}\r\n{extra}", script.data_end),
+                        None => script.data_end.clone(),
+                    }
                 }
             }
             "RSET" => {
                 from = None;
                 rcpts.clear();
-                "250 2.0.0 ok".into()
+                script.rset.clone()
             }
             "NOOP" => "250 2.0.0 ok".into(),
             "QUIT" => {

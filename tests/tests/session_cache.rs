@@ -1,14 +1,17 @@
 //! Sessions kept open between deliveries to the same next hop (`[queue]
 //! session_cache_time`): message after message on one session, a session
 //! the server closed replaced without a deferral, none kept after a 421,
-//! none kept when it is turned off, and kept sessions closed once they
-//! waited their time. Next hops are scripted servers on loopback; every
+//! after a stray reply or when RSET is refused, none kept when it is turned
+//! off, kept sessions closed once they waited their time, and kept
+//! sessions to a second smart host while the first is down, within the
+//! per-destination limit. Next hops are scripted servers on loopback; every
 //! wait is bounded.
 
 use std::time::Duration;
 
 use smtp_edge_tests::edge::{Edge, LOOPBACK_RELAY, Setup, outbound};
-use smtp_edge_tests::nexthop::{NextHop, Script};
+use smtp_edge_tests::nexthop::{NextHop, RcptRule, Script};
+use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::smtp::{message, send, wait_for};
 
 /// A relay for loopback clients with every domain going to `hop`, and
@@ -114,5 +117,104 @@ fn session_cache_time_0_gives_each_delivery_its_own_session() {
     let e = relay(&hop, "retry_schedule = [60]\nsession_cache_time = 0\n");
     one_by_one(&e, &hop, 3);
     assert_eq!(hop.sessions(), 3);
+    e.wait_queue_empty(5);
+}
+
+#[test]
+fn a_session_with_a_reply_left_unread_is_not_reused() {
+    // Two replies to each final dot: a session reused after that would read
+    // every later reply one step behind (RSET would take the stray 250, a
+    // recipient the reply meant for another).
+    let hop = NextHop::start(Script {
+        data_end_extra: Some("250 2.0.0 and again".into()),
+        rcpt: RcptRule::ByAddress {
+            replies: vec![(
+                "nobody@contoso.test".into(),
+                "550 5.1.1 no such user".into(),
+            )],
+            default: "250 2.1.5 ok".into(),
+        },
+        ..Script::default()
+    });
+    let e = relay(&hop, "retry_schedule = [60]\nsession_cache_time = 30\n");
+    one_by_one(&e, &hop, 1);
+    send(
+        e.port,
+        "alice@fabrikam.com",
+        &["bob@contoso.test", "nobody@contoso.test"],
+        &message("alice@fabrikam.com", "bob@contoso.test", "the second"),
+    );
+    let t = hop.wait_for("the second message and the bounce", 10, |t| t.len() >= 3);
+    let second: Vec<_> = t
+        .iter()
+        .filter(|x| x.mail_from == "alice@fabrikam.com")
+        .collect();
+    assert_eq!(second.len(), 2, "{t:?}");
+    assert_eq!(second[1].rcpts, vec!["bob@contoso.test".to_string()]);
+    let bounce: Vec<_> = t.iter().filter(|x| x.mail_from.is_empty()).collect();
+    assert_eq!(bounce.len(), 1, "one DSN, for nobody@ only");
+    let dsn = String::from_utf8_lossy(&bounce[0].data);
+    assert!(dsn.contains("nobody@contoso.test"), "{dsn}");
+    assert!(!dsn.contains("Final-Recipient: rfc822;bob@"), "{dsn}");
+}
+
+#[test]
+fn a_refused_rset_means_a_new_connection() {
+    let hop = NextHop::start(Script {
+        rset: "502 5.5.1 RSET not here".into(),
+        ..Script::default()
+    });
+    let e = relay(&hop, "retry_schedule = [60]\nsession_cache_time = 30\n");
+    one_by_one(&e, &hop, 3);
+    assert_eq!(hop.mails().len(), 3, "no transaction repeated");
+    assert_eq!(
+        hop.sessions(),
+        3,
+        "a session that refused RSET carried a message"
+    );
+    e.wait_queue_empty(5);
+}
+
+#[test]
+fn sessions_to_the_second_smart_host_are_kept_while_the_first_is_down() {
+    // Nothing listens at the first smart host: every attempt tries it, then
+    // the second. The sessions kept to the second must survive that, and
+    // the connections open to it stay within max_per_destination.
+    let down = format!("127.0.0.1:{}", free_port());
+    let hop = NextHop::start(Script {
+        data_end_delay: Duration::from_millis(100),
+        ..Script::default()
+    });
+    let e = Edge::start(Setup {
+        accepted: "\"contoso.com\", \"fabrikam.com\"",
+        connectors: LOOPBACK_RELAY,
+        outbound: &outbound("all", &["*"], &[down, hop.host()], ""),
+        queue: "retry_schedule = [60]\nsession_cache_time = 5\nmax_per_destination = 2\n",
+        ..Setup::default()
+    });
+    for i in 0..12 {
+        send(
+            e.port,
+            "alice@fabrikam.com",
+            &["bob@contoso.test"],
+            &message(
+                "alice@fabrikam.com",
+                "bob@contoso.test",
+                &format!("failover {i}"),
+            ),
+        );
+    }
+    hop.wait_for("twelve messages", 20, |t| t.len() >= 12);
+    assert_eq!(hop.mails().len(), 12, "no transaction repeated");
+    assert!(
+        hop.max_concurrent() <= 2,
+        "{} connections at once to one destination with max_per_destination = 2",
+        hop.max_concurrent()
+    );
+    assert!(
+        hop.sessions() <= 4,
+        "{} sessions for 12 messages: kept sessions to the second host were closed",
+        hop.sessions()
+    );
     e.wait_queue_empty(5);
 }

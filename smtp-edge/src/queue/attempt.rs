@@ -294,7 +294,9 @@ fn outcome_of(r: &RcptResult, remote: &str) -> Outcome {
 /// One transaction with `host` at `addr`: on a session kept from an earlier
 /// delivery to this destination when there is one that still answers
 /// (`true`), else on a new one; the session is kept afterwards when it can
-/// take another transaction ([`super::sessions`]).
+/// take another transaction ([`super::sessions`]). A kept session that
+/// answered RSET and then lost its connection before anything was handed
+/// over is followed at once by a new connection, not by a deferral.
 async fn deliver_on(
     cfg: &QueueConfig,
     route: &Route,
@@ -305,29 +307,76 @@ async fn deliver_on(
     content: &Content,
 ) -> (Result<client::Outcome, DeliveryError>, bool) {
     let cache = &cfg.sessions;
-    let kept = if cache.enabled() {
-        cache.take(&route.key, route.connector, host, addr).await
-    } else {
-        None
-    };
-    let reused = kept.is_some();
-    let mut session = match kept {
-        Some(s) => s,
-        None => {
-            cache.make_room(&route.key);
-            match Session::open(addr, host, settings).await {
-                Ok(s) => s,
-                Err(e) => return (Err(e), false),
+    let limit = cfg.settings.max_per_destination as usize;
+    let mut fresh_only = !cache.enabled();
+    loop {
+        let kept = if fresh_only {
+            None
+        } else {
+            cache.take(&route.key, route.connector, host, addr).await
+        };
+        let reused = kept.is_some();
+        let mut session = match kept {
+            Some(s) => s,
+            None => {
+                cache.make_room(&route.key, limit);
+                match Session::open(addr, host, settings).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        cache.release(&route.key);
+                        return (Err(e), false);
+                    }
+                }
             }
+        };
+        let result = session.send(txn, content).await;
+        if result.is_ok() {
+            cache.put(&route.key, route.connector, host, session).await;
+        } else {
+            session.end(result.as_ref().err()).await;
         }
-    };
-    let result = session.send(txn, content).await;
-    if result.is_ok() {
-        cache.put(&route.key, route.connector, host, session).await;
-    } else {
-        session.end(result.as_ref().err()).await;
+        cache.release(&route.key);
+        if reused && matches!(result, Err(DeliveryError::Connection { .. })) {
+            tracing::info!(%host, %addr, "a kept session broke before the message was handed over; a new connection");
+            fresh_only = true;
+            continue;
+        }
+        return (result, reused);
     }
-    (result, reused)
+}
+
+/// The next hops in order, except that an address with a session kept for
+/// this destination goes first (as Postfix looks up its connection cache by
+/// destination before its hosts): a session kept to the second smart host
+/// while the first is down is used rather than closed to make room for a
+/// connection to the first that fails again. Sessions are kept at most 5
+/// minutes, so the first host gets its mail back within that after it
+/// recovers.
+fn kept_first(
+    hops: &[(String, Vec<SocketAddr>)],
+    kept: &[(String, SocketAddr)],
+) -> Vec<(String, Vec<SocketAddr>)> {
+    let hit = hops.iter().find_map(|(h, addrs)| {
+        addrs
+            .iter()
+            .find(|a| kept.iter().any(|(kh, ka)| kh == h && ka == *a))
+            .map(|a| (h.clone(), *a))
+    });
+    let Some((host, addr)) = hit else {
+        return hops.to_vec();
+    };
+    let mut out = vec![(host.clone(), vec![addr])];
+    for (h, addrs) in hops {
+        let rest: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !(h == &host && *a == addr))
+            .collect();
+        if !rest.is_empty() {
+            out.push((h.clone(), rest));
+        }
+    }
+    out
 }
 
 /// Delivers a route's recipients, trying its next hops in order; an
@@ -360,7 +409,8 @@ pub async fn deliver_route(
     let mut last_status = (4, 4, 1);
     let (mut addresses, mut sessions) = (0u32, 0u32);
     let limits = (cfg.settings.max_addresses, cfg.settings.max_sessions);
-    'hosts: for (host, addrs) in hops {
+    let ordered = kept_first(hops, &cfg.sessions.kept(&route.key, route.connector));
+    'hosts: for (host, addrs) in &ordered {
         for &addr in addrs {
             if pending.is_empty() || addresses >= limits.0 || sessions >= limits.1 {
                 break 'hosts;
@@ -476,4 +526,38 @@ pub async fn deliver_route(
         done.extend(deferred_all(&pending, last_status, reason));
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_with_a_kept_session_goes_first_and_only_once() {
+        let a1: SocketAddr = "192.0.2.1:25".parse().unwrap();
+        let a2: SocketAddr = "192.0.2.2:25".parse().unwrap();
+        let b1: SocketAddr = "198.51.100.1:25".parse().unwrap();
+        let hops = vec![
+            ("a.test".to_string(), vec![a1, a2]),
+            ("b.test".to_string(), vec![b1]),
+        ];
+        assert_eq!(kept_first(&hops, &[]), hops);
+        // Kept to that address under another name: not the same next hop.
+        assert_eq!(kept_first(&hops, &[("c.test".into(), b1)]), hops);
+        assert_eq!(
+            kept_first(&hops, &[("b.test".into(), b1)]),
+            vec![
+                ("b.test".to_string(), vec![b1]),
+                ("a.test".to_string(), vec![a1, a2]),
+            ]
+        );
+        assert_eq!(
+            kept_first(&hops, &[("a.test".into(), a2)]),
+            vec![
+                ("a.test".to_string(), vec![a2]),
+                ("a.test".to_string(), vec![a1]),
+                ("b.test".to_string(), vec![b1]),
+            ]
+        );
+    }
 }

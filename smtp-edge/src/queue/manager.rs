@@ -289,7 +289,12 @@ impl Manager {
     /// Takes a new configuration (reload): attempts that run keep theirs,
     /// the next ones use this; the index keeps counting their sessions.
     pub fn reconfigure(&self, cfg: QueueConfig) {
-        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        let old = std::mem::replace(
+            &mut *self.cfg.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(cfg),
+        );
+        // Its sessions were opened under the old settings; none crosses.
+        old.sessions.retire();
         self.wake.notify_one();
     }
 

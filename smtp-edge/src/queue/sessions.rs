@@ -18,14 +18,19 @@
 //!   sessions get QUIT when the last attempt using it ends.
 //! - It waits at most `session_cache_time` (`[queue]`, default 2 s, 0 turns
 //!   reuse off), then gets QUIT. At most `max_concurrency` wait in all.
-//! - Before a kept session is used, RSET must be answered 250; if not, it
-//!   is closed and a new connection is made (nothing was sent for the
-//!   message).
-//! - Before a new connection to a destination, that destination's waiting
-//!   sessions are closed: a delivery holds a destination slot, so the
-//!   connections open to a destination (busy and waiting) never exceed
-//!   `max_per_destination` (on-premises Exchange counts connections per
-//!   source).
+//! - Before a kept session is used it must have sent nothing while it
+//!   waited, and RSET must be answered 250 (within 20 s); if not, it and the
+//!   destination's other waiting sessions are closed and a new connection
+//!   is made (nothing was sent for the message).
+//! - The cache counts the sessions busy per destination. Before a new
+//!   connection, waiting sessions of that destination are closed (at once,
+//!   not after a QUIT) until busy + waiting + the new one fit
+//!   `max_per_destination`: a delivery holds a destination slot, so the
+//!   connections open to a destination never exceed it (on-premises
+//!   Exchange counts connections per source), while a session kept to the
+//!   second smart host survives the first one being down.
+//! - A configuration replaced by a reload retires its cache: its waiting
+//!   sessions are closed and attempts still running under it keep none.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,12 +52,21 @@ struct Idle {
     session: Session,
 }
 
+/// What the cache holds, by destination.
+#[derive(Default)]
+struct Held {
+    idle: HashMap<String, Vec<Idle>>,
+    /// Sessions in use (taken or being opened), by destination.
+    busy: HashMap<String, usize>,
+}
+
 /// The sessions waiting, by destination.
 pub struct Sessions {
     wait: Duration,
     max: usize,
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    held: Mutex<Held>,
     sweeping: AtomicBool,
+    retired: AtomicBool,
 }
 
 impl Sessions {
@@ -62,22 +76,24 @@ impl Sessions {
         Sessions {
             wait,
             max,
-            idle: Mutex::new(HashMap::new()),
+            held: Mutex::new(Held::default()),
             sweeping: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         }
     }
 
     /// Whether sessions are kept at all.
     pub fn enabled(&self) -> bool {
-        !self.wait.is_zero() && self.max > 0
+        !self.wait.is_zero() && self.max > 0 && !self.retired.load(Ordering::Acquire)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Idle>>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A waiting session of `destination` through `connector` to `host` at
-    /// `addr` that answered RSET, if there is one.
+    /// `addr` that is still in step and answered RSET, if there is one; it
+    /// counts as busy until [`Sessions::release`].
     pub async fn take(
         &self,
         destination: &str,
@@ -85,38 +101,97 @@ impl Sessions {
         host: &str,
         addr: SocketAddr,
     ) -> Option<Session> {
-        loop {
-            let found = {
-                let mut idle = self.lock();
-                let list = idle.get_mut(destination)?;
-                // The most recently used first: the one least likely to
-                // have been closed by the server.
-                let at = list.iter().rposition(|i| {
-                    i.connector == connector && i.host == host && i.session.addr() == addr
-                })?;
-                let found = list.remove(at);
+        let found = {
+            let mut held = self.lock();
+            let list = held.idle.get_mut(destination)?;
+            // The most recently used: the one least likely to have been
+            // closed by the server.
+            let at = list.iter().rposition(|i| {
+                i.connector == connector && i.host == host && i.session.addr() == addr
+            })?;
+            let found = list.remove(at);
+            if list.is_empty() {
+                held.idle.remove(destination);
+            }
+            *held.busy.entry(destination.to_string()).or_default() += 1;
+            found
+        };
+        let mut session = found.session;
+        if found.since.elapsed() <= self.wait && session.age() < MAX_AGE && session.reset().await {
+            return Some(session);
+        }
+        // Too old, or dead (reset() closed it): the others kept for this
+        // destination are likely no better (a server restarted, a path
+        // broken); a new connection is made instead.
+        self.release(destination);
+        drop(session);
+        self.close_all(destination);
+        None
+    }
+
+    /// The next hops (name, address) with a session waiting for
+    /// `destination` through `connector`.
+    pub fn kept(&self, destination: &str, connector: usize) -> Vec<(String, SocketAddr)> {
+        self.lock()
+            .idle
+            .get(destination)
+            .map(|list| {
+                list.iter()
+                    .filter(|i| i.connector == connector)
+                    .map(|i| (i.host.clone(), i.session.addr()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Room for a new connection to `destination`, which then counts as
+    /// busy until [`Sessions::release`]: waiting sessions of it are closed
+    /// (at once) until busy + waiting + the new one fit `limit`.
+    pub fn make_room(&self, destination: &str, limit: usize) {
+        let gone: Vec<Idle> = {
+            let mut held = self.lock();
+            let busy = held.busy.get(destination).copied().unwrap_or(0);
+            let mut gone = Vec::new();
+            if let Some(list) = held.idle.get_mut(destination) {
+                let excess = (busy + list.len() + 1).saturating_sub(limit.max(1));
+                // The oldest first.
+                gone.extend(list.drain(..excess.min(list.len())));
                 if list.is_empty() {
-                    idle.remove(destination);
+                    held.idle.remove(destination);
                 }
-                found
-            };
-            if found.since.elapsed() > self.wait {
-                quit_later(found.session);
-                continue;
             }
-            let mut session = found.session;
-            if session.reset().await {
-                return Some(session);
+            *held.busy.entry(destination.to_string()).or_default() += 1;
+            gone
+        };
+        // Dropped: closed now, so the server counts them gone before the
+        // new connection arrives.
+        drop(gone);
+    }
+
+    /// A session of `destination` taken or opened is no longer busy (kept
+    /// by [`Sessions::put`], ended, or never opened).
+    pub fn release(&self, destination: &str) {
+        let mut held = self.lock();
+        if let Some(n) = held.busy.get_mut(destination) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.busy.remove(destination);
             }
-            // Closed by reset(); another may still be alive.
         }
     }
 
-    /// Closes the sessions waiting for `destination`: a new connection to
-    /// it is about to be made.
-    pub fn make_room(&self, destination: &str) {
-        let gone = self.lock().remove(destination).unwrap_or_default();
-        for i in gone {
+    /// Closes every session waiting for `destination`, at once.
+    fn close_all(&self, destination: &str) {
+        let gone = self.lock().idle.remove(destination);
+        drop(gone);
+    }
+
+    /// The configuration this cache belongs to was replaced: its waiting
+    /// sessions get QUIT, and none is kept from now on.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut self.lock().idle);
+        for i in idle.into_values().flatten() {
             quit_later(i.session);
         }
     }
@@ -135,7 +210,8 @@ impl Sessions {
             return;
         }
         let evicted = {
-            let mut idle = self.lock();
+            let mut held = self.lock();
+            let idle = &mut held.idle;
             let mut evicted = None;
             if idle.values().map(Vec::len).sum::<usize>() >= self.max {
                 // The one waiting longest makes room.
@@ -162,7 +238,7 @@ impl Sessions {
             evicted
         };
         if let Some(i) = evicted {
-            i.session.end(None).await;
+            quit_later(i.session);
         }
         self.sweep_in_background();
     }
@@ -189,8 +265,8 @@ impl Sessions {
     fn expire(&self) {
         let mut old = Vec::new();
         {
-            let mut idle = self.lock();
-            idle.retain(|_, list| {
+            let mut held = self.lock();
+            held.idle.retain(|_, list| {
                 let (keep, gone): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
                     .into_iter()
                     .partition(|i| i.since.elapsed() <= self.wait);
@@ -210,8 +286,8 @@ impl Drop for Sessions {
     /// QUIT (when a runtime is there to send it; else they are just
     /// closed).
     fn drop(&mut self) {
-        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
-        for i in idle.into_values().flatten() {
+        let held = std::mem::take(self.held.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for i in held.idle.into_values().flatten() {
             quit_later(i.session);
         }
     }

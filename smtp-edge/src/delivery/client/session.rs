@@ -2,7 +2,7 @@
 //! content, the results.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
@@ -16,12 +16,19 @@ use super::reply::{Extensions, Reply};
 use super::settings::ClientSettings;
 use crate::routing::TlsLevel;
 
+/// The longest wait for the reply to RSET on a kept session (Postfix's
+/// `smtp_rset_timeout`; capped by [`ClientSettings::timeouts`]' command
+/// limit): a dead session costs at most this before a new connection.
+pub const RSET_WAIT: Duration = Duration::from_secs(20);
+
 /// Delivers one message to one next hop at `addr` on a session of its own:
 /// [`Session::open`], [`Session::send`], QUIT. `host` is the next hop's name
 /// as routed (smart host or MX host name, or the address as text): the
 /// certificate name under domain validation without
 /// [`ClientSettings::tls_name`], and the SNI. See the module documentation
-/// for what is sent and what the results mean.
+/// for what is sent and what the results mean. Under
+/// [`TlsLevel::Opportunistic`] a failed handshake is tried again in clear
+/// ([`Session::open`]).
 pub async fn deliver(
     addr: SocketAddr,
     host: &str,
@@ -48,7 +55,6 @@ pub struct Session {
     /// Between transactions, in step with the server: the last one ended
     /// with the reply that ends it, and nothing was left unread.
     clean: bool,
-    transactions: u32,
 }
 
 impl Session {
@@ -114,7 +120,6 @@ impl Session {
                 addr,
                 opened: Instant::now(),
                 clean: true,
-                transactions: 0,
             }),
             Err(e) => {
                 close_after(&mut conn, Some(&e)).await;
@@ -133,11 +138,6 @@ impl Session {
         self.opened.elapsed()
     }
 
-    /// Transactions sent on it so far.
-    pub fn transactions(&self) -> u32 {
-        self.transactions
-    }
-
     /// Whether another transaction may follow on it: still connected, in
     /// step with the server, and the server did not say it is closing
     /// (421).
@@ -148,21 +148,42 @@ impl Session {
     /// RSET before a transaction on a session that already had one (and
     /// waited): `true` when the server answers 250, so the session is known
     /// to be alive and the next transaction starts from a clean state. A
-    /// session that fails it is closed; nothing was sent for any message.
+    /// session that sent anything while it waited (a 421 at its idle
+    /// timeout, a stray reply) or closed is not used: every later reply
+    /// could be one step behind. A session that fails is closed; nothing
+    /// was sent for any message. RSET waits at most [`RSET_WAIT`].
     pub async fn reset(&mut self) -> bool {
-        if !self.reusable() {
-            return false;
-        }
-        let limit = self.conn.timeouts.command;
-        let ok = matches!(
-            self.conn.command("RSET", Stage::Rset, limit).await,
-            Ok(r) if r.code == 250
-        );
+        let ok = self.reusable() && self.conn.buf.is_empty() && self.quiet().await && {
+            let limit = self.conn.timeouts.command.min(RSET_WAIT);
+            matches!(
+                self.conn.command("RSET", Stage::Rset, limit).await,
+                Ok(r) if r.code == 250
+            )
+        };
         if !ok {
             self.clean = false;
             self.conn.close().await;
         }
         ok
+    }
+
+    /// Whether the server has sent nothing (and not closed) since the last
+    /// reply: one read that must find nothing to read. Over TLS, records
+    /// without application data (session tickets) are taken in by the TLS
+    /// layer and do not count.
+    async fn quiet(&mut self) -> bool {
+        let mut probe = [0u8; 512];
+        match tokio::time::timeout(Duration::ZERO, self.conn.read_some(&mut probe)).await {
+            // Nothing to read yet.
+            Err(_) => true,
+            Ok(Ok(n)) => {
+                if n > 0 {
+                    tracing::debug!(addr = %self.addr, bytes = n, "kept session: the server sent something while it waited; not used");
+                }
+                false
+            }
+            Ok(Err(_)) => false,
+        }
     }
 
     /// Ends the session after `error` (the result of the last transaction,
@@ -190,7 +211,6 @@ impl Session {
             ));
         }
         self.clean = false;
-        self.transactions += 1;
         let (tls, ext) = (self.tls.clone(), self.ext.clone());
         let (result, clean) = transaction(&mut self.conn, txn, content, tls, ext).await;
         self.clean = clean;
@@ -341,7 +361,7 @@ async fn transaction_steps(
                 return Ok(finish(&rcpt_replies, None, tls, ext));
             }
             Ok(_) if !accepted => {
-                *clean = true;
+                *clean = conn.buf.is_empty();
                 return Ok(finish(&rcpt_replies, None, tls, ext));
             }
             other => other,
@@ -368,7 +388,7 @@ async fn transaction_steps(
         match failure {
             Some(e) => Err(e),
             None if !accepted => {
-                *clean = true;
+                *clean = conn.buf.is_empty();
                 return Ok(finish(&rcpt_replies, None, tls, ext));
             }
             None => conn.command("DATA", Stage::Data, t.data_init).await,
@@ -389,7 +409,7 @@ async fn transaction_steps(
 
     if let Err(e) = data_reply.and_then(check_data) {
         match &e {
-            DeliveryError::Refused { .. } => *clean = true,
+            DeliveryError::Refused { .. } => *clean = conn.buf.is_empty(),
             _ => conn.close().await,
         }
         return Ok(outcome_err(e, &rcpt_replies, tls, ext));
@@ -447,6 +467,8 @@ async fn transaction_steps(
             return Ok(outcome_err(e, &rcpt_replies, tls, ext));
         }
     };
-    *clean = true;
+    // More than the one reply to the dot (an LMTP-like server answering per
+    // recipient, say) would put every later reply one step behind.
+    *clean = conn.buf.is_empty();
     Ok(finish(&rcpt_replies, Some(&final_reply), tls, ext))
 }
