@@ -7,11 +7,13 @@
 //! per-destination limit. Next hops are scripted servers on loopback; every
 //! wait is bounded.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use smtp_edge_tests::edge::{Edge, LOOPBACK_RELAY, Setup, outbound};
 use smtp_edge_tests::nexthop::{NextHop, RcptRule, Script};
 use smtp_edge_tests::ports::free_port;
+use smtp_edge_tests::scrape::{sample, scrape};
 use smtp_edge_tests::smtp::{message, send, wait_for};
 
 /// A relay for loopback clients with every domain going to `hop`, and
@@ -48,8 +50,30 @@ fn one_by_one(e: &Edge, hop: &NextHop, n: usize) {
 #[test]
 fn one_session_carries_message_after_message_then_quits() {
     let hop = NextHop::start(Script::default());
-    let e = relay(&hop, "retry_schedule = [60]\nsession_cache_time = 2\n");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let tail = format!("[metrics]\nlisten = \"{metrics}\"\n");
+    let e = Edge::start(Setup {
+        accepted: "\"contoso.com\", \"fabrikam.com\"",
+        connectors: LOOPBACK_RELAY,
+        outbound: &outbound("all", &["*"], &[hop.host()], ""),
+        queue: "retry_schedule = [60]\nsession_cache_time = 2\n",
+        tail: &tail,
+        ..Setup::default()
+    });
     one_by_one(&e, &hop, 10);
+    let body = scrape(metrics);
+    let kind = |k: &str| {
+        sample(
+            &body,
+            "smtp_edge_delivery_sessions_total",
+            &format!("connector=\"all\",session=\"{k}\""),
+        )
+    };
+    assert_eq!(
+        (kind("new"), kind("reused")),
+        (Some(1.0), Some(9.0)),
+        "{body}"
+    );
     let t = hop.transactions();
     assert_eq!(t.len(), 10, "each message exactly once");
     assert_eq!(hop.mails().len(), 10, "no transaction repeated");

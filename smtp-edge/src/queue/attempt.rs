@@ -23,6 +23,7 @@
 use std::net::SocketAddr;
 
 use super::manager::QueueConfig;
+use super::metrics::QueueMetrics;
 use super::state::Outcome;
 use crate::delivery::client::{
     self, ClientSettings, Content, DeliveryError, Disposition, RcptResult, Session, Stage,
@@ -386,6 +387,7 @@ pub async fn deliver_route(
     env: &Envelope,
     content: &Content,
     route: &Route,
+    metrics: &QueueMetrics,
 ) -> Vec<(usize, Outcome)> {
     let c = route.connector;
     let Some(connector) = cfg.connectors.get(c) else {
@@ -424,6 +426,15 @@ pub async fn deliver_route(
                 let txn = Transaction::new(env, &rcpts);
                 let (result, reused) =
                     deliver_on(cfg, route, host, addr, &settings, &txn, content).await;
+                if !matches!(
+                    result,
+                    Err(DeliveryError::Connect { .. }
+                        | DeliveryError::Timeout {
+                            stage: Stage::Connect
+                        })
+                ) {
+                    metrics.session(&connector.name, reused);
+                }
                 match result {
                     Err(e) => {
                         if !matches!(

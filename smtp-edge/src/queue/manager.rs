@@ -511,7 +511,7 @@ impl Manager {
             }
             for r in &ready {
                 let started = Instant::now();
-                let got = attempt::deliver_route(cfg, &env, &content, r).await;
+                let got = attempt::deliver_route(cfg, &env, &content, r, &self.metrics).await;
                 let name = cfg
                     .connectors
                     .get(r.connector)

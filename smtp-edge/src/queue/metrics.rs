@@ -35,11 +35,28 @@ struct DeliveryLabels {
     outcome: DeliveryOutcome,
 }
 
+/// How a delivery got its SMTP session.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SessionKind {
+    /// A new connection.
+    new,
+    /// One kept from an earlier delivery ([`super::sessions`]).
+    reused,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabels {
+    connector: String,
+    session: SessionKind,
+}
+
 /// The queue's metrics (cheap to clone: shared).
 #[derive(Debug, Clone)]
 pub struct QueueMetrics {
     deliveries: Family<DeliveryLabels, Counter>,
     seconds: Histogram,
+    sessions: Family<SessionLabels, Counter>,
 }
 
 impl Default for QueueMetrics {
@@ -48,6 +65,7 @@ impl Default for QueueMetrics {
             deliveries: Family::default(),
             // 5 ms … ~20 min.
             seconds: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
+            sessions: Family::default(),
         }
     }
 }
@@ -71,6 +89,11 @@ impl QueueMetrics {
             prometheus_client::registry::Unit::Seconds,
             m.seconds.clone(),
         );
+        registry.register(
+            "delivery_sessions",
+            "SMTP sessions transactions were sent on, by outbound connector: new connections, or kept from an earlier delivery",
+            m.sessions.clone(),
+        );
         registry.register_collector(Box::new(QueueSize(manager)));
         m
     }
@@ -81,6 +104,21 @@ impl QueueMetrics {
         for (_, o) in outcomes {
             self.outcome(connector, o);
         }
+    }
+
+    /// A transaction was sent through `connector` on a new or a kept
+    /// session.
+    pub fn session(&self, connector: &str, reused: bool) {
+        self.sessions
+            .get_or_create(&SessionLabels {
+                connector: crate::metrics::label(connector),
+                session: if reused {
+                    SessionKind::reused
+                } else {
+                    SessionKind::new
+                },
+            })
+            .inc();
     }
 
     /// A recipient's result (also those settled without a next hop).
