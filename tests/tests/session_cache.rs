@@ -19,13 +19,30 @@ use smtp_edge_tests::smtp::{message, send, wait_for};
 /// A relay for loopback clients with every domain going to `hop`, and
 /// these `[queue]` keys.
 fn relay(hop: &NextHop, queue: &str) -> Edge {
+    relay_via(&[hop.host()], queue, "")
+}
+
+/// A relay for loopback clients with every domain going to the smart hosts
+/// `hops` in order, these `[queue]` keys and further sections `tail`.
+fn relay_via(hops: &[String], queue: &str, tail: &str) -> Edge {
     Edge::start(Setup {
         accepted: "\"contoso.com\", \"fabrikam.com\"",
         connectors: LOOPBACK_RELAY,
-        outbound: &outbound("all", &["*"], &[hop.host()], ""),
+        outbound: &outbound("all", &["*"], hops, ""),
         queue,
+        tail,
         ..Setup::default()
     })
+}
+
+/// Queues one message from alice@ to bob@ with this subject.
+fn send_one(e: &Edge, subject: &str) -> String {
+    send(
+        e.port,
+        "alice@fabrikam.com",
+        &["bob@contoso.test"],
+        &message("alice@fabrikam.com", "bob@contoso.test", subject),
+    )
 }
 
 /// Sends `n` messages one after the other, each once the one before it has
@@ -33,16 +50,7 @@ fn relay(hop: &NextHop, queue: &str) -> Edge {
 fn one_by_one(e: &Edge, hop: &NextHop, n: usize) {
     let before = hop.transactions().len();
     for i in 0..n {
-        send(
-            e.port,
-            "alice@fabrikam.com",
-            &["bob@contoso.test"],
-            &message(
-                "alice@fabrikam.com",
-                "bob@contoso.test",
-                &format!("number {i}"),
-            ),
-        );
+        send_one(e, &format!("number {i}"));
         hop.wait_for("the message at the next hop", 10, |t| t.len() > before + i);
     }
 }
@@ -52,14 +60,11 @@ fn one_session_carries_message_after_message_then_quits() {
     let hop = NextHop::start(Script::default());
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let tail = format!("[metrics]\nlisten = \"{metrics}\"\n");
-    let e = Edge::start(Setup {
-        accepted: "\"contoso.com\", \"fabrikam.com\"",
-        connectors: LOOPBACK_RELAY,
-        outbound: &outbound("all", &["*"], &[hop.host()], ""),
-        queue: "retry_schedule = [60]\nsession_cache_time = 2\n",
-        tail: &tail,
-        ..Setup::default()
-    });
+    let e = relay_via(
+        &[hop.host()],
+        "retry_schedule = [60]\nsession_cache_time = 2\n",
+        &tail,
+    );
     one_by_one(&e, &hop, 10);
     let body = scrape(metrics);
     let kind = |k: &str| {
@@ -115,12 +120,7 @@ fn no_session_is_kept_after_a_421() {
         ..Script::default()
     });
     let e = relay(&hop, "retry_schedule = [60]\nsession_cache_time = 30\n");
-    let id = send(
-        e.port,
-        "alice@fabrikam.com",
-        &["bob@contoso.test"],
-        &message("alice@fabrikam.com", "bob@contoso.test", "after a 421"),
-    );
+    let id = send_one(&e, "after a 421");
     wait_for("the deferral", 10, || match e.queued(&id) {
         Some(q) if q["attempts"].as_u64() >= Some(1) => Ok(()),
         other => Err(format!("{other:?}")),
@@ -209,24 +209,13 @@ fn sessions_to_the_second_smart_host_are_kept_while_the_first_is_down() {
         data_end_delay: Duration::from_millis(100),
         ..Script::default()
     });
-    let e = Edge::start(Setup {
-        accepted: "\"contoso.com\", \"fabrikam.com\"",
-        connectors: LOOPBACK_RELAY,
-        outbound: &outbound("all", &["*"], &[down, hop.host()], ""),
-        queue: "retry_schedule = [60]\nsession_cache_time = 5\nmax_per_destination = 2\n",
-        ..Setup::default()
-    });
+    let e = relay_via(
+        &[down, hop.host()],
+        "retry_schedule = [60]\nsession_cache_time = 5\nmax_per_destination = 2\n",
+        "",
+    );
     for i in 0..12 {
-        send(
-            e.port,
-            "alice@fabrikam.com",
-            &["bob@contoso.test"],
-            &message(
-                "alice@fabrikam.com",
-                "bob@contoso.test",
-                &format!("failover {i}"),
-            ),
-        );
+        send_one(&e, &format!("failover {i}"));
     }
     hop.wait_for("twelve messages", 20, |t| t.len() >= 12);
     assert_eq!(hop.mails().len(), 12, "no transaction repeated");

@@ -212,7 +212,8 @@ impl Session {
         }
         self.clean = false;
         let (tls, ext) = (self.tls.clone(), self.ext.clone());
-        let (result, clean) = transaction(&mut self.conn, txn, content, tls, ext).await;
+        let mut clean = false;
+        let result = transaction(&mut self.conn, txn, content, tls, ext, &mut clean).await;
         self.clean = clean;
         result
     }
@@ -279,22 +280,10 @@ async fn greet(
     Ok((ext, tls))
 }
 
-/// One transaction on `conn`; whether the connection is still in step
-/// afterwards (between transactions, nothing left unread). Where the
-/// session used to QUIT, it now stops in step and lets the owner decide.
+/// One transaction on `conn`. `clean` is set when the connection is still
+/// in step afterwards (between transactions, nothing left unread): where
+/// the session used to QUIT, it now stops in step and lets the owner decide.
 async fn transaction(
-    conn: &mut Conn,
-    txn: &Transaction<'_>,
-    content: &Content,
-    tls: Option<TlsSession>,
-    ext: Extensions,
-) -> (Result<Outcome, DeliveryError>, bool) {
-    let mut clean = false;
-    let result = transaction_steps(conn, txn, content, tls, ext, &mut clean).await;
-    (result, clean)
-}
-
-async fn transaction_steps(
     conn: &mut Conn,
     txn: &Transaction<'_>,
     content: &Content,
