@@ -1,32 +1,42 @@
-//! smtp-edge: an XDP port-25 gate and (later) SMTP relay for the firewall host in
+//! smtp-edge: an XDP port-25 gate and an SMTP relay for the firewall host in
 //! front of an on-premises mail server in a Microsoft 365 setup.
 //!
-//! Modules follow the architecture in the README: [`config`] parses and
-//! validates the one TOML file, [`allowlist`] turns entries into the kernel's
-//! lookup tables, [`filter`] loads, attaches and syncs the XDP gate, [`state`]
-//! keeps what the daemon must remember, [`control`] is the CLI↔daemon socket,
-//! and [`daemon`] ties them together.
+//! The wings, in the order mail flows through them:
+//!
+//! 1. [`gate`]: the kernel's port-25 filter seen from user space: allowlist
+//!    entries, the XDP program and its maps, the Exchange Online ranges.
+//! 2. [`inbound`]: listeners and sessions, STARTTLS, connector policy, the
+//!    tenant proof and device submission, up to the durable spool file.
+//! 3. [`queue`]: the spool, what is due and when, retries, bounces (DSNs).
+//! 4. [`outbound`]: the outbound connector and next hop for each recipient,
+//!    and the SMTP client that delivers.
+//!
+//! Beside them: [`smtp`], the pure protocol both sides speak (no I/O);
+//! [`ops`], the operator's tools (control socket, status views, metrics,
+//! prepare, Exchange commands); [`cli`], the `smtp-edge` commands;
+//! [`daemon`], the supervisor that starts each wing's service and hands
+//! each its part of a reload.
+//!
+//! The floor every wing may stand on: [`config`] (the one TOML file, parsed
+//! and validated into plain settings), [`address`] (addresses and domain
+//! patterns), [`certs`] (certificate files and what they say), [`resolve`]
+//! (the DNS resolver), [`state`] (what the daemon remembers), [`fsutil`]
+//! (durable writes).
 
-pub mod allowlist;
-pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod delivery;
-pub mod dsn;
-pub mod exo;
-pub mod filter;
-pub mod fsutil;
-pub mod metrics;
-pub mod policy;
-pub mod prepare;
+pub mod gate;
+pub mod inbound;
+pub mod outbound;
 pub mod queue;
-pub mod ranges;
-pub mod resolve;
-pub mod routing;
+
 pub mod smtp;
-pub mod spool;
+
+// CLI-PENDING pub mod cli;
+pub mod daemon;
+pub mod ops;
+
+pub mod address;
+pub mod certs;
+pub mod config;
+pub mod fsutil;
+pub mod resolve;
 pub mod state;
-pub mod submission;
-pub mod tenant;
-pub mod tls;
-pub mod view;

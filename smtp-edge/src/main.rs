@@ -8,13 +8,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use smtp_edge::allowlist::exchange;
 use smtp_edge::config::{self, Config, LogFormat};
-use smtp_edge::control::{self, ControlError, Request, Response};
 use smtp_edge::daemon;
-use smtp_edge::filter::{self, Maps};
+use smtp_edge::gate::allowlist::exchange;
+use smtp_edge::gate::xdp::{self, Maps};
+use smtp_edge::ops::control::{self, ControlError, Request, Response};
+use smtp_edge::ops::view::{self, Check, Stats, Status};
 use smtp_edge::state::StateDir;
-use smtp_edge::view::{self, Check, Stats, Status};
 
 const DEFAULT_CONFIG: &str = "/etc/smtp-edge/smtp-edge.toml";
 
@@ -293,8 +293,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Queue(q) => queue(&cli, q),
         Cmd::Prepare { user } => {
             let cfg = load_config(&cli.config)?;
-            let who = smtp_edge::prepare::Account::lookup(user)?;
-            let (done, warnings) = smtp_edge::prepare::prepare(&cfg, who)?;
+            let who = smtp_edge::ops::prepare::Account::lookup(user)?;
+            let (done, warnings) = smtp_edge::ops::prepare::prepare(&cfg, who)?;
             for d in done {
                 println!("{d}");
             }
@@ -393,7 +393,7 @@ fn config_check(file: &Path, json: bool) -> Result<()> {
         Ok(cfg) => {
             let mut warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
             for iface in cfg.interfaces() {
-                if cfg.filter.enabled && !filter::interface_exists(&iface) {
+                if cfg.filter.enabled && !xdp::interface_exists(&iface) {
                     warnings.push(format!("interface `{iface}` does not exist on this host"));
                 }
             }
@@ -482,7 +482,7 @@ fn allow(cli: &Cli, cmd: &AllowCmd) -> Result<()> {
                 let entries =
                     daemon::desired_entries(&cfg, &state_dir(&cfg)?).map_err(|e| anyhow!("{e}"))?;
                 let compiled =
-                    smtp_edge::allowlist::compile(&entries, &Default::default(), u32::MAX)?;
+                    smtp_edge::gate::allowlist::compile(&entries, &Default::default(), u32::MAX)?;
                 Ok(Stats {
                     counters: Vec::new(),
                     entries: compiled
@@ -668,7 +668,7 @@ fn generate_assets(dir: &Path) -> Result<()> {
 
 fn device(cli: &Cli, cmd: &DeviceCmd) -> Result<()> {
     let cfg = load_config(&cli.config)?;
-    let store = smtp_edge::submission::devices::Store::new(&cfg.daemon.state_dir);
+    let store = smtp_edge::inbound::submission::devices::Store::new(&cfg.daemon.state_dir);
     let shown = |name: &str, password: &str| -> Result<()> {
         if cli.json {
             print_json(&serde_json::json!({"name": name, "password": password}))
@@ -773,12 +773,12 @@ fn exo_commands(cli: &Cli) -> Result<()> {
     // Certificate names where the files can be read here (absent: the
     // commands say what to check).
     let names = |p: &std::path::Path| {
-        smtp_edge::tls::load_chain(p).ok().and_then(|c| {
+        smtp_edge::certs::load_chain(p).ok().and_then(|c| {
             c.first()
-                .map(|c| smtp_edge::tls::certificate_names(c, true))
+                .map(|c| smtp_edge::certs::certificate_names(c, true))
         })
     };
-    let certs = smtp_edge::exo::CertNames {
+    let certs = smtp_edge::ops::exo::CertNames {
         server: cfg
             .smtp
             .raw
@@ -794,7 +794,7 @@ fn exo_commands(cli: &Cli) -> Result<()> {
             })
             .collect(),
     };
-    print!("{}", smtp_edge::exo::commands(&cfg, &certs));
+    print!("{}", smtp_edge::ops::exo::commands(&cfg, &certs));
     Ok(())
 }
 
@@ -805,7 +805,7 @@ fn connector_test(cli: &Cli, name: &str, rcpt: Option<&str>, send: bool) -> Resu
         .build()
         .context("start the runtime")?;
     let report = rt
-        .block_on(smtp_edge::delivery::validate::test_connector(
+        .block_on(smtp_edge::outbound::validate::test_connector(
             &cfg, name, rcpt, send,
         ))
         .map_err(|e| anyhow!("{e}"))?;
@@ -891,7 +891,7 @@ fn detach(cli: &Cli) -> Result<()> {
     let cfg = load_config(&cli.config)?;
     let ifaces: Vec<String> = match ask(&cfg, &Request::Detach)? {
         Some(v) => serde_json::from_value(v["detached"].clone())?,
-        None => filter::detach_all(&cfg.filter.pin_dir)?,
+        None => xdp::detach_all(&cfg.filter.pin_dir)?,
     };
     if cli.json {
         return print_json(&serde_json::json!({ "detached": ifaces }));
@@ -908,9 +908,9 @@ fn detach(cli: &Cli) -> Result<()> {
 }
 
 fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
-    use smtp_edge::ranges::{self, Options, status};
+    use smtp_edge::gate::ranges::{self, Options, status};
     let cfg = load_config(&cli.config)?;
-    let now = smtp_edge::spool::now();
+    let now = smtp_edge::queue::spool::now();
     let update = |options: Options| -> Result<ranges::Report> {
         if let Some(v) = ask(&cfg, &Request::RangesUpdate { options })? {
             return Ok(serde_json::from_value(v)?);
@@ -1072,7 +1072,7 @@ fn fits_the_gate(cfg: &Config, dir: &StateDir) -> std::result::Result<(), String
         .map_err(|e| e.to_string())?
         .map(|f| f.ids())
         .unwrap_or_default();
-    smtp_edge::allowlist::compile(&entries, &previous, cfg.filter.capacity.entries)
+    smtp_edge::gate::allowlist::compile(&entries, &previous, cfg.filter.capacity.entries)
         .map(drop)
         .map_err(|e| e.to_string())
 }
@@ -1105,7 +1105,7 @@ fn queue(cli: &Cli, cmd: &QueueCmd) -> Result<()> {
     if cli.json {
         return print_json(&v);
     }
-    let now = smtp_edge::spool::now();
+    let now = smtp_edge::queue::spool::now();
     let show_msg = |m: &Value| {
         if let Some(why) = m["corrupt"].as_str() {
             println!(

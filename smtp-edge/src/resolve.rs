@@ -58,7 +58,6 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::config::dns::Dns;
-use crate::routing::SmartHost;
 
 /// The SMTP port of MX hosts.
 pub const SMTP_PORT: u16 = 25;
@@ -259,18 +258,18 @@ impl Resolver {
     /// The addresses of a smart host, with its port: an IP address is
     /// itself; a name's AAAA and A records, alternating, IPv6 first. Every
     /// failure is [`ResolveError::Temporary`] (see the module documentation).
-    pub async fn smart_host(&self, host: &SmartHost) -> Result<Vec<SocketAddr>, ResolveError> {
-        if let Some(ip) = host.ip() {
-            return Ok(vec![SocketAddr::new(ip, host.port)]);
+    pub async fn smart_host(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let name = normalize(&host.host);
+        let name = normalize(host);
         let fqdn = to_name(&name).ok_or_else(|| {
             ResolveError::Temporary(format!("smart host `{name}` is not a valid name"))
         })?;
         match self.addresses(fqdn).await {
             Answer::Found(ips) => Ok(ips
                 .into_iter()
-                .map(|ip| SocketAddr::new(ip, host.port))
+                .map(|ip| SocketAddr::new(ip, port))
                 .collect()),
             Answer::NoData => Err(ResolveError::Temporary(format!(
                 "smart host {name} has no AAAA or A record"
@@ -442,6 +441,7 @@ fn to_name(domain: &str) -> Option<Name> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::routing::SmartHost;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -604,12 +604,12 @@ mod tests {
         ));
         let sh = SmartHost::parse("[2001:db8::25]:587").unwrap();
         assert_eq!(
-            r.smart_host(&sh).await.unwrap(),
+            r.smart_host(&sh.host, sh.port).await.unwrap(),
             vec!["[2001:db8::25]:587".parse().unwrap()]
         );
         let sh = SmartHost::parse("192.0.2.25").unwrap();
         assert_eq!(
-            r.smart_host(&sh).await.unwrap(),
+            r.smart_host(&sh.host, sh.port).await.unwrap(),
             vec!["192.0.2.25:25".parse().unwrap()]
         );
     }
@@ -631,7 +631,7 @@ mod tests {
         let r = r.unwrap();
         let sh = SmartHost::parse("192.0.2.1").unwrap();
         send(r.mx("example.test"));
-        send(r.smart_host(&sh));
+        send(r.smart_host(&sh.host, sh.port));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::allowlist::{NumberedEntry, exchange::Selection};
+use crate::gate::allowlist::{NumberedEntry, exchange::Selection};
 
 /// Errors reading or writing state.
 #[derive(Debug, thiserror::Error)]
@@ -161,12 +161,12 @@ impl StateDir {
     }
 
     /// The Exchange Online list in force and the updater's record.
-    pub fn ranges(&self) -> Result<Option<crate::ranges::RangesState>, StateError> {
+    pub fn ranges(&self) -> Result<Option<crate::gate::ranges::RangesState>, StateError> {
         self.read(RANGES)
     }
 
     /// Replaces the Exchange Online list in force.
-    pub fn set_ranges(&self, state: &crate::ranges::RangesState) -> Result<(), StateError> {
+    pub fn set_ranges(&self, state: &crate::gate::ranges::RangesState) -> Result<(), StateError> {
         self.write(RANGES, state)
     }
 

@@ -174,8 +174,8 @@ impl Leaf {
     }
 
     /// As the SMTP client's identity.
-    pub fn identity(&self) -> smtp_edge::delivery::client::ClientIdentity {
-        smtp_edge::delivery::client::ClientIdentity {
+    pub fn identity(&self) -> smtp_edge::outbound::client::ClientIdentity {
+        smtp_edge::outbound::client::ClientIdentity {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
         }

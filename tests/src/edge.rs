@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use smtp_edge::spool::{Spooled, read_file};
+use smtp_edge::queue::spool::{Spooled, read_file};
 
 use crate::Daemon;
 use crate::ports::free_port_dual;

@@ -904,7 +904,7 @@ name = "internet"
             .map(|f| f.file_name().to_string_lossy().into_owned())
             .ok_or_else(|| e.log())
     });
-    let m = smtp_edge::spool::read_file(&incoming.join(&id)).expect("spooled");
+    let m = smtp_edge::queue::spool::read_file(&incoming.join(&id)).expect("spooled");
     assert!(m.envelope.tls.is_some(), "over TLS");
     e.wait_queue_empty(10);
     // Through a name the certificate does not carry: refused, kept.

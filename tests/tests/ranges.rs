@@ -28,7 +28,7 @@ const BUNDLED: [&str; 6] = [
 ];
 
 fn now() -> u64 {
-    smtp_edge::spool::now()
+    smtp_edge::queue::spool::now()
 }
 
 /// A configuration and state directory for the CLI, no daemon.

@@ -11,8 +11,8 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use smtp_edge::config::dns::Dns;
+use smtp_edge::outbound::routing::SmartHost;
 use smtp_edge::resolve::{MxHost, ResolveError, Resolver};
-use smtp_edge::routing::SmartHost;
 use smtp_edge_tests::nsd::Nsd;
 use smtp_edge_tests::ports::free_port_udp_tcp;
 
@@ -193,18 +193,20 @@ async fn smart_hosts() {
     let r = nsd.resolver();
     let host = SmartHost::parse("relay.test:587").expect("smart host");
     assert_eq!(
-        r.smart_host(&host).await.expect("relay.test"),
+        r.smart_host(&host.host, host.port)
+            .await
+            .expect("relay.test"),
         vec![sa("[2001:db8::25]:587"), sa("203.0.113.25:587")]
     );
     let host = SmartHost::parse("203.0.113.9:2525").expect("smart host");
     assert_eq!(
-        r.smart_host(&host).await.expect("literal"),
+        r.smart_host(&host.host, host.port).await.expect("literal"),
         vec![sa("203.0.113.9:2525")]
     );
     // Our own configuration at fault: the mail waits, it does not bounce.
     for name in ["nosuch.test", "nodata.test"] {
         let host = SmartHost::parse(name).expect("smart host");
-        let e = r.smart_host(&host).await.unwrap_err();
+        let e = r.smart_host(&host.host, host.port).await.unwrap_err();
         assert!(matches!(e, ResolveError::Temporary(_)), "{name}: {e:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! The SMTP client (`smtp_edge::delivery::client`) against real peers on
+//! The SMTP client (`smtp_edge::outbound::client`) against real peers on
 //! loopback: Postfix's smtp-sink (with and without PIPELINING, refusing
 //! commands, the smuggling content), a scripted tokio server for exact
 //! reply scripts (per-recipient refusals, DATA refused, SIZE, STARTTLS
@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::RootCertStore;
-use smtp_edge::delivery::client::{
+use smtp_edge::outbound::client::{
     ClientSettings, Content, DeliveryError, Disposition, Outcome, Stage, Timeouts, Transaction,
     deliver,
 };
-use smtp_edge::routing::TlsLevel;
-use smtp_edge::spool::Recipient;
+use smtp_edge::outbound::routing::TlsLevel;
+use smtp_edge::queue::spool::Recipient;
 use smtp_edge_tests::Daemon;
 use smtp_edge_tests::certs::{Ca, Leaf};
 use smtp_edge_tests::ports::free_port;
@@ -1142,7 +1142,7 @@ client_cert_trust = "{d}/ca.pem"
         .filter_map(|e| e.ok())
         .collect();
     assert_eq!(ids.len(), 1, "{}", daemon.log_text());
-    let m = smtp_edge::spool::read_file(&ids[0].path()).expect("spooled");
+    let m = smtp_edge::queue::spool::read_file(&ids[0].path()).expect("spooled");
     let subject = m
         .envelope
         .tls

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use aya::maps::{Map, MapData, RingBuf};
 use aya::programs::{TestRun, TestRunOptions};
-use smtp_edge::allowlist::{self, Entry, Origin, exchange};
 use smtp_edge::config::Mode;
-use smtp_edge::filter::{Gate, LoadCapacity, Maps, Sync};
+use smtp_edge::gate::allowlist::{self, Entry, Origin, exchange};
+use smtp_edge::gate::xdp::{Gate, LoadCapacity, Maps, Sync};
 use smtp_edge_common::{map_names, reason};
 use smtp_edge_tests::PinDir;
 use smtp_edge_tests::frames::{self, V4, V6};
@@ -836,7 +836,7 @@ fn drop_events_reach_userspace_rate_limited() {
     }
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        events.push(smtp_edge::filter::events::decode(&item).expect("decode"));
+        events.push(smtp_edge::gate::xdp::events::decode(&item).expect("decode"));
     }
     // At most 3 per second per CPU (test runs are on one CPU at a time; allow two).
     assert!((3..=6).contains(&events.len()), "{} events", events.len());

@@ -20,7 +20,7 @@ use libfuzzer_sys::{
     arbitrary::{self, Arbitrary},
     fuzz_target,
 };
-use smtp_edge::delivery::client::DataEncoder;
+use smtp_edge::outbound::client::DataEncoder;
 use smtp_edge::smtp::data::{BareLineEndings, DataConfig, DataReader, NulBytes};
 use smtp_edge::smtp::header::{HeaderError, HeaderFilter, Limits, Policy};
 

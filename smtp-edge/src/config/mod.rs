@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::allowlist::{Entry, Origin};
+use crate::gate::allowlist::{Entry, Origin};
 use smtp_edge_common::capacity;
 
 /// One problem in a configuration file.
@@ -255,7 +255,7 @@ pub struct Config {
     /// `[smtp]` and `[[inbound_connectors]]`.
     pub smtp: smtp::Smtp,
     /// `[[outbound_connectors]]`, validated.
-    pub outbound: Vec<crate::routing::Outbound>,
+    pub outbound: Vec<crate::outbound::routing::Outbound>,
     /// `[queue]`.
     pub queue: outbound::Queue,
     /// `[dns]`.
@@ -460,12 +460,14 @@ impl Config {
     /// The Exchange Online entries of the gate: the list in force (bundled,
     /// imported or fetched, with the prefixes waiting for their removal
     /// date); none when `allowlist.exchange_online` is false.
-    pub fn exchange_entries(&self, ranges: &crate::ranges::RangesState) -> Vec<Entry> {
+    pub fn exchange_entries(&self, ranges: &crate::gate::ranges::RangesState) -> Vec<Entry> {
         if !self.allowlist.exchange_online {
             return Vec::new();
         }
         let comment = match (ranges.origin, &ranges.version) {
-            (crate::ranges::Origin::Service, Some(v)) => format!("Exchange Online (version {v})"),
+            (crate::gate::ranges::Origin::Service, Some(v)) => {
+                format!("Exchange Online (version {v})")
+            }
             (origin, _) => format!("Exchange Online ({origin} list)"),
         };
         let mut out: Vec<Entry> = ranges
@@ -739,7 +741,7 @@ mod tests {
         assert_eq!(c.static_entries.len(), 3);
         assert_eq!(c.static_entries[1].source, "198.51.100.64/26");
         assert_eq!(
-            c.exchange_entries(&crate::ranges::RangesState::bundled())
+            c.exchange_entries(&crate::gate::ranges::RangesState::bundled())
                 .len(),
             6
         );

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::routing::{ClientCert, NextHop, Outbound, RecipientDomain, SmartHost, TlsLevel};
+use crate::outbound::routing::{
+    ClientCert, NextHop, Outbound, RecipientDomain, SmartHost, TlsLevel,
+};
 
 /// One `[[outbound_connectors]]` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -148,9 +150,9 @@ impl ClientTimeouts {
     }
 
     /// As the client's time limits.
-    pub fn to_client(&self) -> crate::delivery::client::Timeouts {
+    pub fn to_client(&self) -> crate::outbound::client::Timeouts {
         use std::time::Duration;
-        crate::delivery::client::Timeouts {
+        crate::outbound::client::Timeouts {
             connect: Duration::from_secs(self.connect),
             greeting: Duration::from_secs(self.greeting),
             command: Duration::from_secs(self.command),

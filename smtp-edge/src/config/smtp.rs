@@ -7,8 +7,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::allowlist::{exchange, spec};
-use crate::policy::{DomainPattern, Inbound};
+use crate::address::DomainPattern;
+use crate::gate::allowlist::{exchange, spec};
+use crate::inbound::policy::Inbound;
 
 /// What to do with a bare CR or LF in message data (`reject` or `normalize`).
 pub use crate::smtp::data::BareLineEndings;
@@ -179,7 +180,7 @@ pub struct RawInbound {
     /// What the tenant check does: `enforce` (the default when tenants are
     /// given), `monitor` or `off`.
     #[serde(default)]
-    pub tenant_policy: Option<Spanned<crate::tenant::Mode>>,
+    pub tenant_policy: Option<Spanned<crate::inbound::tenant::Mode>>,
 }
 
 /// One `tenants = [{ id = "…", domains = ["…"] }]` entry as written.
@@ -199,8 +200,8 @@ fn tenant_rule(
     name: &str,
     at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
     errors: &mut Vec<super::ConfigError>,
-) -> Option<crate::tenant::Rule> {
-    use crate::tenant::{Mode, Rule, Tenant, is_guid};
+) -> Option<crate::inbound::tenant::Rule> {
+    use crate::inbound::tenant::{Mode, Rule, Tenant, is_guid};
     let mode = match &c.tenant_policy {
         Some(m) => *m.get_ref(),
         None if c.tenants.is_empty() => Mode::Off,
@@ -283,7 +284,7 @@ fn tenants_unchecked(c: &RawInbound) -> bool {
     !c.tenants.is_empty()
         && c.tenant_policy
             .as_ref()
-            .is_some_and(|m| *m.get_ref() == crate::tenant::Mode::Off)
+            .is_some_and(|m| *m.get_ref() == crate::inbound::tenant::Mode::Off)
 }
 
 fn accepted_only() -> Vec<Spanned<String>> {
@@ -522,7 +523,7 @@ pub(super) fn validate(
         }
         if tenants
             .as_ref()
-            .is_some_and(|t| t.mode == crate::tenant::Mode::Monitor)
+            .is_some_and(|t| t.mode == crate::inbound::tenant::Mode::Monitor)
         {
             warnings.push(at(
                 c.name.span(),

@@ -62,7 +62,7 @@ pub struct Submission {
     /// Sources that may AUTH in plain text.
     pub plaintext_auth_sources: Vec<IpNet>,
     /// The brute-force guard's settings.
-    pub guard: crate::submission::guard::Settings,
+    pub guard: crate::inbound::submission::guard::Settings,
     /// Messages per hour per device.
     pub rate_per_hour: u32,
 }
@@ -133,7 +133,7 @@ pub(super) fn validate(
     }
     let mut plaintext = Vec::new();
     for s in &raw.plaintext_auth_sources {
-        match crate::allowlist::spec::parse(s.get_ref()) {
+        match crate::gate::allowlist::spec::parse(s.get_ref()) {
             Ok(n) => plaintext.extend(n),
             Err(e) => errors.push(at(
                 s.span(),
@@ -172,7 +172,7 @@ pub(super) fn validate(
         listen,
         listen_tls,
         plaintext_auth_sources: plaintext,
-        guard: crate::submission::guard::Settings {
+        guard: crate::inbound::submission::guard::Settings {
             max_failures: raw.max_failures.max(1),
             lockout: Duration::from_secs(raw.lockout_seconds),
             failure_delay: Duration::from_millis(raw.failure_delay_ms),

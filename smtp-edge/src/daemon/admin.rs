@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{DaemonError, Supervisor};
-use crate::control::{self, Request, Response};
+use crate::ops::control::{self, Request, Response};
 
 /// Binds the control socket so that it is never reachable with a wider mode
 /// than 0600, not even for a moment: bound inside a private (0700)

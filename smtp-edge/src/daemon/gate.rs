@@ -9,19 +9,20 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::DaemonError;
-use crate::allowlist::{self, Compiled, Entry, Origin, spec};
 use crate::config::Config;
-use crate::control::Request;
-use crate::filter::{self, Attachment, FilterError, Gate, LoadCapacity, Maps, Sync};
+use crate::gate::allowlist::{self, Compiled, Entry, Origin, spec};
+use crate::gate::xdp::{self, Attachment, FilterError, Gate, LoadCapacity, Maps, Sync};
+use crate::ops::control::Request;
+use crate::ops::view;
 use crate::state::{CliEntry, FilterState, StateDir};
-use crate::view;
 
 /// The desired allowlist: Exchange Online (the list in force), then the
 /// configuration's entries, then the CLI's. Identical text from two origins
 /// are two entries (two counters); the kernel holds the network once (first
 /// wins).
 pub fn desired_entries(config: &Config, state: &StateDir) -> Result<Vec<Entry>, DaemonError> {
-    let ranges = crate::ranges::load(state).map_err(|e| DaemonError::Ranges(e.to_string()))?;
+    let ranges =
+        crate::gate::ranges::load(state).map_err(|e| DaemonError::Ranges(e.to_string()))?;
     let mut entries = config.exchange_entries(&ranges);
     entries.extend(config.static_entries.iter().cloned());
     for e in state.cli_entries()? {
@@ -112,7 +113,7 @@ impl GateService {
         };
         // Check interfaces before touching anything.
         for iface in self.config.interfaces() {
-            if !filter::interface_exists(&iface) {
+            if !xdp::interface_exists(&iface) {
                 return Err(FilterError::UnknownInterface(iface).into());
             }
         }
@@ -156,9 +157,9 @@ impl GateService {
             tracing::info!(iface = %a.iface, how = %a.how, "gate attached");
             attached.push(a);
         }
-        for iface in filter::pinned_interfaces(&self.config.filter.pin_dir) {
+        for iface in xdp::pinned_interfaces(&self.config.filter.pin_dir) {
             if !wanted.contains(&iface) {
-                filter::detach_interface(&self.config.filter.pin_dir, &iface)?;
+                xdp::detach_interface(&self.config.filter.pin_dir, &iface)?;
                 tracing::info!(%iface, "gate detached (no longer configured)");
             }
         }
@@ -231,7 +232,7 @@ impl GateService {
         }
         if next.filter.enabled {
             for iface in next.interfaces() {
-                if !filter::interface_exists(&iface) {
+                if !xdp::interface_exists(&iface) {
                     return Err(format!("unknown interface `{iface}`"));
                 }
             }
@@ -332,7 +333,7 @@ impl GateService {
         self.sync = None;
         self.gate = None;
         self.attachments.clear();
-        let ifaces = filter::detach_all(&pin_dir).map_err(|e| e.to_string())?;
+        let ifaces = xdp::detach_all(&pin_dir).map_err(|e| e.to_string())?;
         tracing::warn!(
             ?ifaces,
             "gate detached on request; `smtp-edge reload` or a restart attaches it again"

@@ -46,7 +46,7 @@ impl std::fmt::Debug for GateCollector {
 
 impl Collector for GateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // Encoding runs on a blocking thread (see crate::metrics::serve).
+        // Encoding runs on a blocking thread (see crate::ops::metrics::serve).
         let gate = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let Some(stats) = gate.stats() else {
             return Ok(());
@@ -72,7 +72,7 @@ impl Collector for GateCollector {
         for e in &stats.entries {
             let id = e.entry.id.to_string();
             let origin = e.entry.entry.origin.to_string();
-            let comment = crate::metrics::label(&e.entry.entry.comment);
+            let comment = crate::ops::metrics::label(&e.entry.entry.comment);
             let labels = [
                 ("entry", id.as_str()),
                 ("source", e.entry.entry.source.as_str()),
@@ -104,10 +104,10 @@ impl Collector for RangesCollector {
             .unwrap_or_else(|p| p.into_inner())
             .ranges
             .stale_after;
-        let Ok(list) = crate::ranges::load(&self.state) else {
+        let Ok(list) = crate::gate::ranges::load(&self.state) else {
             return Ok(());
         };
-        let now = crate::spool::now();
+        let now = crate::queue::spool::now();
         let gauge = ConstGauge::new(0i64);
         let mut one = |name: &str, help: &str, v: i64| -> Result<(), std::fmt::Error> {
             let e = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
@@ -172,7 +172,7 @@ impl MetricsService {
 
     /// The registry as text (for `smtp-edge status` and tests).
     pub fn encode(&self) -> String {
-        crate::metrics::encode(&self.registry)
+        crate::ops::metrics::encode(&self.registry)
     }
 
     fn serving(&self) -> Option<SocketAddr> {
@@ -206,7 +206,7 @@ impl MetricsService {
                 task.abort();
                 tracing::info!(%old, "metrics endpoint moved");
             }
-            let task = tokio::spawn(crate::metrics::serve(l, self.registry.clone()));
+            let task = tokio::spawn(crate::ops::metrics::serve(l, self.registry.clone()));
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
             *server = Some((addr, task));
         } else if next.is_none()

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, ConfigErrors};
-use crate::filter::{self, FilterError};
+use crate::gate::xdp::{self, FilterError};
 use crate::state::{StateDir, StateError};
 pub use gate::{add_cli_entry, desired_entries, remove_cli_entry};
 pub use queue::queue_config;
@@ -48,10 +48,10 @@ pub enum DaemonError {
     Filter(#[from] FilterError),
     /// Allowlist does not fit.
     #[error(transparent)]
-    Compile(#[from] crate::allowlist::CompileError),
+    Compile(#[from] crate::gate::allowlist::CompileError),
     /// The receiving side could not start.
     #[error(transparent)]
-    Smtp(#[from] crate::smtp::server::SetupError),
+    Smtp(#[from] crate::inbound::server::SetupError),
     /// The queue could not start.
     #[error("queue: {0}")]
     Queue(String),
@@ -109,8 +109,8 @@ impl Supervisor {
             .await
             .map_err(|e| DaemonError::Queue(format!("start-up task failed: {e}")))??;
         let exchange_list =
-            crate::ranges::load(&state).map_err(|e| DaemonError::Ranges(e.to_string()))?;
-        if exchange_list.stale(crate::spool::now(), config.ranges.stale_after)
+            crate::gate::ranges::load(&state).map_err(|e| DaemonError::Ranges(e.to_string()))?;
+        if exchange_list.stale(crate::queue::spool::now(), config.ranges.stale_after)
             && config.uses_exchange_ranges()
         {
             tracing::warn!(
@@ -120,8 +120,8 @@ impl Supervisor {
         }
         let gate = Arc::new(Mutex::new(gate));
         let shared = Arc::new(RwLock::new(config.clone()));
-        let mut registry = crate::metrics::registry();
-        let smtp_metrics = crate::smtp::metrics::SmtpMetrics::register(&mut registry);
+        let mut registry = crate::ops::metrics::registry();
+        let smtp_metrics = crate::inbound::metrics::SmtpMetrics::register(&mut registry);
         let queue = queue::QueueService::new(&mut registry);
         metrics::register(&mut registry, gate.clone(), state.clone(), shared.clone());
         let receiver = match config.smtp.raw.enabled {
@@ -160,7 +160,7 @@ impl Supervisor {
 
 fn drop_events(pin_dir: PathBuf) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let r = filter::events::run(&pin_dir, |d| {
+        let r = xdp::events::run(&pin_dir, |d| {
             tracing::warn!(
                 target: "smtp_edge::drop",
                 source = %d.source.map_or_else(|| "unreadable".to_string(), |s| s.to_string()),

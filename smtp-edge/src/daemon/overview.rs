@@ -105,7 +105,10 @@ impl Supervisor {
         let gate = self.gate.clone();
         let (status, stats) = tokio::task::spawn_blocking(move || {
             let mut g = gate.lock().unwrap_or_else(|p| p.into_inner());
-            (g.handle(crate::control::Request::Status).ok(), g.stats())
+            (
+                g.handle(crate::ops::control::Request::Status).ok(),
+                g.stats(),
+            )
         })
         .await
         .unwrap_or((None, None));
@@ -116,7 +119,8 @@ impl Supervisor {
             ports: cfg.ports.clone(),
             ..GateOverview::default()
         };
-        if let Some(s) = status.and_then(|v| serde_json::from_value::<crate::view::Status>(v).ok())
+        if let Some(s) =
+            status.and_then(|v| serde_json::from_value::<crate::ops::view::Status>(v).ok())
         {
             gate.interfaces = s
                 .interfaces
@@ -183,12 +187,12 @@ impl Supervisor {
                 queue.corrupt
             ));
         }
-        let now = crate::spool::now();
-        let list = match crate::ranges::load(&self.state) {
+        let now = crate::queue::spool::now();
+        let list = match crate::gate::ranges::load(&self.state) {
             Ok(l) => l,
             Err(e) => {
                 warnings.push(format!("the Exchange Online ranges cannot be read: {e}"));
-                crate::ranges::RangesState::bundled()
+                crate::gate::ranges::RangesState::bundled()
             }
         };
         let ranges = RangesOverview {

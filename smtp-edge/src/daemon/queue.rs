@@ -10,11 +10,11 @@ use serde_json::json;
 
 use super::DaemonError;
 use crate::config::Config;
-use crate::control::Request;
+use crate::ops::control::Request;
 use crate::queue::QueueSlot;
 use crate::queue::manager::{Manager, QueueConfig, QueueError};
 use crate::queue::metrics::{ManagerSlot, QueueMetrics};
-use crate::spool::Spool;
+use crate::queue::spool::Spool;
 
 /// The queue's configuration from the file: client certificates and CA files
 /// loaded (once per reload), the resolver made.
@@ -23,15 +23,15 @@ pub fn queue_config(config: &Config) -> Result<QueueConfig, DaemonError> {
     for c in &config.outbound {
         identities.push(match &c.client_cert {
             Some(cc) => Some(Arc::new(
-                crate::delivery::client::ClientIdentity::load(cc)
-                    .map_err(crate::smtp::server::SetupError::Tls)?,
+                crate::outbound::client::ClientIdentity::load(cc)
+                    .map_err(|e| DaemonError::Queue(e.to_string()))?,
             )),
             None => None,
         });
     }
     let resolver = crate::resolve::Resolver::new(&config.dns)
         .map_err(|e| DaemonError::Queue(e.to_string()))?;
-    let system = crate::delivery::client::system_roots();
+    let system = crate::outbound::client::system_roots();
     let mut roots = Vec::new();
     for c in &config.outbound {
         roots.push(match &c.tls_trust {
@@ -39,7 +39,7 @@ pub fn queue_config(config: &Config) -> Result<QueueConfig, DaemonError> {
             Some(path) => {
                 let mut store = rustls::RootCertStore::empty();
                 for cert in
-                    crate::tls::load_chain(path).map_err(crate::smtp::server::SetupError::Tls)?
+                    crate::certs::load_chain(path).map_err(|e| DaemonError::Queue(e.to_string()))?
                 {
                     store
                         .add(cert)

@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::Supervisor;
-use crate::allowlist::exchange::Selection;
-use crate::ranges::{self, Options, Outcome, Report};
-use crate::spool::now;
+use crate::gate::allowlist::exchange::Selection;
+use crate::gate::ranges::{self, Options, Outcome, Report};
+use crate::queue::spool::now;
 
 /// The longest sleep between looks at the schedule (a clock step or a
 /// changed configuration is noticed within it).

@@ -16,15 +16,15 @@ use tokio::task::JoinHandle;
 
 use super::DaemonError;
 use crate::config::Config;
+use crate::inbound::server::{self, ConnectionLimits, Mode, ServerConfig};
+use crate::inbound::submission::guard::Guard;
 use crate::queue::QueueSlot;
-use crate::smtp::server::{self, ConnectionLimits, Mode, ServerConfig};
-use crate::spool::Spool;
-use crate::submission::guard::Guard;
+use crate::queue::spool::Spool;
 
 /// A configuration ready to be put in force.
 pub struct Prepared {
     server: ServerConfig,
-    guard: crate::submission::guard::Settings,
+    guard: crate::inbound::submission::guard::Settings,
     new_listeners: Vec<(SocketAddr, Mode, TcpListener)>,
     removed: Vec<SocketAddr>,
 }
@@ -79,8 +79,8 @@ fn build(
         exchange,
     )?;
     if config.submission.enabled() {
-        cfg.accounts = Some(crate::smtp::auth::Accounts {
-            store: crate::submission::devices::Store::new(&config.daemon.state_dir),
+        cfg.accounts = Some(crate::inbound::auth::Accounts {
+            store: crate::inbound::submission::devices::Store::new(&config.daemon.state_dir),
             guard: guard.clone(),
         });
     }
@@ -93,7 +93,7 @@ impl Receiver {
     pub async fn start(
         config: &Config,
         exchange: &[IpNet],
-        metrics: crate::smtp::metrics::SmtpMetrics,
+        metrics: crate::inbound::metrics::SmtpMetrics,
     ) -> Result<Receiver, DaemonError> {
         let smtp = &config.smtp;
         let spool = ServerConfig::open_spool(smtp)?;
@@ -129,7 +129,7 @@ impl Receiver {
                 implicit_tls = ?config.submission.listen_tls,
                 "submission (SMTP AUTH) listening"
             );
-            let store = crate::submission::devices::Store::new(&config.daemon.state_dir);
+            let store = crate::inbound::submission::devices::Store::new(&config.daemon.state_dir);
             match store.load() {
                 Ok(d) if d.is_empty() => {
                     tracing::warn!(file = %store.path().display(), "no device accounts yet (smtp-edge device add)")

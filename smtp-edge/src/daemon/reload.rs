@@ -62,7 +62,9 @@ impl Supervisor {
         let next = Arc::new(next);
 
         // Prepare: everything that can fail, nothing in force yet.
-        let exchange = crate::ranges::load(&self.state).map_err(refused)?.nets();
+        let exchange = crate::gate::ranges::load(&self.state)
+            .map_err(refused)?
+            .nets();
         let prepared = match &self.receiver {
             Some(r) => Some(r.prepare(&next, &exchange).await.map_err(refused)?),
             None => None,

@@ -25,12 +25,12 @@ use std::net::SocketAddr;
 use super::manager::QueueConfig;
 use super::metrics::QueueMetrics;
 use super::state::Outcome;
-use crate::delivery::client::{
+use crate::outbound::client::{
     self, ClientSettings, Content, DeliveryError, Disposition, RcptResult, Session, Stage,
     Transaction,
 };
-use crate::routing::NextHop;
-use crate::spool::{Envelope, Recipient};
+use crate::outbound::routing::NextHop;
+use crate::queue::spool::{Envelope, Recipient};
 
 /// A new transaction at once for "too many recipients", at most this often.
 const MAX_ROUNDS: usize = 100;
@@ -39,7 +39,7 @@ const MAX_ERRORS: usize = 4;
 
 /// The destination a smart-host connector's sessions count against (its
 /// host list); `None` for MX connectors (known only after the lookup).
-fn smart_key(c: &crate::routing::Outbound) -> Option<String> {
+fn smart_key(c: &crate::outbound::routing::Outbound) -> Option<String> {
     match &c.next_hop {
         NextHop::SmartHosts(hosts) => Some(format!(
             "smart:{}",
@@ -57,7 +57,7 @@ fn smart_key(c: &crate::routing::Outbound) -> Option<String> {
 /// recipients `addresses`, for the dispatcher.
 pub fn destinations(cfg: &QueueConfig, addresses: &[&str]) -> Vec<String> {
     let owned: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
-    let split = crate::routing::split(&owned, &cfg.connectors, &cfg.accepted);
+    let split = crate::outbound::routing::split(&owned, &cfg.connectors, &cfg.accepted);
     let mut out = Vec::new();
     for r in &split.routes {
         if let Some(k) = cfg.connectors.get(r.connector).and_then(smart_key)
@@ -87,7 +87,7 @@ pub struct Route {
 /// their next hops: the routes, and the outcomes of recipients that
 /// cannot go anywhere (unroutable, null MX, no address).
 ///
-/// With `forced` (a device's own connector, [`crate::spool::Envelope::route`]),
+/// With `forced` (a device's own connector, [`crate::queue::spool::Envelope::route`]),
 /// every recipient takes that connector whatever its domain; while that
 /// connector is not configured, the recipients wait (4.3.5).
 pub async fn routes(
@@ -117,15 +117,18 @@ pub async fn routes(
     let split = match forced_at.and_then(|i| cfg.connectors.get(i).map(|c| (i, c))) {
         Some((i, c)) => {
             let mut any = c.clone();
-            any.recipient_domains = vec![crate::routing::RecipientDomain::Any];
-            let mut s =
-                crate::routing::split(&addresses, std::slice::from_ref(&any), &cfg.accepted);
+            any.recipient_domains = vec![crate::outbound::routing::RecipientDomain::Any];
+            let mut s = crate::outbound::routing::split(
+                &addresses,
+                std::slice::from_ref(&any),
+                &cfg.accepted,
+            );
             for r in &mut s.routes {
                 r.connector = i;
             }
             s
         }
-        None => crate::routing::split(&addresses, &cfg.connectors, &cfg.accepted),
+        None => crate::outbound::routing::split(&addresses, &cfg.connectors, &cfg.accepted),
     };
     let mut done = Vec::new();
     if cfg.connectors.is_empty() {
@@ -166,7 +169,7 @@ pub async fn routes(
             .or_else(|| {
                 r.recipients
                     .first()
-                    .and_then(|&i| crate::policy::domain_of(&pending[i].1).map(str::to_string))
+                    .and_then(|&i| crate::address::domain_of(&pending[i].1).map(str::to_string))
             })
             .unwrap_or_default();
         match next_hops(cfg, connector, &domain).await {
@@ -186,14 +189,14 @@ pub async fn routes(
 /// outcome for its recipients when there are none.
 async fn next_hops(
     cfg: &QueueConfig,
-    connector: &crate::routing::Outbound,
+    connector: &crate::outbound::routing::Outbound,
     domain: &str,
 ) -> Result<(Vec<(String, Vec<SocketAddr>)>, String), Outcome> {
     let (hops, key) = match &connector.next_hop {
         NextHop::SmartHosts(hosts) => {
             let mut v = Vec::new();
             for h in hosts {
-                match cfg.resolver.smart_host(h).await {
+                match cfg.resolver.smart_host(&h.host, h.port).await {
                     Ok(addrs) => v.push((h.host.clone(), addrs)),
                     Err(e) => {
                         tracing::info!(host = %h, error = %e, "smart host does not resolve")

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::state::MessageState;
-use crate::spool::Notification;
+use crate::queue::spool::Notification;
 
 /// What the index keeps of a message's envelope (the rest is read from the
 /// spool file when it is delivered).
@@ -445,7 +445,7 @@ pub struct Counts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Envelope, Recipient};
+    use crate::queue::spool::{Envelope, Recipient};
 
     fn msg(id: &str, next: u64) -> (Summary, MessageState) {
         let env = Envelope {

@@ -10,7 +10,7 @@
 //! (a full or read-only disk) the message is frozen — not tried again until
 //! its state can be saved, retried every few seconds — instead of being
 //! delivered again and again to recipients already delivered; the spool's
-//! [`crate::spool::Health`] makes the receiving side answer `452 4.3.1`
+//! [`crate::queue::spool::Health`] makes the receiving side answer `452 4.3.1`
 //! meanwhile.
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,12 +24,12 @@ use super::index::{Counts, Dispatch, Entry, Finish, Index, Summary};
 use super::report::{self, Plan, Reporting};
 use super::state::{MessageState, Rcpt};
 use super::store::Store;
+use crate::address::DomainPattern;
 use crate::config::outbound::Queue as QueueSettings;
-use crate::delivery::client::ClientIdentity;
-use crate::policy::DomainPattern;
+use crate::outbound::client::ClientIdentity;
+use crate::outbound::routing::Outbound;
+use crate::queue::spool::{self, Envelope, Spool, SpoolError};
 use crate::resolve::Resolver;
-use crate::routing::Outbound;
-use crate::spool::{self, Envelope, Spool, SpoolError};
 
 /// How long a message whose DSN could not be queued waits before trying
 /// again.
@@ -54,7 +54,7 @@ pub struct QueueConfig {
     /// Trusted roots for certificate validation, by connector position.
     pub roots: Vec<Arc<rustls::RootCertStore>>,
     /// TLS configurations kept per next hop, by connector position.
-    pub tls_configs: Vec<Arc<crate::delivery::client::TlsConfigs>>,
+    pub tls_configs: Vec<Arc<crate::outbound::client::TlsConfigs>>,
     /// DNS.
     pub resolver: Resolver,
     /// Sessions kept open between deliveries (this configuration's).
@@ -617,7 +617,7 @@ impl Manager {
         let whole = report::wants_whole(env, &statuses);
         let (store, id) = (self.store.clone(), env.id.clone());
         let original = match blocking(move || {
-            store.original(&id, whole, crate::dsn::DEFAULT_FULL_LIMIT)
+            store.original(&id, whole, crate::queue::dsn::DEFAULT_FULL_LIMIT)
         })
         .await
         {

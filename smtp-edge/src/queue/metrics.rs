@@ -111,7 +111,7 @@ impl QueueMetrics {
     pub fn session(&self, connector: &str, reused: bool) {
         self.sessions
             .get_or_create(&SessionLabels {
-                connector: crate::metrics::label(connector),
+                connector: crate::ops::metrics::label(connector),
                 session: if reused {
                     SessionKind::reused
                 } else {
@@ -130,7 +130,7 @@ impl QueueMetrics {
         };
         self.deliveries
             .get_or_create(&DeliveryLabels {
-                connector: crate::metrics::label(connector),
+                connector: crate::ops::metrics::label(connector),
                 outcome,
             })
             .inc();

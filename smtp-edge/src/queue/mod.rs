@@ -9,13 +9,22 @@
 //! - [`report`] — which DSN a state calls for, and to whom (pure).
 //! - [`state`] — the per-message delivery state kept on disk (pure).
 //! - [`store`] — the queue's files (blocking I/O).
+//! - [`spool`] — message files: written durably by the receiving side, read by
+//!   delivery.
+//! - [`dsn`] — delivery status notifications (RFC 3464).
+//!
+//! May call: `outbound` (routing and the delivery client), `config`,
+//! `fsutil`, the pure protocol. The receiving side calls only [`spool`] and
+//! the queue's handle.
 
 pub mod attempt;
+pub mod dsn;
 pub mod index;
 pub mod manager;
 pub mod metrics;
 pub mod report;
 pub mod sessions;
+pub mod spool;
 pub mod state;
 pub mod store;
 

@@ -16,8 +16,8 @@
 //! never about a DSN, so notices cannot chain.
 
 use super::state::MessageState;
-use crate::dsn::{self, RecipientStatus};
-use crate::spool::{Envelope, Notification, Recipient};
+use crate::queue::dsn::{self, RecipientStatus};
+use crate::queue::spool::{Envelope, Notification, Recipient};
 
 /// What to do about a message's unreported outcomes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::delivery::client::Session;
+use crate::outbound::client::Session;
 
 /// A session is not used for a new transaction after this long (Postfix's
 /// `smtp_connection_reuse_time_limit`).

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dsn::{Action, RecipientStatus};
-use crate::spool::Envelope;
+use crate::queue::dsn::{Action, RecipientStatus};
+use crate::queue::spool::Envelope;
 
 /// Where one recipient stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,7 +368,7 @@ pub fn save(path: &Path, state: &MessageState) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::Recipient;
+    use crate::queue::spool::Recipient;
 
     fn env(n: usize) -> Envelope {
         Envelope {

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::state::{self, MessageState};
-use crate::delivery::client::Content;
 use crate::fsutil;
-use crate::spool::{self, Envelope, Spool, SpoolError};
+use crate::outbound::client::Content;
+use crate::queue::spool::{self, Envelope, Spool, SpoolError};
 
 /// Messages up to this size are delivered from memory.
 const SMALL: u64 = 128 * 1024;

@@ -7,7 +7,18 @@
 //! comment early; the message itself may not start with a continuation line
 //! ([`super::header`]).
 
-use crate::spool::TlsInfo;
+use serde::{Deserialize, Serialize};
+
+/// TLS facts about the session a message came in on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// "TLSv1.3" or "TLSv1.2".
+    pub version: String,
+    /// Cipher suite name.
+    pub cipher: String,
+    /// Verified client certificate subject, if one was presented and verified.
+    pub client_cert: Option<String>,
+}
 
 /// The facts of one `Received:` field.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,8 +28,8 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use serde_json::{Map as JsonMap, Value, json};
 
+use smtp_edge::queue::spool::{self, Envelope, MAGIC, Recipient};
 use smtp_edge::queue::state::{MessageState, Outcome};
-use smtp_edge::spool::{self, Envelope, MAGIC, Recipient};
 use smtp_edge_tests::bench::{interrupted, round};
 use smtp_edge_tests::nexthop::{NextHop, RcptRule, Script};
 use smtp_edge_tests::smtp::{Client, data_of, message};

@@ -49,9 +49,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map as JsonMap, Value, json};
 
-use smtp_edge::allowlist::{Compiled, Entry, Origin, compile};
 use smtp_edge::config::{Mode, XdpAttach};
-use smtp_edge::filter::{self, BASELINE_OBJECT, Gate, LoadCapacity, Maps, Sync};
+use smtp_edge::gate::allowlist::{Compiled, Entry, Origin, compile};
+use smtp_edge::gate::xdp::{self, BASELINE_OBJECT, Gate, LoadCapacity, Maps, Sync};
 use smtp_edge_common::reason;
 use smtp_edge_tests::frames;
 use smtp_edge_tests::netns::{self, Banner, Netns};
@@ -1091,7 +1091,7 @@ fn flood_run(args: &Args, net: &Net, generator: Gen) -> Result<[Flood; 4]> {
     let xdp = flood_phase(net, generator, senders, secs, || {
         counter(&pin.0, reason::DROPPED_NOT_ALLOWED_V4)
     })?;
-    filter::detach_all(&pin.0).context("detach the gate")?;
+    xdp::detach_all(&pin.0).context("detach the gate")?;
 
     // With XDP frames, the receiving veth needs an XDP program to take them
     // at all; the cheapest one passes them on to the stack.
@@ -1447,7 +1447,7 @@ fn reload(args: &Args, rng: &mut StdRng, out: &mut JsonMap<String, Value>) -> Re
         json!(dropped_after - dropped_before),
     );
     drop(sync);
-    filter::detach_all(&pin.0).context("detach the gate")?;
+    xdp::detach_all(&pin.0).context("detach the gate")?;
     drop(pin);
     drop(net);
     Ok(())

@@ -47,7 +47,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use serde_json::{Value, json};
 
-use smtp_edge::view::Stats;
+use smtp_edge::ops::view::Stats;
 use smtp_edge_tests::certs::{Ca, Leaf};
 use smtp_edge_tests::dkim::{self, DkimKey};
 use smtp_edge_tests::netns::{self, Netns};
@@ -345,7 +345,7 @@ fn exo_message(key: &DkimKey, tenant: &str, subject: &str, to: &str) -> String {
          X-MS-Exchange-SenderADCheck: 1\r\n\
          \r\n\
          Sent by the smtp-edge lab.\r\n",
-        date = smtp_edge::smtp::trace::rfc5322_date(smtp_edge::spool::now()),
+        date = smtp_edge::smtp::trace::rfc5322_date(smtp_edge::queue::spool::now()),
         nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos()),
@@ -357,7 +357,7 @@ fn exo_message(key: &DkimKey, tenant: &str, subject: &str, to: &str) -> String {
 fn plain_message(from: &str, to: &str, subject: &str) -> String {
     format!(
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {}\r\n\r\nScanned document attached (not really).\r\n",
-        smtp_edge::smtp::trace::rfc5322_date(smtp_edge::spool::now())
+        smtp_edge::smtp::trace::rfc5322_date(smtp_edge::queue::spool::now())
     )
 }
 
@@ -856,7 +856,7 @@ fn lab(args: &Args) -> Result<bool> {
     let zone = dkim::zone(&[&kit.ours, &kit.foreign]);
     let nsd = within(&edge.name, move || Ok(Nsd::start(&zone)))?;
     let ws = within(&edge.name, || Ok(WebService::start()))?;
-    let mut ranges: Vec<&str> = smtp_edge::allowlist::exchange::BUNDLED.to_vec();
+    let mut ranges: Vec<&str> = smtp_edge::gate::allowlist::exchange::BUNDLED.to_vec();
     ranges.push(EO_RANGE);
     ws.publish(VERSION_1, &ranges);
     println!(
@@ -1193,7 +1193,7 @@ fn lab(args: &Args) -> Result<bool> {
 }
 
 fn counter(s: &Stats, name: &str) -> u64 {
-    smtp_edge::view::counter(s, name).copied().unwrap_or(0)
+    smtp_edge::ops::view::counter(s, name).copied().unwrap_or(0)
 }
 
 /// A message's Subject and Received fields, unfolded.

@@ -1,0 +1,16 @@
+//! The operator's tools beside the mail flow.
+//!
+//! - [`control`]: the local control socket between the CLI and the daemon.
+//! - [`view`]: the status, check and statistics views the CLI prints.
+//! - [`metrics`]: the Prometheus registry and the `/metrics` endpoint.
+//! - [`prepare`]: root's step before the daemon starts (directories, owners).
+//! - [`exo`]: the Exchange PowerShell matching the configuration.
+//!
+//! May call every wing's public types to describe them; no wing calls these
+//! modules except to register metrics.
+
+pub mod control;
+pub mod exo;
+pub mod metrics;
+pub mod prepare;
+pub mod view;
