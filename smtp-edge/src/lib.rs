@@ -13,7 +13,8 @@
 //!
 //! Beside them: [`smtp`], the pure protocol both sides speak (no I/O);
 //! [`ops`], the operator's tools (control socket, status views, metrics,
-//! prepare, Exchange commands); [`cli`], the `smtp-edge` commands;
+//! prepare, Exchange commands); the `smtp-edge` commands themselves live
+//! with the binary (`src/cli/`, one file per command group);
 //! [`daemon`], the supervisor that starts each wing's service and hands
 //! each its part of a reload.
 //!
@@ -30,7 +31,6 @@ pub mod queue;
 
 pub mod smtp;
 
-// CLI-PENDING pub mod cli;
 pub mod daemon;
 pub mod ops;
 
