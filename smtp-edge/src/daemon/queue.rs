@@ -12,8 +12,8 @@ use super::DaemonError;
 use crate::config::Config;
 use crate::ops::control::Request;
 use crate::queue::QueueSlot;
-use crate::queue::manager::{Manager, QueueConfig, QueueError};
-use crate::queue::metrics::{ManagerSlot, QueueMetrics};
+use crate::queue::manager::{Manager, ManagerSlot, QueueConfig, QueueError};
+use crate::queue::metrics::QueueMetrics;
 use crate::queue::spool::Spool;
 
 /// The queue's configuration from the file: client certificates and CA files

@@ -22,7 +22,7 @@
 
 use std::net::SocketAddr;
 
-use super::manager::QueueConfig;
+use super::config::QueueConfig;
 use super::metrics::QueueMetrics;
 use super::state::Outcome;
 use crate::outbound::client::{

@@ -1,17 +1,14 @@
-//! The queue manager: keeps every queued message in memory ([`Index`],
-//! built from the state files at start), wakes when the earliest is due or a
-//! new one arrives, and runs delivery attempts ([`super::attempt`]) within
-//! the limits; records results durably, sends DSNs ([`super::report`]), and
-//! answers the queue commands. A message leaves the spool only when every
-//! recipient is delivered or bounced and every bounce is queued; a crash at
-//! any point leads at worst to a duplicate.
+//! The queue manager: keeps every queued message in memory ([`Index`]),
+//! wakes when the earliest is due or a new one arrives, and runs delivery
+//! attempts ([`super::attempt`]) within the limits; records their results
+//! and sends DSNs ([`super::report`]). A message leaves the spool only when
+//! every recipient is delivered or bounced and every bounce is queued; a
+//! crash at any point leads at worst to a duplicate.
 //!
-//! All file I/O runs off the async workers. When a state cannot be written
-//! (a full or read-only disk) the message is frozen — not tried again until
-//! its state can be saved, retried every few seconds — instead of being
-//! delivered again and again to recipients already delivered; the spool's
-//! [`crate::queue::spool::Health`] makes the receiving side answer `452 4.3.1`
-//! meanwhile.
+//! This file is the dispatcher and the manager's public types;
+//! [`super::upkeep`] loads the queue at start, writes states (freezing a
+//! message whose state cannot be saved) and thaws frozen ones;
+//! [`super::commands`] answers the queue commands.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -21,45 +18,19 @@ use tokio::sync::{Notify, mpsc};
 
 use super::attempt;
 use super::index::{Counts, Dispatch, Entry, Finish, Index, Summary};
+use super::metrics::{QueueCounts, QueueMetrics};
 use super::report::{self, Plan, Reporting};
 use super::state::{MessageState, Rcpt};
 use super::store::Store;
-use crate::address::DomainPattern;
-use crate::config::outbound::Queue as QueueSettings;
-use crate::outbound::client::ClientIdentity;
-use crate::outbound::routing::Outbound;
-use crate::queue::spool::{self, Envelope, Spool, SpoolError};
-use crate::resolve::Resolver;
+use crate::queue::spool::{self, Envelope, SpoolError};
+
+pub use super::config::QueueConfig;
 
 /// How long a message whose DSN could not be queued waits before trying
 /// again.
-const REPORT_RETRY: u64 = 60;
-/// How often frozen messages and a full spool are looked at again.
-const MAINTENANCE: Duration = Duration::from_secs(5);
+pub(super) const REPORT_RETRY: u64 = 60;
 /// The longest sleep without looking at the clock.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
-
-/// Everything the manager needs; swapped whole on reload.
-pub struct QueueConfig {
-    /// Outbound connectors.
-    pub connectors: Vec<Outbound>,
-    /// Client certificates, loaded once, by connector position.
-    pub identities: Vec<Option<Arc<ClientIdentity>>>,
-    /// Accepted domains (for `accepted` routing).
-    pub accepted: Vec<DomainPattern>,
-    /// Retries and limits.
-    pub settings: QueueSettings,
-    /// This host's name (EHLO default, DSN reporter).
-    pub hostname: String,
-    /// Trusted roots for certificate validation, by connector position.
-    pub roots: Vec<Arc<rustls::RootCertStore>>,
-    /// TLS configurations kept per next hop, by connector position.
-    pub tls_configs: Vec<Arc<crate::outbound::client::TlsConfigs>>,
-    /// DNS.
-    pub resolver: Resolver,
-    /// Sessions kept open between deliveries (this configuration's).
-    pub sessions: Arc<super::sessions::Sessions>,
-}
 
 /// One message as `smtp-edge queue list` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -103,18 +74,9 @@ pub enum QueueError {
     InvalidId(String),
 }
 
-/// Refuses anything that is not a queue id before it comes near a path.
-fn checked(id: &str) -> Result<&str, QueueError> {
-    if spool::valid_id(id) {
-        Ok(id)
-    } else {
-        Err(QueueError::InvalidId(id.chars().take(64).collect()))
-    }
-}
-
 /// How the receiving side hands the queue a message it just accepted.
 #[derive(Debug, Clone)]
-pub struct QueueHandle(mpsc::UnboundedSender<Envelope>);
+pub struct QueueHandle(pub(super) mpsc::UnboundedSender<Envelope>);
 
 impl QueueHandle {
     /// A message is in the spool (its envelope, id set).
@@ -143,18 +105,32 @@ impl QueueSlot {
         self.0.read().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
-    fn set(&self, handle: Option<QueueHandle>) {
+    pub(super) fn set(&self, handle: Option<QueueHandle>) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = handle;
     }
 }
 
 /// The manager.
 pub struct Manager {
-    store: Store,
-    cfg: RwLock<Arc<QueueConfig>>,
-    index: Mutex<Index>,
-    wake: Notify,
-    metrics: super::metrics::QueueMetrics,
+    pub(super) store: Store,
+    pub(super) cfg: RwLock<Arc<QueueConfig>>,
+    pub(super) index: Mutex<Index>,
+    pub(super) wake: Notify,
+    pub(super) metrics: QueueMetrics,
+}
+
+/// Where the daemon keeps the manager (none until the queue runs); the
+/// queue's size metric reads it at each scrape.
+pub type ManagerSlot = Arc<Mutex<Option<Arc<Manager>>>>;
+
+impl QueueCounts for ManagerSlot {
+    fn counts(&self) -> Counts {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| m.counts())
+            .unwrap_or_default()
+    }
 }
 
 /// The destinations an attempt holds slots of (those of its dispatch and
@@ -173,28 +149,7 @@ struct Attempted {
     park_on: Option<String>,
 }
 
-fn listed(id: &str, e: &Entry, now: u64) -> Listed {
-    Listed {
-        id: id.to_string(),
-        age: now.saturating_sub(e.summary.received_at),
-        sender: e.summary.mail_from.to_string(),
-        recipients: e
-            .summary
-            .recipients
-            .iter()
-            .map(|r| r.to_string())
-            .zip(e.state.recipients.iter().cloned())
-            .collect(),
-        next_attempt: e.state.next_attempt,
-        held: e.state.held,
-        attempts: e.state.attempts,
-        frozen: e.frozen.clone(),
-        corrupt: None,
-        busy: e.busy,
-    }
-}
-
-fn summary(env: &Envelope) -> Summary {
+pub(super) fn summary(env: &Envelope) -> Summary {
     Summary {
         mail_from: env.mail_from.as_str().into(),
         recipients: env
@@ -209,7 +164,9 @@ fn summary(env: &Envelope) -> Summary {
 }
 
 /// Runs blocking file work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => Some(v),
         Err(e) => {
@@ -220,67 +177,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Manager {
-    /// Reads the queue from disk (quarantining what cannot be used) and
-    /// starts the manager. The receiving side's `slot` gets the handle
-    /// before the spool is read, so a message accepted meanwhile is either
-    /// read from disk or announced (a message both read and announced is
-    /// queued once).
-    pub async fn start(
-        spool: Arc<Spool>,
-        cfg: QueueConfig,
-        slot: &QueueSlot,
-        metrics: super::metrics::QueueMetrics,
-    ) -> Result<Arc<Manager>, QueueError> {
-        let store = Store::new(spool).map_err(|e| QueueError::Io(e.to_string()))?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        slot.set(Some(QueueHandle(tx)));
-        match Self::load(store, cfg, rx, metrics).await {
-            Ok(m) => Ok(m),
-            Err(e) => {
-                slot.set(None);
-                Err(e)
-            }
-        }
-    }
-
-    async fn load(
-        store: Store,
-        cfg: QueueConfig,
-        rx: mpsc::UnboundedReceiver<Envelope>,
-        metrics: super::metrics::QueueMetrics,
-    ) -> Result<Arc<Manager>, QueueError> {
-        let started = Instant::now();
-        let s2 = store.clone();
-        let scan = blocking(move || s2.scan())
-            .await
-            .ok_or_else(|| QueueError::Io("queue scan failed".into()))?
-            .map_err(|e| QueueError::Io(e.to_string()))?;
-        let mut index = Index::new();
-        for l in scan.loaded {
-            index.insert(summary(&l.envelope), l.state);
-        }
-        for (id, reason) in &scan.corrupt {
-            index.add_corrupt(id, reason);
-        }
-        tracing::info!(
-            messages = index.len(),
-            corrupt = scan.corrupt.len(),
-            leftovers_removed = scan.removed,
-            seconds = started.elapsed().as_secs_f64(),
-            "queue loaded"
-        );
-        let m = Arc::new(Manager {
-            store,
-            cfg: RwLock::new(Arc::new(cfg)),
-            index: Mutex::new(index),
-            wake: Notify::new(),
-            metrics,
-        });
-        tokio::spawn(m.clone().run(rx));
-        tokio::spawn(m.clone().maintenance());
-        Ok(m)
-    }
-
     /// The configuration in force.
     pub fn config(&self) -> Arc<QueueConfig> {
         self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -298,7 +194,7 @@ impl Manager {
         self.wake.notify_one();
     }
 
-    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+    pub(super) fn index(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -307,7 +203,7 @@ impl Manager {
         self.index().counts()
     }
 
-    async fn run(self: Arc<Self>, mut arrivals: mpsc::UnboundedReceiver<Envelope>) {
+    pub(super) async fn run(self: Arc<Self>, mut arrivals: mpsc::UnboundedReceiver<Envelope>) {
         loop {
             self.dispatch();
             let sleep = {
@@ -584,14 +480,6 @@ impl Manager {
         }
     }
 
-    /// Moves an unusable message to `corrupt/` and lists it there.
-    async fn quarantine(&self, id: &str, reason: &str) {
-        tracing::error!(id, %reason, "unusable queued message quarantined in corrupt/");
-        let (store, id2, r2) = (self.store.clone(), id.to_string(), reason.to_string());
-        blocking(move || store.quarantine(&id2, &r2)).await;
-        self.index().add_corrupt(id, reason);
-    }
-
     /// Sends what DSN is due; marks the recipients reported only once it is
     /// on disk. The DSN's envelope, when one was queued.
     async fn report(
@@ -659,216 +547,5 @@ impl Manager {
                 }
             }
         }
-    }
-
-    /// Writes where the message stands: removes it when it is done, saves
-    /// its state otherwise. A write that fails freezes it (with why).
-    async fn persist(&self, mut st: MessageState) -> (Option<MessageState>, Option<String>) {
-        let done = st.pending().is_empty();
-        if done && !st.has_unreported() {
-            let (store, id) = (self.store.clone(), st.id.clone());
-            return match blocking(move || store.remove(&id)).await {
-                Some(Ok(())) => {
-                    tracing::info!(id = %st.id, "message done");
-                    (None, None)
-                }
-                Some(Err(e)) => {
-                    tracing::error!(id = %st.id, error = %e, "cannot remove a finished message; frozen until it can be");
-                    let why = format!("cannot remove: {e}");
-                    (Some(st), Some(why))
-                }
-                None => (Some(st), Some("cannot remove".into())),
-            };
-        }
-        if done {
-            // Only a DSN is missing: try again soon, not on the schedule.
-            st.next_attempt = spool::now() + REPORT_RETRY;
-        }
-        let store = self.store.clone();
-        let copy = st.clone();
-        match blocking(move || store.save(&copy)).await {
-            Some(Ok(())) => {
-                if !done {
-                    tracing::info!(
-                        id = %st.id,
-                        pending = st.pending().len(),
-                        retry_in = st.next_attempt.saturating_sub(spool::now()),
-                        "delivery deferred"
-                    );
-                }
-                (Some(st), None)
-            }
-            Some(Err(e)) => {
-                tracing::error!(id = %st.id, error = %e, "cannot save queue state; the message is frozen (not tried again) until it can be");
-                (Some(st), Some(format!("cannot save state: {e}")))
-            }
-            None => (Some(st), Some("cannot save state".into())),
-        }
-    }
-
-    /// Frozen messages are saved (or removed) again when the disk allows,
-    /// a few at a time; a full spool is probed so the receiving side takes
-    /// mail again when it can. Its own task: the dispatcher never waits on
-    /// it.
-    async fn maintenance(self: Arc<Self>) {
-        const BATCH: usize = 64;
-        let mut tick = tokio::time::interval(MAINTENANCE);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let spool = self.store.spool().clone();
-            if spool.health().is_full() {
-                let writable = blocking(move || spool.probe().is_ok()).await == Some(true);
-                if !writable {
-                    continue;
-                }
-            }
-            let frozen = self.index().frozen();
-            for id in frozen.into_iter().take(BATCH) {
-                let Some(st) = self.index().take(&id) else {
-                    continue;
-                };
-                let (state, frozen) = self.persist(st).await;
-                let thawed = frozen.is_none();
-                {
-                    let mut ix = self.index();
-                    match state {
-                        None => ix.remove_busy(&id),
-                        Some(st) => ix.settle(&id, st, frozen),
-                    }
-                }
-                if thawed {
-                    tracing::info!(%id, "queue state written again; message thawed");
-                    self.wake.notify_one();
-                } else {
-                    break;
-                }
-            }
-        }
-    }
-
-    /// `queue list`: every message, from memory.
-    pub fn list(&self) -> Vec<Listed> {
-        let now = spool::now();
-        let ix = self.index();
-        let mut out: Vec<Listed> = ix.entries().map(|(id, e)| listed(id, e, now)).collect();
-        out.extend(ix.corrupt().iter().map(|(id, why)| Listed {
-            id: id.clone(),
-            age: 0,
-            sender: String::new(),
-            recipients: Vec::new(),
-            next_attempt: 0,
-            held: false,
-            attempts: 0,
-            frozen: None,
-            corrupt: Some(why.clone()),
-            busy: false,
-        }));
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
-    }
-
-    /// `queue show ID`: the listing plus the message's header section.
-    pub fn show(&self, id: &str) -> Result<(Listed, String), QueueError> {
-        let id = checked(id)?;
-        let listed = {
-            let ix = self.index();
-            let e = ix
-                .get(id)
-                .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
-            listed(id, e, spool::now())
-        };
-        let headers = self
-            .store
-            .original(id, false, 0)
-            .map_err(|e| QueueError::Io(e.to_string()))?;
-        Ok((listed, String::from_utf8_lossy(&headers).into_owned()))
-    }
-
-    /// Changes a resting message and saves its state (blocking: called from
-    /// the control socket's blocking task). The message is busy meanwhile,
-    /// so no attempt starts on it; when the state cannot be saved nothing
-    /// changes.
-    fn modify(&self, id: &str, f: impl FnOnce(&mut MessageState)) -> Result<(), QueueError> {
-        let id = checked(id)?;
-        let (before, frozen) = {
-            let mut ix = self.index();
-            let frozen = ix
-                .get(id)
-                .ok_or_else(|| QueueError::NotFound(id.to_string()))?
-                .frozen
-                .clone();
-            (
-                ix.take(id)
-                    .ok_or_else(|| QueueError::Busy(id.to_string()))?,
-                frozen,
-            )
-        };
-        let mut after = before.clone();
-        f(&mut after);
-        match self.store.save(&after) {
-            Ok(()) => {
-                self.index().settle(id, after, None);
-                self.wake.notify_one();
-                Ok(())
-            }
-            Err(e) => {
-                self.index().settle(id, before, frozen);
-                Err(QueueError::Io(format!(
-                    "cannot save the state of {id}: {e}"
-                )))
-            }
-        }
-    }
-
-    /// `queue flush [ID]`: retry now (nothing to save: a restart keeps the
-    /// schedule).
-    pub fn flush(&self, id: Option<&str>) -> Result<usize, QueueError> {
-        let mut ix = self.index();
-        let ids: Vec<String> = match id {
-            Some(id) => vec![checked(id)?.to_string()],
-            None => ix.entries().map(|(id, _)| id.to_string()).collect(),
-        };
-        let mut n = 0;
-        for id in ids {
-            match ix.modify(&id, |e| e.state.next_attempt = 0) {
-                Some(Ok(())) => n += 1,
-                Some(Err(())) => {}
-                None => return Err(QueueError::NotFound(id)),
-            }
-        }
-        drop(ix);
-        self.wake.notify_one();
-        Ok(n)
-    }
-
-    /// `queue hold ID` / `queue release ID`.
-    pub fn hold(&self, id: &str, held: bool) -> Result<(), QueueError> {
-        self.modify(id, |st| st.held = held)
-    }
-
-    /// `queue bounce ID`: fail every pending recipient now (the sender gets a DSN).
-    pub fn bounce(&self, id: &str) -> Result<(), QueueError> {
-        self.modify(id, |st| {
-            st.bounce_all(spool::now(), "returned to the sender by the administrator");
-            st.next_attempt = 0;
-        })
-    }
-
-    /// `queue delete ID`: remove without telling anyone.
-    pub fn delete(&self, id: &str) -> Result<(), QueueError> {
-        let id = checked(id)?;
-        let entry = match self.index().remove(id) {
-            None => return Err(QueueError::NotFound(id.to_string())),
-            Some(Err(())) => return Err(QueueError::Busy(id.to_string())),
-            Some(Ok(e)) => e,
-        };
-        if let Err(e) = self.store.remove(id) {
-            // Still on disk: keep it queued.
-            self.index().insert(entry.summary, entry.state);
-            return Err(QueueError::Io(format!("cannot delete {id}: {e}")));
-        }
-        tracing::warn!(id, "message deleted by the administrator");
-        Ok(())
     }
 }

@@ -1,8 +1,7 @@
 //! The queue's metrics: recipients' delivery outcomes by outbound connector,
 //! the time of one route's delivery attempt, and (at scrape time) the
-//! messages queued by state.
-
-use std::sync::{Arc, Mutex};
+//! messages queued by state, read from a [`QueueCounts`] source (the
+//! manager's slot) so these metrics need nothing of the manager.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -14,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::manager::Manager;
+use super::index::Counts;
 use super::state::Outcome;
 
 /// A recipient's result from one attempt.
@@ -70,13 +69,17 @@ impl Default for QueueMetrics {
     }
 }
 
-/// Where the collector finds the manager (none until the queue runs).
-pub type ManagerSlot = Arc<Mutex<Option<Arc<Manager>>>>;
+/// Where the collector reads the queue's size at each scrape (the
+/// manager's slot: zero while no queue runs).
+pub trait QueueCounts: Send + Sync + 'static {
+    /// Messages by state, now.
+    fn counts(&self) -> Counts;
+}
 
 impl QueueMetrics {
-    /// Registers them, and the queue's size read from `manager` at each
+    /// Registers them, and the queue's size read from `size` at each
     /// scrape.
-    pub fn register(registry: &mut Registry, manager: ManagerSlot) -> QueueMetrics {
+    pub fn register(registry: &mut Registry, size: impl QueueCounts) -> QueueMetrics {
         let m = QueueMetrics::default();
         registry.register(
             "deliveries",
@@ -94,7 +97,7 @@ impl QueueMetrics {
             "SMTP sessions transactions were sent on, by outbound connector: new connections, or kept from an earlier delivery",
             m.sessions.clone(),
         );
-        registry.register_collector(Box::new(QueueSize(manager)));
+        registry.register_collector(Box::new(QueueSize(Box::new(size))));
         m
     }
 
@@ -137,7 +140,7 @@ impl QueueMetrics {
     }
 }
 
-struct QueueSize(ManagerSlot);
+struct QueueSize(Box<dyn QueueCounts>);
 
 impl std::fmt::Debug for QueueSize {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,13 +150,7 @@ impl std::fmt::Debug for QueueSize {
 
 impl Collector for QueueSize {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counts = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|m| m.counts())
-            .unwrap_or_default();
+        let counts = self.0.counts();
         let gauge = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(
             "queue_messages",

@@ -1,7 +1,14 @@
 //! The queue: takes spooled messages to their next hops, retries, expires and
 //! bounces.
 //!
-//! - [`manager`] — the service: the in-memory queue, dispatch, commands.
+//! - [`manager`] — the service: the in-memory queue, dispatch, the queue's
+//!   handle.
+//! - [`upkeep`] — the manager's files: loading at start, saving states,
+//!   freezing and thawing, quarantine.
+//! - [`commands`] — the queue commands (list, show, flush, hold, bounce,
+//!   delete).
+//! - [`config`] — the configuration the queue runs under (swapped on
+//!   reload).
 //! - [`index`] — what is queued and when it is due (pure).
 //! - [`attempt`] — one delivery attempt: routes, next hops, failover.
 //! - [`metrics`] — deliveries, attempt times, the queue's size.
@@ -18,6 +25,8 @@
 //! the queue's handle.
 
 pub mod attempt;
+pub mod commands;
+pub mod config;
 pub mod dsn;
 pub mod index;
 pub mod manager;
@@ -27,5 +36,6 @@ pub mod sessions;
 pub mod spool;
 pub mod state;
 pub mod store;
+pub mod upkeep;
 
 pub use manager::{QueueError, QueueHandle, QueueSlot};
