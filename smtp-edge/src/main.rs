@@ -11,6 +11,7 @@ use serde_json::Value;
 use smtp_edge::config::{self, Config, LogFormat};
 use smtp_edge::daemon;
 use smtp_edge::gate::allowlist::exchange;
+use smtp_edge::gate::filter::FilterState;
 use smtp_edge::gate::xdp::{self, Maps};
 use smtp_edge::ops::control::{self, ControlError, Request, Response};
 use smtp_edge::ops::view::{self, Check, Stats, Status};
@@ -520,7 +521,7 @@ fn read_stats(cfg: &Config, req: &Request) -> Result<Stats> {
         return Ok(serde_json::from_value(v)?);
     }
     let maps = Maps::open(&cfg.filter.pin_dir, false)?;
-    let fs = state_dir(cfg)?.filter()?.unwrap_or_default();
+    let fs = FilterState::read(&state_dir(cfg)?)?.unwrap_or_default();
     Ok(view::stats(&maps, &fs)?)
 }
 
@@ -530,7 +531,7 @@ fn check(cli: &Cli, address: IpAddr, port: u16) -> Result<()> {
         Some(v) => serde_json::from_value(v)?,
         None => {
             let maps = Maps::open(&cfg.filter.pin_dir, false)?;
-            let fs = state_dir(&cfg)?.filter()?.unwrap_or_default();
+            let fs = FilterState::read(&state_dir(&cfg)?)?.unwrap_or_default();
             view::check(&maps, &fs, address, port)?
         }
     };
@@ -844,7 +845,7 @@ fn status(cli: &Cli) -> Result<()> {
         Some(v) => serde_json::from_value(v)?,
         None => {
             let maps = Maps::open(&cfg.filter.pin_dir, false)?;
-            let fs = state_dir(&cfg)?.filter()?.unwrap_or_default();
+            let fs = FilterState::read(&state_dir(&cfg)?)?.unwrap_or_default();
             let blocks = maps.read_v4()?.blocks_used();
             view::status(&maps, &cfg.filter.pin_dir, &fs, blocks)?
         }
@@ -1067,8 +1068,7 @@ fn fits_the_gate(cfg: &Config, dir: &StateDir) -> std::result::Result<(), String
         return Ok(());
     }
     let entries = daemon::desired_entries(cfg, dir).map_err(|e| e.to_string())?;
-    let previous = dir
-        .filter()
+    let previous = FilterState::read(dir)
         .map_err(|e| e.to_string())?
         .map(|f| f.ids())
         .unwrap_or_default();
