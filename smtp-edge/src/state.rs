@@ -1,17 +1,20 @@
-//! The daemon's state directory: allowlist entries added with the CLI, imported
-//! Exchange Online ranges, and the entry table behind the kernel counters.
+//! The daemon's state directory: typed JSON files, exclusive locks and the
+//! web service's request id, kept for the modules that own them.
+//!
+//! This module knows no other module's types: an owner names its file and
+//! calls [`StateDir::read_json`] / [`StateDir::write_json`] (the Exchange
+//! Online list in `gate::ranges`, the filter record in `gate::filter`). The
+//! one record kept here is the allowlist entries added with the CLI
+//! ([`CliEntry`], `allowlist.json`).
 //!
 //! Every file is JSON, replaced atomically (write, fsync, rename, fsync dir), so
 //! a crash leaves either the old or the new version. The directory is 0700 and
 //! its files 0600.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-
-use crate::gate::allowlist::{NumberedEntry, exchange::Selection};
 
 /// Errors reading or writing state.
 #[derive(Debug, thiserror::Error)]
@@ -44,27 +47,6 @@ pub struct CliEntry {
     pub comment: String,
 }
 
-/// What the daemon last put into the kernel (read by the CLI when the daemon is
-/// down, and by the daemon when it adopts pinned maps after a restart).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FilterState {
-    /// Entries with their counter ids.
-    pub entries: Vec<NumberedEntry>,
-    /// Interfaces the gate is attached to.
-    pub interfaces: Vec<String>,
-    /// Protected ports.
-    pub ports: Vec<u16>,
-    /// "enforce" or "monitor".
-    pub mode: String,
-}
-
-impl FilterState {
-    /// Key → id map for the next compile.
-    pub fn ids(&self) -> BTreeMap<String, u32> {
-        self.entries.iter().map(|e| (e.entry.key(), e.id)).collect()
-    }
-}
-
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -72,16 +54,11 @@ pub struct StateDir {
 }
 
 const CLI_ENTRIES: &str = "allowlist.json";
-const EXCHANGE: &str = "exchange-online.json";
-const RANGES: &str = "ranges.json";
 const REQUEST_ID: &str = "client-request-id";
-const RANGES_LOCK: &str = "ranges.lock";
 
-/// An exclusive lock on the ranges state, released on drop (the daemon's
-/// checks and a CLI run while the daemon is down never interleave).
-pub struct RangesLock(#[allow(dead_code)] fs::File);
-/// File name of the filter state (kept next to the config's state_dir).
-pub const FILTER: &str = "filter.json";
+/// An exclusive lock on a file of the state directory, released on drop (the
+/// daemon and a CLI run while the daemon is down never interleave).
+pub struct StateLock(#[allow(dead_code)] fs::File);
 
 impl StateDir {
     /// Uses `dir`, creating it when missing.
@@ -100,7 +77,9 @@ impl StateDir {
         &self.dir
     }
 
-    fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+    /// The JSON file `name`, or `None` when there is none; a file that does
+    /// not parse as `T` is [`StateError::Corrupt`].
+    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
         let path = self.dir.join(name);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -111,7 +90,9 @@ impl StateDir {
         }
     }
 
-    fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+    /// Replaces the JSON file `name` with `value` (pretty-printed, atomically,
+    /// owned by the directory's owner).
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
             path: self.dir.join(name),
             source,
@@ -142,39 +123,20 @@ impl StateDir {
 
     /// Entries added with the CLI.
     pub fn cli_entries(&self) -> Result<Vec<CliEntry>, StateError> {
-        Ok(self.read(CLI_ENTRIES)?.unwrap_or_default())
+        Ok(self.read_json(CLI_ENTRIES)?.unwrap_or_default())
     }
 
     /// Replaces the CLI entries.
     pub fn set_cli_entries(&self, entries: &[CliEntry]) -> Result<(), StateError> {
-        self.write(CLI_ENTRIES, &entries)
+        self.write_json(CLI_ENTRIES, &entries)
     }
 
-    /// The imported Exchange Online selection, if any.
-    pub fn exchange(&self) -> Result<Option<Selection>, StateError> {
-        self.read(EXCHANGE)
-    }
-
-    /// Stores an imported Exchange Online selection.
-    pub fn set_exchange(&self, sel: &Selection) -> Result<(), StateError> {
-        self.write(EXCHANGE, sel)
-    }
-
-    /// The Exchange Online list in force and the updater's record.
-    pub fn ranges(&self) -> Result<Option<crate::gate::ranges::RangesState>, StateError> {
-        self.read(RANGES)
-    }
-
-    /// Replaces the Exchange Online list in force.
-    pub fn set_ranges(&self, state: &crate::gate::ranges::RangesState) -> Result<(), StateError> {
-        self.write(RANGES, state)
-    }
-
-    /// Takes the ranges lock (waits for another holder).
-    pub fn lock_ranges(&self) -> Result<RangesLock, StateError> {
+    /// Takes an exclusive lock on the file `name` (created when missing;
+    /// waits for another holder).
+    pub fn lock(&self, name: &str) -> Result<StateLock, StateError> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
-        let path = self.dir.join(RANGES_LOCK);
+        let path = self.dir.join(name);
         let io = |source| StateError::Io {
             path: path.clone(),
             source,
@@ -191,7 +153,7 @@ impl StateDir {
             return Err(io(std::io::Error::last_os_error()));
         }
         self.adopt(&path)?;
-        Ok(RangesLock(f))
+        Ok(StateLock(f))
     }
 
     /// The request id if one was made (nothing is created).
@@ -224,16 +186,6 @@ impl StateDir {
         self.adopt(&path)?;
         Ok(id)
     }
-
-    /// What is in the kernel.
-    pub fn filter(&self) -> Result<Option<FilterState>, StateError> {
-        self.read(FILTER)
-    }
-
-    /// Records what is in the kernel.
-    pub fn set_filter(&self, state: &FilterState) -> Result<(), StateError> {
-        self.write(FILTER, state)
-    }
 }
 
 /// Replaces `path` with `bytes` durably (private mode; see
@@ -254,7 +206,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = StateDir::open(&tmp.path().join("state")).unwrap();
         assert!(s.cli_entries().unwrap().is_empty());
-        assert!(s.exchange().unwrap().is_none());
+        assert!(s.read_json::<CliEntry>("missing.json").unwrap().is_none());
         let e = vec![CliEntry {
             source: "192.0.2.1/32".into(),
             comment: "printer".into(),

@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 use smtp_edge::config::Config;
 use smtp_edge::daemon;
+use smtp_edge::gate::filter::FilterState;
 use smtp_edge::gate::xdp::{self, Maps};
 use smtp_edge::ops::control::Request;
 use smtp_edge::ops::view::{self, Check, Stats};
@@ -135,7 +136,7 @@ fn read_stats(cfg: &Config, req: &Request) -> Result<Stats> {
         return Ok(serde_json::from_value(v)?);
     }
     let maps = Maps::open(&cfg.filter.pin_dir, false)?;
-    let fs = state_dir(cfg)?.filter()?.unwrap_or_default();
+    let fs = FilterState::read(&state_dir(cfg)?)?.unwrap_or_default();
     Ok(view::stats(&maps, &fs)?)
 }
 
@@ -145,7 +146,7 @@ pub(super) fn check(cli: &Cli, address: IpAddr, port: u16) -> Result<()> {
         Some(v) => serde_json::from_value(v)?,
         None => {
             let maps = Maps::open(&cfg.filter.pin_dir, false)?;
-            let fs = state_dir(&cfg)?.filter()?.unwrap_or_default();
+            let fs = FilterState::read(&state_dir(&cfg)?)?.unwrap_or_default();
             view::check(&maps, &fs, address, port)?
         }
     };
@@ -270,8 +271,7 @@ pub(super) fn fits_the_gate(cfg: &Config, dir: &StateDir) -> std::result::Result
         return Ok(());
     }
     let entries = daemon::desired_entries(cfg, dir).map_err(|e| e.to_string())?;
-    let previous = dir
-        .filter()
+    let previous = FilterState::read(dir)
         .map_err(|e| e.to_string())?
         .map(|f| f.ids())
         .unwrap_or_default();

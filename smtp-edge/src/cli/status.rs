@@ -4,6 +4,7 @@
 use anyhow::{Result, bail};
 
 use smtp_edge::daemon;
+use smtp_edge::gate::filter::FilterState;
 use smtp_edge::gate::xdp::Maps;
 use smtp_edge::ops::control::Request;
 use smtp_edge::ops::view::{self, Status};
@@ -35,7 +36,7 @@ pub(super) fn status(cli: &Cli) -> Result<()> {
         Some(v) => serde_json::from_value(v)?,
         None => {
             let maps = Maps::open(&cfg.filter.pin_dir, false)?;
-            let fs = state_dir(&cfg)?.filter()?.unwrap_or_default();
+            let fs = FilterState::read(&state_dir(&cfg)?)?.unwrap_or_default();
             let blocks = maps.read_v4()?.blocks_used();
             view::status(&maps, &cfg.filter.pin_dir, &fs, blocks)?
         }

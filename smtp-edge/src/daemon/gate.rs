@@ -11,10 +11,11 @@ use serde_json::json;
 use super::DaemonError;
 use crate::config::Config;
 use crate::gate::allowlist::{self, Compiled, Entry, Origin, spec};
+use crate::gate::filter::FilterState;
 use crate::gate::xdp::{self, Attachment, FilterError, Gate, LoadCapacity, Maps, Sync};
 use crate::ops::control::Request;
 use crate::ops::view;
-use crate::state::{CliEntry, FilterState, StateDir};
+use crate::state::{CliEntry, StateDir};
 
 /// The desired allowlist: Exchange Online (the list in force), then the
 /// configuration's entries, then the CLI's. Identical text from two origins
@@ -178,7 +179,9 @@ impl GateService {
         }
         let entries = desired_entries(&self.config, &self.state)?;
         let previous = match self.compiled.entries.is_empty() {
-            true => self.state.filter()?.map(|f| f.ids()).unwrap_or_default(),
+            true => FilterState::read(&self.state)?
+                .map(|f| f.ids())
+                .unwrap_or_default(),
             false => self.compiled.ids(),
         };
         let compiled =
@@ -205,7 +208,7 @@ impl GateService {
         if self.sync.is_none() {
             return Ok(());
         }
-        self.state.set_filter(&self.filter_state())?;
+        self.filter_state().save(&self.state)?;
         Ok(())
     }
 

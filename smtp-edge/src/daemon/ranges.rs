@@ -152,7 +152,7 @@ impl Supervisor {
                 // Removing can only shrink the kernel's tables; put the
                 // list back and say so (the next look retries).
                 let state = self.state.clone();
-                let _ = tokio::task::spawn_blocking(move || state.set_ranges(&before)).await;
+                let _ = tokio::task::spawn_blocking(move || before.save(&state)).await;
                 return Err(e);
             }
         }
@@ -174,7 +174,7 @@ impl Supervisor {
             match g.resync() {
                 Ok(()) => ranges::load(&state).map(|l| l.nets()).map_err(|e| e.to_string()),
                 Err(e) => {
-                    if let Err(w) = state.set_ranges(&before) {
+                    if let Err(w) = before.save(&state) {
                         tracing::error!(error = %w, "could not put the previous Exchange Online list back on disk");
                     }
                     if let Err(r) = g.resync() {

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use smtp_edge_common::{mode, reason};
 
 use crate::gate::allowlist::NumberedEntry;
+use crate::gate::filter::FilterState;
 use crate::gate::xdp::{FilterError, Maps, pinned_interfaces};
-use crate::state::FilterState;
 
 /// Answer of `smtp-edge check`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

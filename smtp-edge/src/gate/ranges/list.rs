@@ -1,9 +1,18 @@
 //! The Exchange Online list in force and what the updater remembers about it
-//! (kept as `ranges.json` in the state directory, replaced atomically).
+//! (kept as `ranges.json` in the state directory, replaced atomically), and
+//! the names of the updater's files there.
 
 use serde::{Deserialize, Serialize};
 
 use crate::gate::allowlist::exchange;
+use crate::state::{StateDir, StateError};
+
+/// The updater's state file ([`RangesState`]) in the state directory.
+pub const STATE_FILE: &str = "ranges.json";
+/// A list `ranges import` kept before the updater existed (only read).
+pub const LEGACY_FILE: &str = "exchange-online.json";
+/// The lock held while the state is read, checked and replaced.
+pub const LOCK_FILE: &str = "ranges.lock";
 
 /// When the bundled list was taken from the web service (2026-11-01 UTC):
 /// the age a fresh install starts from for the staleness warning.
@@ -116,6 +125,16 @@ pub struct Refused {
 }
 
 impl RangesState {
+    /// The state kept in `dir`, if any.
+    pub fn read(dir: &StateDir) -> Result<Option<Self>, StateError> {
+        dir.read_json(STATE_FILE)
+    }
+
+    /// Replaces the state kept in `dir`.
+    pub fn save(&self, dir: &StateDir) -> Result<(), StateError> {
+        dir.write_json(STATE_FILE, self)
+    }
+
     /// The bundled list, as a fresh install has it.
     pub fn bundled() -> Self {
         RangesState {

@@ -139,9 +139,9 @@ impl Report {
 /// that cannot be read is an error, never silently replaced: the kernel
 /// keeps what it holds until the file is fixed or removed.
 pub fn load(dir: &StateDir) -> Result<RangesState, RangesError> {
-    match dir.ranges()? {
+    match RangesState::read(dir)? {
         Some(s) => Ok(s),
-        None => match dir.exchange()? {
+        None => match dir.read_json::<Selection>(list::LEGACY_FILE)? {
             Some(sel) => Ok(RangesState::from_legacy(&sel, crate::queue::spool::now())),
             None => Ok(RangesState::bundled()),
         },
@@ -297,7 +297,7 @@ pub fn conclude(
     let _lock = if opts.dry_run {
         None
     } else {
-        Some(dir.lock_ranges()?)
+        Some(dir.lock(list::LOCK_FILE)?)
     };
     let current = load(dir)?;
     let strict = !local_service(settings);
@@ -382,7 +382,7 @@ pub fn conclude(
         outcome: report.summary(),
     });
     if !opts.dry_run {
-        dir.set_ranges(&next)?;
+        next.save(dir)?;
     }
     Ok(report)
 }
@@ -418,7 +418,7 @@ pub fn roll_back(
     settings: &Ranges,
     now: u64,
 ) -> Result<(), RangesError> {
-    let _lock = dir.lock_ranges()?;
+    let _lock = dir.lock(list::LOCK_FILE)?;
     let mut st = before.clone();
     if let Some(v) = version {
         st.refused = Some(list::Refused {
@@ -435,18 +435,18 @@ pub fn roll_back(
             st.version.as_deref().unwrap_or("none")
         ),
     });
-    dir.set_ranges(&st)?;
+    st.save(dir)?;
     Ok(())
 }
 
 /// Drops the pending removals that are due (the daemon's timer, between
 /// checks); returns what went.
 pub fn expire(dir: &StateDir, now: u64) -> Result<Vec<String>, RangesError> {
-    let _lock = dir.lock_ranges()?;
+    let _lock = dir.lock(list::LOCK_FILE)?;
     let mut state = load(dir)?;
     let gone = state.expire(now);
     if !gone.is_empty() {
-        dir.set_ranges(&state)?;
+        state.save(dir)?;
     }
     Ok(gone)
 }
@@ -463,7 +463,7 @@ pub fn import(
     let _lock = if opts.dry_run {
         None
     } else {
-        Some(dir.lock_ranges()?)
+        Some(dir.lock(list::LOCK_FILE)?)
     };
     let current = load(dir)?;
     let (next, changes) = plan::apply(
@@ -475,7 +475,7 @@ pub fn import(
         limits(settings, opts, true),
     )?;
     if !opts.dry_run {
-        dir.set_ranges(&next)?;
+        next.save(dir)?;
     }
     Ok(changes)
 }
