@@ -6,7 +6,10 @@
 //! signature); its chain is verified afterwards against the trust of the
 //! connector that applies ([`ClientTrust::verify`]), since connectors may trust
 //! different CAs (the system roots for Exchange Online, the organisation's CA
-//! for on-prem servers).
+//! for on-prem servers). MTAs present their server certificate as client
+//! certificate, and public CAs stopped putting the clientAuth EKU in those
+//! (2026): a chain valid for client or for server authentication is
+//! accepted, and which one it was ([`Purpose`]) is recorded.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -398,6 +401,26 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
             assert_eq!(v.purpose, Purpose::ServerAuth, "{alg:?}");
             assert_eq!(v.names, ["mail.protection.outlook.com"], "{alg:?}");
+            // rustls' own client verifier (used here before) requires
+            // clientAuth and refuses it.
+            let rustls_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                trust.roots.clone(),
+                provider(),
+            )
+            .build()
+            .unwrap();
+            let e = rustls_verifier
+                .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::InvalidPurposeContext { .. }
+                    )
+                ),
+                "{alg:?}: {e:?}"
+            );
             // The usual refusals keep their wording.
             let e = trust.verify(&chain[..1]).unwrap_err();
             assert!(e.contains("unknown issuer"), "{alg:?}: {e}");
