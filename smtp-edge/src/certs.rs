@@ -97,3 +97,11 @@ pub fn certificate_subject(cert: &CertificateDer<'_>) -> String {
         .map(|(_, x)| x.subject().to_string())
         .unwrap_or_else(|_| "(unparsable certificate)".into())
 }
+
+/// Whether a certificate carries the extended key usage extension (no
+/// extension: any purpose, RFC 5280 §4.2.1.12).
+pub fn has_extended_key_usage(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .ok()
+        .is_some_and(|(_, x)| matches!(x.extended_key_usage(), Ok(Some(_))))
+}

@@ -34,9 +34,48 @@ fn ca_params(name: &str) -> CertificateParams {
     p
 }
 
+/// A key algorithm for the certificates made here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlg {
+    /// ECDSA P-256 (the default of every helper not given one).
+    EcdsaP256,
+    /// RSA 2048, what Microsoft's certificates use.
+    Rsa2048,
+}
+
+impl KeyAlg {
+    /// A new key. rcgen on ring cannot generate RSA keys: `openssl genpkey`
+    /// makes those (PKCS#8), rcgen signs with them.
+    pub fn generate(self) -> KeyPair {
+        match self {
+            KeyAlg::EcdsaP256 => KeyPair::generate().expect("key"),
+            KeyAlg::Rsa2048 => {
+                let out = std::process::Command::new("openssl")
+                    .args(["genpkey", "-algorithm", "RSA"])
+                    .args(["-pkeyopt", "rsa_keygen_bits:2048"])
+                    .output()
+                    .expect("run openssl genpkey");
+                assert!(
+                    out.status.success(),
+                    "openssl genpkey: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let pem = String::from_utf8(out.stdout).expect("PEM");
+                let key = KeyPair::from_pem(&pem).expect("RSA key");
+                assert_eq!(key.algorithm(), &rcgen::PKCS_RSA_SHA256);
+                key
+            }
+        }
+    }
+}
+
 impl Ca {
     fn make(p: CertificateParams, parent: Option<&Ca>) -> Ca {
-        let key = KeyPair::generate().expect("CA key");
+        Ca::make_with(p, parent, KeyAlg::EcdsaP256)
+    }
+
+    fn make_with(p: CertificateParams, parent: Option<&Ca>, alg: KeyAlg) -> Ca {
+        let key = alg.generate();
         let cert = match parent {
             None => p.self_signed(&key),
             Some(parent) => p.signed_by(&key, &parent.issuer),
@@ -57,6 +96,19 @@ impl Ca {
     /// An intermediate CA issued by this one.
     pub fn intermediate(&self, name: &str) -> Ca {
         Ca::make(ca_params(name), Some(self))
+    }
+
+    /// A CA whose certificate carries these extended key usages (none: no
+    /// extension), self-signed or issued by `parent`, with an `alg` key.
+    pub fn with_ekus(
+        name: &str,
+        parent: Option<&Ca>,
+        ekus: &[ExtendedKeyUsagePurpose],
+        alg: KeyAlg,
+    ) -> Ca {
+        let mut p = ca_params(name);
+        p.extended_key_usages = ekus.to_vec();
+        Ca::make_with(p, parent, alg)
     }
 
     /// A root that may only issue names below `permitted` DNS subtrees.
@@ -127,8 +179,30 @@ impl Leaf {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
-        let key = KeyPair::generate().expect("key");
-        let cert = match spec.ca {
+        Leaf::sign(p, spec.ca, KeyAlg::EcdsaP256)
+    }
+
+    /// A certificate for `names` (the first also as CN) issued by `ca`, with
+    /// these extended key usages (none: no extension) and an `alg` key.
+    pub fn with_ekus(
+        names: &[&str],
+        ca: &Ca,
+        ekus: &[ExtendedKeyUsagePurpose],
+        alg: KeyAlg,
+    ) -> Leaf {
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+        if let Some(cn) = names.first() {
+            p.distinguished_name.push(DnType::CommonName, *cn);
+        }
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = ekus.to_vec();
+        Leaf::sign(p, Some(ca), alg)
+    }
+
+    fn sign(p: CertificateParams, ca: Option<&Ca>, alg: KeyAlg) -> Leaf {
+        let key = alg.generate();
+        let cert = match ca {
             Some(ca) => p.signed_by(&key, &ca.issuer),
             None => p.self_signed(&key),
         }
@@ -186,4 +260,52 @@ impl Leaf {
 /// `dir/stem.key`.
 pub fn self_signed(dir: &Path, stem: &str, name: &str) -> (PathBuf, PathBuf) {
     Leaf::new(&[name], None, false).write(dir, stem)
+}
+
+/// The public TLS hierarchy of 2026, RSA 2048 throughout (as Microsoft's):
+/// a root without EKU (CA/B Forum Baseline Requirements §7.1.2.1) and an
+/// issuing CA restricted to id-kp-serverAuth (Chrome Root Program Policy
+/// 1.6: dedicated TLS server authentication hierarchies, every new issuing
+/// CA from 2026-06-15). Leaves: [`Profile2026::server_leaf`].
+pub struct Profile2026 {
+    /// The root, for a connector's `client_cert_trust`.
+    pub root: Ca,
+    /// The serverAuth-only issuing CA, sent after the leaf.
+    pub issuing: Ca,
+}
+
+impl Profile2026 {
+    /// A new hierarchy.
+    pub fn new() -> Profile2026 {
+        let root = Ca::with_ekus("Public TLS Root 2026", None, &[], KeyAlg::Rsa2048);
+        let issuing = Ca::with_ekus(
+            "Public TLS RSA Issuing CA 2026",
+            Some(&root),
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+            KeyAlg::Rsa2048,
+        );
+        Profile2026 { root, issuing }
+    }
+
+    /// A leaf for `names` with id-kp-serverAuth only (Chrome's rule for
+    /// every new leaf from 2027-03-15; Let's Encrypt's default profile since
+    /// 2026-02-11; DigiCert's default since 2025-10-01), its certificate
+    /// file followed by the issuing CA: what Exchange Online's
+    /// mail.protection.outlook.com presents as client certificate after its
+    /// renewal.
+    pub fn server_leaf(&self, names: &[&str]) -> Leaf {
+        Leaf::with_ekus(
+            names,
+            &self.issuing,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+            KeyAlg::Rsa2048,
+        )
+        .with_chain(&[&self.issuing])
+    }
+}
+
+impl Default for Profile2026 {
+    fn default() -> Self {
+        Profile2026::new()
+    }
 }

@@ -79,6 +79,8 @@ const APT_PACKAGES: &[&str] = &[
     "swaks",
     "libnet-ssleay-perl",
     "openssl",
+    // gnutls-cli: a second TLS stack presenting client certificates.
+    "gnutls-bin",
     "nsd",
     // systemd-analyze (the unit's test), setpriv and unshare (least
     // privilege), dpkg-deb (the package's test).

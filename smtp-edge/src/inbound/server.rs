@@ -486,14 +486,15 @@ async fn accept_tls(
             active: true,
             ..TlsState::default()
         };
-        let mut client_cert = None;
+        let (mut client_cert, mut client_cert_purpose) = (None, None);
         if !chain.is_empty() {
             let subject = certificate_subject(&chain[0]);
             match conn.and_then(|c| c.trust.as_ref()) {
                 Some(trust) => match trust.verify(&chain) {
-                    Ok(names) => {
-                        state.verified_names = names;
+                    Ok(v) => {
+                        state.verified_names = v.names;
                         client_cert = Some(subject);
+                        client_cert_purpose = Some(v.purpose.to_string());
                     }
                     Err(e) => state.verify_error = Some(e),
                 },
@@ -508,10 +509,11 @@ async fn accept_tls(
                 .negotiated_cipher_suite()
                 .map_or(String::new(), |s| format!("{:?}", s.suite())),
             client_cert,
+            client_cert_purpose,
         };
         (state, info)
     };
-    tracing::info!(%ip, version = %info.version, cipher = %info.cipher, client_cert = ?info.client_cert, verify_error = ?state.verify_error, "TLS established");
+    tracing::info!(%ip, version = %info.version, cipher = %info.cipher, client_cert = ?info.client_cert, purpose = ?info.client_cert_purpose, verify_error = ?state.verify_error, "TLS established");
     cfg.metrics.tls(&info.version);
     Ok((stream, state, info))
 }

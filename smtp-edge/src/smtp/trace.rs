@@ -18,6 +18,11 @@ pub struct TlsInfo {
     pub cipher: String,
     /// Verified client certificate subject, if one was presented and verified.
     pub client_cert: Option<String>,
+    /// What the verified client certificate chain is valid for:
+    /// "clientAuth", "serverAuth" (a 2026 public CA's server certificate)
+    /// or "any" (no extended key usage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_purpose: Option<String>,
 }
 
 /// The facts of one `Received:` field.
@@ -84,10 +89,13 @@ impl Trace {
                 clean(&t.version),
                 clean(&t.cipher)
             ));
-            match &t.client_cert {
-                Some(c) => h.push_str(&format!(" client-certificate=\"{}\")", clean(c))),
-                None => h.push(')'),
+            if let Some(c) = &t.client_cert {
+                h.push_str(&format!(" client-certificate=\"{}\"", clean(c)));
             }
+            if let Some(p) = &t.client_cert_purpose {
+                h.push_str(&format!(" purpose={}", clean(p)));
+            }
+            h.push(')');
         }
         if let Some(a) = &self.auth {
             h.push_str(&format!("\r\n\t(authenticated as {})", clean(a)));
@@ -159,6 +167,7 @@ mod tests {
                 version: "TLSv1.3".into(),
                 cipher: "TLS13_AES_128_GCM_SHA256".into(),
                 client_cert: Some("CN=a\") (x".into()),
+                client_cert_purpose: Some("serverAuth".into()),
             }),
             connector: "internet".into(),
             recipient: Some("b@contoso.com>\r\nX: y".into()),
@@ -171,5 +180,6 @@ mod tests {
         // Every line but the first is a continuation of the one field.
         assert!(r.lines().skip(1).all(|l| l.starts_with('\t')), "{r}");
         assert_eq!(r.matches("(").count(), r.matches(")").count(), "{r}");
+        assert!(r.contains("\" purpose=serverAuth)\r\n"), "{r}");
     }
 }
