@@ -10,7 +10,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::error::{DeliveryError, Stage};
 use super::reply::{Extensions, Reply, parse_reply};
-use super::settings::Timeouts;
+use super::timeouts::Timeouts;
 
 /// The longest wait for the reply to QUIT (capped by
 /// [`Timeouts::command`]).

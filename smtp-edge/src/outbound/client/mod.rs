@@ -117,7 +117,9 @@ mod probe;
 mod reply;
 mod session;
 mod settings;
+mod timeouts;
 mod tls;
+mod tls_configs;
 
 pub use content::{Content, ContentFacts};
 pub use data::DataEncoder;
@@ -127,5 +129,6 @@ pub use outcome::{Disposition, Outcome, RcptResult, TlsSession};
 pub use probe::{Step, probe};
 pub use reply::{Extensions, MAX_REPLY_BYTES, MAX_REPLY_LINES, Reply, Status, parse_reply};
 pub use session::{Session, deliver};
-pub use settings::{ClientIdentity, ClientSettings, Timeouts, system_roots};
-pub use tls::TlsConfigs;
+pub use settings::{ClientIdentity, ClientSettings, system_roots};
+pub use timeouts::Timeouts;
+pub use tls_configs::TlsConfigs;

@@ -2,67 +2,14 @@
 //! connector's settings.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::timeouts::Timeouts;
+use super::tls_configs::TlsConfigs;
 use crate::certs::{CertError, load_chain, load_key};
 use crate::outbound::routing::{Outbound, TlsLevel};
-
-/// Time limits. The defaults are RFC 5321 §4.5.3.2's client timeouts; the
-/// connect limit is not in the RFC (one minute).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// TCP connect.
-    pub connect: Duration,
-    /// The greeting ("initial 220 message", 5 minutes).
-    pub greeting: Duration,
-    /// EHLO/HELO, STARTTLS and the TLS handshake, RSET, QUIT (5 minutes).
-    pub command: Duration,
-    /// The reply to MAIL (5 minutes).
-    pub mail: Duration,
-    /// The reply to each RCPT (5 minutes).
-    pub rcpt: Duration,
-    /// The reply to DATA ("DATA initiation", 2 minutes).
-    pub data_init: Duration,
-    /// Each write of content ("data block", 3 minutes).
-    pub data_block: Duration,
-    /// The reply to the final dot ("DATA termination", 10 minutes).
-    pub data_end: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        const MIN: u64 = 60;
-        Timeouts {
-            connect: Duration::from_secs(MIN),
-            greeting: Duration::from_secs(5 * MIN),
-            command: Duration::from_secs(5 * MIN),
-            mail: Duration::from_secs(5 * MIN),
-            rcpt: Duration::from_secs(5 * MIN),
-            data_init: Duration::from_secs(2 * MIN),
-            data_block: Duration::from_secs(3 * MIN),
-            data_end: Duration::from_secs(10 * MIN),
-        }
-    }
-}
-
-impl Timeouts {
-    /// The same limit for everything (tests).
-    pub fn all(limit: Duration) -> Self {
-        Timeouts {
-            connect: limit,
-            greeting: limit,
-            command: limit,
-            mail: limit,
-            rcpt: limit,
-            data_init: limit,
-            data_block: limit,
-            data_end: limit,
-        }
-    }
-}
 
 /// A client certificate chain (leaf first) and its private key.
 #[derive(Debug)]
@@ -113,7 +60,7 @@ pub struct ClientSettings {
     pub timeouts: Timeouts,
     /// rustls configurations kept per next hop (TLS session resumption);
     /// `None`: a fresh one per session.
-    pub tls_configs: Option<Arc<super::tls::TlsConfigs>>,
+    pub tls_configs: Option<Arc<TlsConfigs>>,
 }
 
 impl ClientSettings {

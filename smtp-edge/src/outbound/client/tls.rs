@@ -142,20 +142,6 @@ fn server_name(text: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(t).ok()
 }
 
-/// The rustls configurations of one outbound connector, by next hop, kept
-/// across sessions: each keeps its TLS session cache, so the next session
-/// to the same host resumes (as Exchange and Postfix's tlsmgr do) instead of
-/// a full handshake. At most [`TLS_CONFIGS`] hosts; then it starts over.
-#[derive(Debug, Default)]
-pub struct TlsConfigs {
-    map: std::sync::Mutex<
-        std::collections::HashMap<String, (Arc<ClientConfig>, ServerName<'static>)>,
-    >,
-}
-
-/// Hosts a [`TlsConfigs`] keeps.
-const TLS_CONFIGS: usize = 512;
-
 /// The rustls configuration and SNI for a session with `host`: the one kept
 /// in [`ClientSettings::tls_configs`] when there is one.
 pub(super) fn tls_setup(
@@ -165,16 +151,7 @@ pub(super) fn tls_setup(
     let Some(cache) = &settings.tls_configs else {
         return build(settings, host);
     };
-    let mut m = cache.map.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = m.get(host) {
-        return Ok(c.clone());
-    }
-    let made = build(settings, host)?;
-    if m.len() >= TLS_CONFIGS {
-        m.clear();
-    }
-    m.insert(host.to_string(), made.clone());
-    Ok(made)
+    cache.get_or_try_insert(host, || build(settings, host))
 }
 
 /// The name a certificate must carry for `host` under `settings` (none
