@@ -58,7 +58,7 @@ pub enum Failure {
     /// The spool failed.
     Spool(SpoolError),
     /// The tenant check refused it.
-    Refused(Verdict),
+    Refused(Box<Verdict>),
 }
 
 impl From<SpoolError> for Failure {
@@ -160,7 +160,7 @@ pub fn commit(
     let keep_internal =
         verdict.allowed() && check.trusted_headers && !verdict.tenant_ids.is_empty();
     match check.rule.mode {
-        Mode::Enforce | Mode::Off if !verdict.allowed() => Err(Failure::Refused(verdict)),
+        Mode::Enforce | Mode::Off if !verdict.allowed() => Err(Failure::Refused(Box::new(verdict))),
         Mode::Enforce | Mode::Off if keep_internal => {
             drop(map);
             w.commit()?;
