@@ -4,7 +4,8 @@
 //! with its SMTP side on loopback ([`edge::Edge`]), certificates
 //! ([`certs`]), a raw SMTP client ([`smtp`]), smtp-sink as a next hop
 //! ([`sink`]), real peers run as programs ([`tools`]), NSD ([`nsd`]), DKIM
-//! keys and signatures ([`dkim`]).
+//! keys and signatures ([`dkim`]), Exchange Online's real header sets
+//! ([`exo`]).
 //!
 //! Network rule: everything here uses loopback or addresses inside namespaces
 //! created (and deleted) by the caller, from the documentation ranges only.
@@ -13,6 +14,7 @@ pub mod bench;
 pub mod certs;
 pub mod dkim;
 pub mod edge;
+pub mod exo;
 pub mod frames;
 pub mod netns;
 pub mod nexthop;

@@ -1,8 +1,10 @@
-//! Tenant authorization against a running smtp-edge: messages signed with
-//! DKIM keys made for this test (our tenant's and a foreign one's), the
-//! public keys in NSD on loopback, sent over STARTTLS with the test CA's
-//! `mail.protection.outlook.com` client certificate from the loopback
-//! source of the Exchange Online connector.
+//! Tenant authorization against a running smtp-edge, in both flows: mail
+//! Exchange Online Protection relays inbound (proven by Exchange Online's
+//! tenant stamp; the header sets of real messages, [`exo`]) and mail the
+//! tenant sends out through the edge (the stamp and the tenant's DKIM
+//! signature, with keys made for this test in NSD on loopback). Everything
+//! is sent over STARTTLS with the test CA's `mail.protection.outlook.com`
+//! client certificate from the loopback source of the connector.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use serde_json::Value;
 use smtp_edge_tests::certs::{Ca, Leaf};
 use smtp_edge_tests::dkim::{self, DkimKey};
 use smtp_edge_tests::edge::{Edge, Setup, V4, V6, split_received};
+use smtp_edge_tests::exo;
 use smtp_edge_tests::nsd::Nsd;
 use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::scrape::{sample, scrape};
@@ -57,9 +60,21 @@ struct Lab {
 
 impl Lab {
     /// An edge whose `eo` connector (127.0.0.1) enforces and whose
-    /// `eo-monitor` connector (::1) monitors; keys asked from NSD, or from
-    /// a server that never answers.
+    /// `eo-monitor` connector (::1) monitors, both with the relay flow's
+    /// proof (the stamp and the tenant's DKIM signature); keys asked from
+    /// NSD, or from a server that never answers.
     fn start(dns_answers: bool) -> Lab {
+        Lab::start_with(dns_answers, "tenant_proof = \"stamp-and-dkim\"\n")
+    }
+
+    /// The same connectors with the inbound flow's proof, the default of a
+    /// connector without `relay`, and a name server that never answers
+    /// (the stamp needs no DNS).
+    fn start_inbound() -> Lab {
+        Lab::start_with(false, "")
+    }
+
+    fn start_with(dns_answers: bool, proof: &str) -> Lab {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().to_path_buf();
         let ca = Ca::new("Test Exchange Online CA");
@@ -87,7 +102,7 @@ client_cert_names = ["mail.protection.outlook.com"]
 client_cert_trust = "{ca}"
 trusted_headers = true
 tenant_policy = "{mode}"
-tenants = [{{ id = "{OURS}", domains = ["{OUR_DOMAIN}", "contoso.test"] }}]
+{proof}tenants = [{{ id = "{OURS}", domains = ["{OUR_DOMAIN}", "contoso.test"] }}]
 "#,
                 ca = ca_file.display()
             )
@@ -172,28 +187,20 @@ fn only_our_tenant_gets_through_an_enforcing_connector() {
     assert_eq!(spooled, m, "a proven message is kept as sent");
     assert!(spooled.contains("X-MS-Exchange-Organization-AuthAs: Internal"));
 
-    // Without the id header (Microsoft does not always stamp it): accepted,
-    // but the internal fields need the stamp too (a replayed signature has
-    // none), so they go.
+    // Without the id header, our signature is not enough (the stamp says
+    // which tenant sent it): deferred, so Exchange Online tries again.
     let m = lab
         .ours
         .sign(&exo_message("alice@contoso.com", None, "noid"));
     let out = lab.send(V4, &m);
-    assert_eq!(code(&out), 250, "{out}");
-    let spooled = lab.spooled(&out);
-    assert!(
-        !spooled
-            .lines()
-            .any(|l| l.starts_with("X-MS-Exchange-Organization-")),
-        "{spooled}"
-    );
-    assert!(spooled.contains("DKIM-Signature: "), "{spooled}");
+    assert_eq!(code(&out), 451, "{out}");
+    assert!(reply(&out).starts_with("4.7.1 "), "{out}");
 
     // A replay of our signed message with an unsigned Subject, Reply-To and
     // internal fields put above: refused.
     let signed = lab
         .ours
-        .sign(&exo_message("alice@contoso.com", None, "replayed"));
+        .sign(&exo_message("alice@contoso.com", Some(OURS), "replayed"));
     let m = format!(
         "X-MS-Exchange-Organization-AuthAs: Internal\r\nSubject: URGENT wire transfer\r\nReply-To: mallory@fabrikam.example\r\n{signed}"
     );
@@ -292,7 +299,7 @@ fn only_our_tenant_gets_through_an_enforcing_connector() {
     assert!(reply(&out).contains("From"), "{out}");
 
     // Nothing refused reached the spool: the accepted three only.
-    assert_eq!(lab.edge.incoming().len(), 4, "{:?}", lab.edge.incoming());
+    assert_eq!(lab.edge.incoming().len(), 3, "{:?}", lab.edge.incoming());
     let log = lab.edge.log();
     assert!(
         log.contains("message refused by the tenant check")
@@ -310,10 +317,12 @@ fn only_our_tenant_gets_through_an_enforcing_connector() {
         )
         .unwrap_or(0.0)
     };
-    assert_eq!(count("allowed"), 4.0, "{body}");
+    assert_eq!(count("allowed"), 3.0, "{body}");
     assert_eq!(count("foreign_tenant"), 4.0, "{body}");
     assert_eq!(count("no_signature"), 1.0, "{body}");
-    assert_eq!(count("bad_signature"), 4.0, "{body}");
+    assert_eq!(count("bad_signature"), 3.0, "{body}");
+    assert_eq!(count("malformed"), 1.0, "{body}");
+    assert_eq!(count("no_stamp"), 1.0, "{body}");
 }
 
 #[test]
@@ -362,7 +371,7 @@ fn a_monitoring_connector_accepts_and_says_what_it_found() {
 
     let out = lab.send(V6, &exo_message("alice@contoso.com", None, "unsigned"));
     assert_eq!(code(&out), 250);
-    assert!(lab.spooled(&out).contains("x-ms365-tenant=no_signature"));
+    assert!(lab.spooled(&out).contains("x-ms365-tenant=no_stamp"));
     let body = scrape(lab.metrics);
     assert_eq!(
         sample(
@@ -373,6 +382,87 @@ fn a_monitoring_connector_accepts_and_says_what_it_found() {
         Some(1.0),
         "{body}"
     );
+}
+
+#[test]
+fn inbound_mail_relayed_by_exchange_online_is_proven_by_its_stamp() {
+    // The default of a connector without relay; the name server never
+    // answers, so any DKIM lookup would turn into a 451.
+    let lab = Lab::start_inbound();
+    let author = DkimKey::new("sender.test");
+
+    // Internet mail EOP filtered for our tenant, unsigned and signed by its
+    // author (never by us): accepted, Exchange Online's fields kept.
+    let m = exo::inbound(OURS, OURS, OUR_DOMAIN, "unsigned");
+    let out = lab.send_from(V4, "sam@sender.test", &m);
+    assert_eq!(code(&out), 250, "{out}\n{}", lab.edge.log());
+    assert_eq!(lab.spooled(&out), m, "a proven message is kept as sent");
+    let m = author.sign(&exo::inbound(OURS, OURS, OUR_DOMAIN, "author-signed"));
+    let out = lab.send_from(V4, "sam@sender.test", &m);
+    assert_eq!(code(&out), 250, "{out}");
+
+    // Mail that crossed another tenant first: the last tenant's id is the
+    // stamp; the first one's survives only inside
+    // -OriginalAttributedTenantConnectingIp, which counts for nothing.
+    let m = exo::inbound(OURS, THEIRS, OUR_DOMAIN, "two-tenants");
+    assert_eq!(code(&lab.send_from(V4, "sam@sender.test", &m)), 250);
+    let m = exo::inbound(THEIRS, OURS, OUR_DOMAIN, "their-connector");
+    let out = lab.send_from(V4, "sam@sender.test", &m);
+    assert_eq!(code(&out), 550, "{out}");
+    assert!(reply(&out).contains(THEIRS), "{out}");
+
+    // The stamp twice: identical copies pass, a differing one refuses.
+    let m = format!(
+        "X-MS-Exchange-CrossTenant-Id: {OURS}\r\n{}",
+        exo::inbound(OURS, OURS, OUR_DOMAIN, "twice")
+    );
+    assert_eq!(code(&lab.send_from(V4, "sam@sender.test", &m)), 250);
+    let m = format!(
+        "x-ms-exchange-crosstenant-id: {THEIRS}\r\n{}",
+        exo::inbound(OURS, OURS, OUR_DOMAIN, "conflict")
+    );
+    let out = lab.send_from(V4, "sam@sender.test", &m);
+    assert_eq!(code(&out), 550, "{out}");
+    assert!(reply(&out).contains("conflicting"), "{out}");
+
+    // Exchange Online's connector validation message, null sender.
+    let m = lab
+        .ours
+        .sign(&exo::validation(OURS, OUR_DOMAIN, "validation"));
+    let out = lab.send_from(V4, "", &m);
+    assert_eq!(code(&out), 250, "{out}");
+
+    // No stamp at all: deferred (Exchange Online retries), warned, counted;
+    // a monitoring connector accepts and says so.
+    let unstamped = exo::inbound(OURS, OURS, OUR_DOMAIN, "unstamped")
+        .replace(&format!("X-MS-Exchange-CrossTenant-Id: {OURS}\r\n"), "");
+    let out = lab.send_from(V4, "sam@sender.test", &unstamped);
+    assert_eq!(code(&out), 451, "{out}");
+    assert!(reply(&out).starts_with("4.7.1 "), "{out}");
+    let out = lab.send_from(V6, "sam@sender.test", &unstamped);
+    assert_eq!(code(&out), 250, "{out}");
+    assert!(lab.spooled(&out).contains("x-ms365-tenant=no_stamp"));
+
+    assert!(
+        lab.edge
+            .log()
+            .contains("has no X-MS-Exchange-CrossTenant-Id"),
+        "{}",
+        lab.edge.log()
+    );
+    let body = scrape(lab.metrics);
+    let count = |connector: &str, outcome: &str| {
+        sample(
+            &body,
+            "smtp_edge_tenant_checks_total",
+            &format!("connector=\"{connector}\",outcome=\"{outcome}\""),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("eo", "allowed"), 5.0, "{body}");
+    assert_eq!(count("eo", "foreign_tenant"), 2.0, "{body}");
+    assert_eq!(count("eo", "no_stamp"), 1.0, "{body}");
+    assert_eq!(count("eo-monitor", "no_stamp"), 1.0, "{body}");
 }
 
 #[test]
@@ -410,6 +500,7 @@ fn tenant_settings_are_checked() {
             "tenant domains are domain names",
         ),
         ("tenant_policy = \"sometimes\"\n", "unknown variant"),
+        ("tenant_proof = \"dkim\"\n", "unknown variant"),
         (
             &format!(
                 "tenants = [{{ id = \"{OURS}\", domains = [\"a.test\"] }}, {{ id = \"{THEIRS}\", domains = [\"A.test\"] }}]\n"
@@ -439,6 +530,18 @@ fn tenant_settings_are_checked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("only monitors its tenants"), "{err}");
+    std::fs::write(
+        &f,
+        format!("{HEAD}relay = true\ntenant_proof = \"stamp\"\n{tenants}"),
+    )
+    .expect("write");
+    let out = smtp_edge_tests::cli(None, &["config", "check", f.to_str().expect("path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("relays to any domain on the stamp alone"),
+        "{err}"
+    );
     std::fs::write(&f, format!("{HEAD}tenant_policy = \"off\"\n{tenants}")).expect("write");
     let out = smtp_edge_tests::cli(None, &["config", "check", f.to_str().expect("path")]);
     let err = String::from_utf8_lossy(&out.stderr);

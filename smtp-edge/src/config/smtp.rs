@@ -181,6 +181,12 @@ pub struct RawInbound {
     /// given), `monitor` or `off`.
     #[serde(default)]
     pub tenant_policy: Option<Spanned<crate::inbound::tenant::Mode>>,
+    /// What proves a tenant: `stamp` (Exchange Online's tenant id; the
+    /// default, for mail EOP relays inbound) or `stamp-and-dkim` (the id
+    /// and the tenant's DKIM signature; the default with `relay`, for mail
+    /// the tenant sends out through this host).
+    #[serde(default)]
+    pub tenant_proof: Option<Spanned<crate::inbound::tenant::Proof>>,
 }
 
 /// One `tenants = [{ id = "…", domains = ["…"] }]` entry as written.
@@ -201,7 +207,7 @@ fn tenant_rule(
     at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
     errors: &mut Vec<super::ConfigError>,
 ) -> Option<crate::inbound::tenant::Rule> {
-    use crate::inbound::tenant::{Mode, Rule, Tenant, is_guid};
+    use crate::inbound::tenant::{Mode, Proof, Rule, Tenant, is_guid};
     let mode = match &c.tenant_policy {
         Some(m) => *m.get_ref(),
         None if c.tenants.is_empty() => Mode::Off,
@@ -276,7 +282,16 @@ fn tenant_rule(
         }
         tenants.push(Tenant { id, domains });
     }
-    (mode != Mode::Off).then_some(Rule { mode, tenants })
+    let proof = match &c.tenant_proof {
+        Some(p) => *p.get_ref(),
+        None if c.relay => Proof::StampAndDkim,
+        None => Proof::Stamp,
+    };
+    (mode != Mode::Off).then_some(Rule {
+        mode,
+        proof,
+        tenants,
+    })
 }
 
 /// Whether a connector lists tenants but does not check them.
@@ -509,6 +524,22 @@ pub(super) fn validate(
                      the same certificate, or, without sources, everyone): without tenants nothing \
                      proves who sent a message, so its Exchange-internal headers are stripped (check \
                      tenants with tenant_policy, or set trusted_headers = false)"
+                ),
+            ));
+        }
+        if c.relay
+            && tenants
+                .as_ref()
+                .is_some_and(|t| t.proof == crate::inbound::tenant::Proof::Stamp)
+        {
+            warnings.push(at(
+                c.tenant_proof
+                    .as_ref()
+                    .map_or_else(|| c.name.span(), |p| p.span()),
+                format!(
+                    "connector `{name}` relays to any domain on the stamp alone (tenant_proof = \
+                     \"stamp\"): mail the tenant sends out is DKIM-signed by Exchange Online, \
+                     and \"stamp-and-dkim\" (the default with relay) requires it"
                 ),
             ));
         }

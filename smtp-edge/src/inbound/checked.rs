@@ -10,6 +10,7 @@
 //! | --- | --- | --- |
 //! | enforce | allowed, `trusted_headers`, tenant id stamped | committed as written |
 //! | enforce | allowed | rewritten without the internal fields, committed |
+//! | enforce | no tenant id stamped | refused, 451 4.7.1 (Exchange Online retries), warned |
 //! | enforce | temporary failure | refused, 451 4.7.5 |
 //! | enforce | anything else | refused, 550 5.7.1 with the reason |
 //! | monitor | any | rewritten with an `Authentication-Results` field naming the outcome, internal fields kept only as in enforce |
@@ -57,7 +58,7 @@ pub enum Failure {
     /// The spool failed.
     Spool(SpoolError),
     /// The tenant check refused it.
-    Refused(Verdict),
+    Refused(Box<Verdict>),
 }
 
 impl From<SpoolError> for Failure {
@@ -68,7 +69,16 @@ impl From<SpoolError> for Failure {
 
 /// The reply to a refused message.
 pub fn refusal(v: &Verdict) -> Reply {
-    if v.outcome == Outcome::TempError {
+    if v.outcome == Outcome::NoStamp {
+        Reply::new(
+            451,
+            (4, 7, 1),
+            &format!(
+                "Cannot tell which Microsoft 365 tenant sent this, try again later: {}",
+                printable(&v.reason)
+            ),
+        )
+    } else if v.outcome == Outcome::TempError {
         Reply::new(
             451,
             (4, 7, 5),
@@ -136,12 +146,21 @@ pub fn commit(
     let content = map.get(content_start as usize..).unwrap_or_default();
     let evidence = handle.block_on(check.auth.evidence(&check.rule, content));
     let verdict = crate::inbound::tenant::judge(&check.rule, &evidence);
+    if verdict.outcome == Outcome::NoStamp {
+        // Microsoft has been reported to leave the field out at times: the
+        // admin must see it (enforce defers, so nothing is lost meanwhile).
+        tracing::warn!(
+            mode = %check.rule.mode,
+            "a message through a tenant-checked connector has no X-MS-Exchange-CrossTenant-Id: \
+             Exchange Online stamps it on what it delivers; see smtp_edge_tenant_checks_total{{outcome=\"no_stamp\"}}"
+        );
+    }
     // Internal fields need more than the signature (which a replay carries
     // too): the tenant id Exchange Online stamps when it sends.
     let keep_internal =
         verdict.allowed() && check.trusted_headers && !verdict.tenant_ids.is_empty();
     match check.rule.mode {
-        Mode::Enforce | Mode::Off if !verdict.allowed() => Err(Failure::Refused(verdict)),
+        Mode::Enforce | Mode::Off if !verdict.allowed() => Err(Failure::Refused(Box::new(verdict))),
         Mode::Enforce | Mode::Off if keep_internal => {
             drop(map);
             w.commit()?;
@@ -204,6 +223,7 @@ mod tests {
             reason: "signed only by evil\r\nX-Injected: 1; (x)".into(),
             dkim_domains: vec!["evil\r\nX: y".into()],
             tenant_ids: vec![],
+            auth_as: vec![],
         };
         let r = refusal(&v);
         assert_eq!(r.code, 550);
@@ -215,5 +235,11 @@ mod tests {
             ..v
         };
         assert_eq!(refusal(&t).code, 451);
+        let n = Verdict {
+            outcome: Outcome::NoStamp,
+            ..t
+        };
+        let r = refusal(&n);
+        assert_eq!((r.code, r.status), (451, Some((4, 7, 1))), "{r:?}");
     }
 }

@@ -267,7 +267,7 @@ impl Intake {
                     return Err(NotCommitted {
                         reply: checked::refusal(&v),
                         reason: v.reason.clone(),
-                        tenant: Some(v),
+                        tenant: Some(*v),
                     });
                 }
                 Err(Failure::Spool(e)) => self.failed = Some(e),
