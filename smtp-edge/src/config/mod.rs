@@ -20,9 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::gate::allowlist::{Entry, Origin};
-
-pub use allowlist::{Allowlist, RawEntry};
+pub use allowlist::{Allowlist, RawEntry, StaticEntry};
 pub use daemon::{Daemon, LogFormat};
 pub use error::{ConfigError, ConfigErrors};
 pub use filter::{Capacity, Filter, Mode, XdpAttach};
@@ -68,7 +66,7 @@ pub struct Config {
     /// `[allowlist]`.
     pub allowlist: Allowlist,
     /// Static entries, parsed.
-    pub static_entries: Vec<Entry>,
+    pub static_entries: Vec<StaticEntry>,
     /// `[smtp]` and `[[inbound_connectors]]`.
     pub smtp: smtp::Smtp,
     /// `[[outbound_connectors]]`, validated.
@@ -194,34 +192,6 @@ impl Config {
             .collect()
     }
 
-    /// The Exchange Online entries of the gate: the list in force (bundled,
-    /// imported or fetched, with the prefixes waiting for their removal
-    /// date); none when `allowlist.exchange_online` is false.
-    pub fn exchange_entries(&self, ranges: &crate::gate::ranges::RangesState) -> Vec<Entry> {
-        if !self.allowlist.exchange_online {
-            return Vec::new();
-        }
-        let comment = match (ranges.origin, &ranges.version) {
-            (crate::gate::ranges::Origin::Service, Some(v)) => {
-                format!("Exchange Online (version {v})")
-            }
-            (origin, _) => format!("Exchange Online ({origin} list)"),
-        };
-        let mut out: Vec<Entry> = ranges
-            .ranges
-            .iter()
-            .filter_map(|l| Entry::parse(Origin::ExchangeOnline, &l.prefix, &comment).ok())
-            .collect();
-        out.extend(ranges.pending_removal.iter().filter_map(|p| {
-            let note = format!(
-                "Exchange Online (no longer listed; allowed until {})",
-                crate::smtp::trace::rfc5322_date(p.remove_at)
-            );
-            Entry::parse(Origin::ExchangeOnline, &p.prefix, &note).ok()
-        }));
-        out
-    }
-
     /// Whether anything uses the Exchange Online ranges: the gate's entries
     /// or an inbound connector with the `exchange-online` source. Only then
     /// does the daemon keep them current.
@@ -249,11 +219,6 @@ mod tests {
         assert_eq!(c.interfaces(), vec!["eth0"]);
         assert_eq!(c.static_entries.len(), 3);
         assert_eq!(c.static_entries[1].source, "198.51.100.64/26");
-        assert_eq!(
-            c.exchange_entries(&crate::gate::ranges::RangesState::bundled())
-                .len(),
-            6
-        );
     }
 
     #[test]

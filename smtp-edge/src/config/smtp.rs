@@ -7,8 +7,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::address::DomainPattern;
-use crate::gate::allowlist::{exchange, spec};
+use crate::address::{DomainPattern, spec};
 use crate::inbound::policy::Inbound;
 
 /// What to do with a bare CR or LF in message data (`reject` or `normalize`).
@@ -425,7 +424,7 @@ pub(super) fn validate(
             errors.push(at(p.span(), format!("smtp.strip_headers: {e}")));
         }
     }
-    let exo: Vec<IpNet> = exchange::BUNDLED
+    let exo: Vec<IpNet> = super::ranges::BUNDLED
         .iter()
         .filter_map(|r| spec::parse(r).ok())
         .flatten()

@@ -133,7 +133,7 @@ pub(super) fn validate(
     }
     let mut plaintext = Vec::new();
     for s in &raw.plaintext_auth_sources {
-        match crate::gate::allowlist::spec::parse(s.get_ref()) {
+        match crate::address::spec::parse(s.get_ref()) {
             Ok(n) => plaintext.extend(n),
             Err(e) => errors.push(at(
                 s.span(),
