@@ -12,6 +12,7 @@ pub mod error;
 pub mod filter;
 pub mod metrics;
 pub mod outbound;
+pub mod queue;
 pub mod ranges;
 pub mod smtp;
 pub mod submission;
@@ -41,7 +42,7 @@ struct Raw {
     #[serde(default)]
     outbound_connectors: Vec<outbound::RawOutbound>,
     #[serde(default)]
-    queue: outbound::Queue,
+    queue: queue::Queue,
     #[serde(default)]
     dns: dns::Dns,
     #[serde(default)]
@@ -70,9 +71,9 @@ pub struct Config {
     /// `[smtp]` and `[[inbound_connectors]]`.
     pub smtp: smtp::Smtp,
     /// `[[outbound_connectors]]`, validated.
-    pub outbound: Vec<crate::outbound::routing::Outbound>,
+    pub outbound: Vec<outbound::Outbound>,
     /// `[queue]`.
-    pub queue: outbound::Queue,
+    pub queue: queue::Queue,
     /// `[dns]`.
     pub dns: dns::Dns,
     /// `[ranges]`.
@@ -126,7 +127,8 @@ impl Config {
             &mut errors,
             &mut warnings,
         );
-        let outbound = outbound::validate(raw.outbound_connectors, &raw.queue, &at, &mut errors);
+        let outbound = outbound::validate(raw.outbound_connectors, &at, &mut errors);
+        queue::validate(&raw.queue, &at, &mut errors);
         let ranges = ranges::validate(raw.ranges, &at, &mut errors, &mut warnings);
         let metrics = metrics::validate(raw.metrics, &at, &mut errors, &mut warnings);
         let submission = submission::validate(
