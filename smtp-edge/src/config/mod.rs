@@ -10,12 +10,14 @@ pub mod daemon;
 pub mod dns;
 pub mod error;
 pub mod filter;
+pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod queue;
 pub mod ranges;
 pub mod smtp;
 pub mod submission;
+pub mod tenant;
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +40,7 @@ struct Raw {
     #[serde(default)]
     smtp: smtp::RawSmtp,
     #[serde(default)]
-    inbound_connectors: Vec<smtp::RawInbound>,
+    inbound_connectors: Vec<inbound::RawInbound>,
     #[serde(default)]
     outbound_connectors: Vec<outbound::RawOutbound>,
     #[serde(default)]

@@ -190,7 +190,7 @@ fn check_url(url: &str) -> Result<(), String> {
 /// Validates the section.
 pub(super) fn validate(
     raw: RawRanges,
-    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
+    at: super::error::At<'_>,
     errors: &mut Vec<super::ConfigError>,
     warnings: &mut Vec<super::ConfigError>,
 ) -> Ranges {

@@ -18,48 +18,8 @@ pub mod verify;
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
-/// What a connector does with the outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Refuse what is not from an allowed tenant (550 5.7.1).
-    Enforce,
-    /// Accept everything, log, add a header naming the outcome.
-    Monitor,
-    /// No check.
-    Off,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Enforce => "enforce",
-            Mode::Monitor => "monitor",
-            Mode::Off => "off",
-        })
-    }
-}
-
-/// One allowed tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Tenant {
-    /// Its id (a GUID, lower case).
-    pub id: String,
-    /// The domains its DKIM signatures may name (`d=`), lower case: its
-    /// `*.onmicrosoft.com` domain and the accepted domains it signs for.
-    pub domains: Vec<String>,
-}
-
-/// The check one inbound connector makes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Rule {
-    /// Enforce or monitor (a rule is never built for `off`).
-    pub mode: Mode,
-    /// Who may send.
-    pub tenants: Vec<Tenant>,
-}
+/// The rule's data (mode, tenants) is the configuration's.
+pub use crate::config::tenant::{Mode, Rule, Tenant, is_guid};
 
 impl Rule {
     /// The tenant whose domain `d` is (compared without case).
@@ -69,17 +29,6 @@ impl Rule {
             .iter()
             .find(|t| t.domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
     }
-}
-
-/// Whether `s` is a GUID as Microsoft writes tenant ids
-/// (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, hexadecimal).
-pub fn is_guid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
 }
 
 /// The outcome classes (metrics and logs use these names).
@@ -501,14 +450,5 @@ mod tests {
         let mut bad = ev(vec![sig("contoso.onmicrosoft.com", Checked::Pass)], &[]);
         bad.malformed = Some("a header line without a colon".into());
         assert_eq!(judge(&rule(), &bad).outcome, Outcome::BadSignature);
-    }
-
-    #[test]
-    fn guids() {
-        assert!(is_guid(OURS));
-        assert!(is_guid("ABCDEF00-2222-3333-4444-555555555555"));
-        assert!(!is_guid("11111111-2222-3333-4444-55555555555"));
-        assert!(!is_guid("11111111x2222-3333-4444-555555555555"));
-        assert!(!is_guid("g1111111-2222-3333-4444-555555555555"));
     }
 }
