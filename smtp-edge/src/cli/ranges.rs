@@ -187,7 +187,10 @@ pub(super) fn ranges(cli: &Cli, cmd: &RangesCmd) -> Result<()> {
             Ok(())
         }
         RangesCmd::List => {
-            let entries = cfg.exchange_entries(&ranges::load(&state_dir(&cfg)?)?);
+            let entries = smtp_edge::gate::allowlist::exchange_entries(
+                &cfg,
+                &ranges::load(&state_dir(&cfg)?)?,
+            );
             if cli.json {
                 return print_json(&entries);
             }

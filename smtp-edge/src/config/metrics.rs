@@ -36,7 +36,7 @@ pub struct Metrics {
 /// Validates the section.
 pub(super) fn validate(
     raw: RawMetrics,
-    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
+    at: super::error::At<'_>,
     errors: &mut Vec<super::ConfigError>,
     warnings: &mut Vec<super::ConfigError>,
 ) -> Metrics {

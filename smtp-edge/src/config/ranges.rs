@@ -52,6 +52,19 @@ impl std::fmt::Display for Instance {
     }
 }
 
+/// Exchange Online port-25 sources as published (endpoint set 10, service area
+/// Exchange, TCP 25, `*.mail.protection.outlook.com`): the list the gate
+/// starts from, and what an inbound connector's sources are compared with to
+/// tell whether they are shared with every Microsoft 365 tenant.
+pub const BUNDLED: [&str; 6] = [
+    "40.92.0.0/15",
+    "40.107.0.0/16",
+    "52.100.0.0/14",
+    "104.47.0.0/17",
+    "2a01:111:f400::/48",
+    "2a01:111:f403::/48",
+];
+
 /// The published default of the web service.
 pub const DEFAULT_SERVICE_URL: &str = "https://endpoints.office.com";
 
@@ -177,7 +190,7 @@ fn check_url(url: &str) -> Result<(), String> {
 /// Validates the section.
 pub(super) fn validate(
     raw: RawRanges,
-    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
+    at: super::error::At<'_>,
     errors: &mut Vec<super::ConfigError>,
     warnings: &mut Vec<super::ConfigError>,
 ) -> Ranges {

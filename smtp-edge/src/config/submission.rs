@@ -18,6 +18,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::error::{At, ConfigError};
+
 /// `[submission]` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,6 +54,27 @@ impl Default for RawSubmission {
     }
 }
 
+/// The brute-force guard's settings (`inbound::submission::guard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardSettings {
+    /// Failures before a lockout.
+    pub max_failures: u32,
+    /// How long a lockout lasts.
+    pub lockout: Duration,
+    /// The delay after the first failure.
+    pub failure_delay: Duration,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        GuardSettings {
+            max_failures: 5,
+            lockout: Duration::from_secs(900),
+            failure_delay: Duration::from_millis(500),
+        }
+    }
+}
+
 /// Validated `[submission]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submission {
@@ -62,7 +85,7 @@ pub struct Submission {
     /// Sources that may AUTH in plain text.
     pub plaintext_auth_sources: Vec<IpNet>,
     /// The brute-force guard's settings.
-    pub guard: crate::inbound::submission::guard::Settings,
+    pub guard: GuardSettings,
     /// Messages per hour per device.
     pub rate_per_hour: u32,
 }
@@ -92,9 +115,9 @@ pub(super) fn validate(
     raw: RawSubmission,
     tls: bool,
     smtp_listen: &[SocketAddr],
-    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
-    errors: &mut Vec<super::ConfigError>,
-    warnings: &mut Vec<super::ConfigError>,
+    at: At<'_>,
+    errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<ConfigError>,
 ) -> Submission {
     let mut addrs = |list: &[Spanned<String>], what: &str| -> Vec<SocketAddr> {
         let mut out = Vec::new();
@@ -133,7 +156,7 @@ pub(super) fn validate(
     }
     let mut plaintext = Vec::new();
     for s in &raw.plaintext_auth_sources {
-        match crate::gate::allowlist::spec::parse(s.get_ref()) {
+        match crate::address::spec::parse(s.get_ref()) {
             Ok(n) => plaintext.extend(n),
             Err(e) => errors.push(at(
                 s.span(),
@@ -172,7 +195,7 @@ pub(super) fn validate(
         listen,
         listen_tls,
         plaintext_auth_sources: plaintext,
-        guard: crate::inbound::submission::guard::Settings {
+        guard: GuardSettings {
             max_failures: raw.max_failures.max(1),
             lockout: Duration::from_secs(raw.lockout_seconds),
             failure_delay: Duration::from_millis(raw.failure_delay_ms),

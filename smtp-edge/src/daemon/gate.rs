@@ -24,8 +24,8 @@ use crate::state::{CliEntry, StateDir};
 pub fn desired_entries(config: &Config, state: &StateDir) -> Result<Vec<Entry>, DaemonError> {
     let ranges =
         crate::gate::ranges::load(state).map_err(|e| DaemonError::Ranges(e.to_string()))?;
-    let mut entries = config.exchange_entries(&ranges);
-    entries.extend(config.static_entries.iter().cloned());
+    let mut entries = allowlist::exchange_entries(config, &ranges);
+    entries.extend(allowlist::static_entries(config));
     for e in state.cli_entries()? {
         match Entry::parse(Origin::Cli, &e.source, &e.comment) {
             Ok(entry) => entries.push(entry),

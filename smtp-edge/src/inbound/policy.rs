@@ -9,36 +9,11 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-use serde::Serialize;
-
 use crate::address::{DomainPattern, any_matches, certificate_matches, domain_of};
 use crate::smtp::reply::Reply;
 
-/// One inbound connector.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Inbound {
-    /// Name used in logs and Received headers.
-    pub name: String,
-    /// Source ranges; empty means any source (a default connector).
-    pub sources: Vec<IpNet>,
-    /// STARTTLS required before MAIL.
-    pub require_tls: bool,
-    /// Client certificate names required (empty: no certificate needed).
-    pub client_cert_names: Vec<DomainPattern>,
-    /// Sender domains allowed (empty: any).
-    pub sender_domains: Vec<DomainPattern>,
-    /// Recipient domains accepted without relay (usually `accepted`).
-    pub recipient_domains: Vec<DomainPattern>,
-    /// May relay to any domain.
-    pub relay: bool,
-    /// Keep Exchange-internal headers (X-MS-Exchange-Organization-*): with
-    /// `tenants`, only for messages proven to come from one of them.
-    pub trusted_headers: bool,
-    /// Which Microsoft 365 tenants may send (none: no tenant check).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenants: Option<crate::inbound::tenant::Rule>,
-}
+/// The connector's settings are the configuration's; its decisions are here.
+pub use crate::config::inbound::Inbound;
 
 /// How specific a connector is for an address: the longest matching prefix,
 /// or -1 for a connector without sources (the default).

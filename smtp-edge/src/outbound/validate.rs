@@ -109,7 +109,7 @@ pub async fn test_connector(
             .get(index)
             .cloned()
             .unwrap_or_else(|| Arc::new(rustls::RootCertStore::empty())),
-        config.queue.timeouts.to_client(),
+        (&config.queue.timeouts).into(),
     );
     let mut report = ConnectorTest {
         connector: name.to_string(),

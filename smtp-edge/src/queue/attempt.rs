@@ -405,7 +405,7 @@ pub async fn deliver_route(
             .get(c)
             .cloned()
             .unwrap_or_else(|| std::sync::Arc::new(rustls::RootCertStore::empty())),
-        cfg.settings.timeouts.to_client(),
+        (&cfg.settings.timeouts).into(),
     );
     settings.tls_configs = cfg.tls_configs.get(c).cloned();
     let mut pending: Vec<usize> = indices.to_vec();

@@ -5,16 +5,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-/// Exchange Online port-25 sources as published (endpoint set 10, service area
-/// Exchange, TCP 25, `*.mail.protection.outlook.com`).
-pub const BUNDLED: [&str; 6] = [
-    "40.92.0.0/15",
-    "40.107.0.0/16",
-    "52.100.0.0/14",
-    "104.47.0.0/17",
-    "2a01:111:f400::/48",
-    "2a01:111:f403::/48",
-];
+/// The bundled list (defined with the configuration, whose connectors'
+/// sources are checked against it).
+pub use crate::config::ranges::BUNDLED;
 
 /// Errors reading an endpoints file.
 #[derive(Debug, thiserror::Error)]

@@ -3,14 +3,19 @@
 //! per-family prefix lists the kernel tables are built from.
 
 pub mod exchange;
-pub mod spec;
 pub mod v4table;
+
+/// The entry forms (moved to the floor: the configuration parses them too).
+pub use crate::address::spec;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::gate::ranges::RangesState;
 
 /// Where an entry comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -63,6 +68,48 @@ impl Entry {
     pub fn key(&self) -> String {
         format!("{}:{}", self.origin, self.source)
     }
+}
+
+/// The configuration's static entries (`[[allowlist.entries]]`).
+pub fn static_entries(config: &Config) -> Vec<Entry> {
+    config
+        .static_entries
+        .iter()
+        .map(|e| Entry {
+            origin: Origin::Config,
+            source: e.source.clone(),
+            comment: e.comment.clone(),
+            nets: e.nets.clone(),
+        })
+        .collect()
+}
+
+/// The Exchange Online entries of the gate: the list in force (bundled,
+/// imported or fetched, with the prefixes waiting for their removal
+/// date); none when `allowlist.exchange_online` is false.
+pub fn exchange_entries(config: &Config, ranges: &RangesState) -> Vec<Entry> {
+    if !config.allowlist.exchange_online {
+        return Vec::new();
+    }
+    let comment = match (ranges.origin, &ranges.version) {
+        (crate::gate::ranges::Origin::Service, Some(v)) => {
+            format!("Exchange Online (version {v})")
+        }
+        (origin, _) => format!("Exchange Online ({origin} list)"),
+    };
+    let mut out: Vec<Entry> = ranges
+        .ranges
+        .iter()
+        .filter_map(|l| Entry::parse(Origin::ExchangeOnline, &l.prefix, &comment).ok())
+        .collect();
+    out.extend(ranges.pending_removal.iter().filter_map(|p| {
+        let note = format!(
+            "Exchange Online (no longer listed; allowed until {})",
+            crate::smtp::trace::rfc5322_date(p.remove_at)
+        );
+        Entry::parse(Origin::ExchangeOnline, &p.prefix, &note).ok()
+    }));
+    out
 }
 
 /// An entry with the id that indexes its hit counter in the kernel.
@@ -174,6 +221,17 @@ mod tests {
 
     fn e(origin: Origin, s: &str) -> Entry {
         Entry::parse(origin, s, "").unwrap()
+    }
+
+    #[test]
+    fn entries_of_the_example_configuration() {
+        let c = Config::parse(crate::config::EXAMPLE, std::path::Path::new("edge.toml")).unwrap();
+        assert_eq!(exchange_entries(&c, &RangesState::bundled()).len(), 6);
+        let s = static_entries(&c);
+        assert_eq!(s.len(), 3);
+        let mut want = e(Origin::Config, "198.51.100.64/255.255.255.192");
+        want.comment = "scanners and line-of-business apps".into();
+        assert_eq!(s[1], want);
     }
 
     #[test]

@@ -33,26 +33,8 @@ pub const MAX_ENTRIES: usize = 100_000;
 /// Password checks running at once.
 pub const VERIFY_SLOTS: usize = 2;
 
-/// The guard's settings (`[submission]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
-    /// Failures before a lockout.
-    pub max_failures: u32,
-    /// How long a lockout lasts.
-    pub lockout: Duration,
-    /// The delay after the first failure.
-    pub failure_delay: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            max_failures: 5,
-            lockout: Duration::from_secs(900),
-            failure_delay: Duration::from_millis(500),
-        }
-    }
-}
+/// The guard's settings are the configuration's (`[submission]`).
+pub use crate::config::submission::GuardSettings as Settings;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {

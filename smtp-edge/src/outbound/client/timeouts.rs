@@ -56,3 +56,19 @@ impl Timeouts {
         }
     }
 }
+
+impl From<&crate::config::outbound::ClientTimeouts> for Timeouts {
+    /// The configured limits (`[queue.timeouts]`, in seconds).
+    fn from(t: &crate::config::outbound::ClientTimeouts) -> Self {
+        Timeouts {
+            connect: Duration::from_secs(t.connect),
+            greeting: Duration::from_secs(t.greeting),
+            command: Duration::from_secs(t.command),
+            mail: Duration::from_secs(t.mail),
+            rcpt: Duration::from_secs(t.rcpt),
+            data_init: Duration::from_secs(t.data_init),
+            data_block: Duration::from_secs(t.data_block),
+            data_end: Duration::from_secs(t.data_end),
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! Parsing of allowlist entries in the forms Exchange's `RemoteIPRanges` accepts:
+//! Parsing of IP address specs (allowlist entries, connector sources) in the
+//! forms Exchange's `RemoteIPRanges` accepts:
 //! a single address, CIDR, an IPv4 address with a dotted mask, or a start–end range.
 //! A range becomes the minimal set of CIDR blocks that covers it exactly.
 
@@ -46,7 +47,7 @@ pub enum SpecError {
 /// Parses one entry into the CIDR blocks it covers (normalised: host bits cleared).
 ///
 /// ```
-/// use smtp_edge::gate::allowlist::spec::parse;
+/// use smtp_edge::address::spec::parse;
 /// assert_eq!(parse("192.0.2.0-192.0.2.5").unwrap().len(), 2);
 /// assert_eq!(parse("192.0.2.7/255.255.255.0").unwrap()[0].to_string(), "192.0.2.0/24");
 /// ```

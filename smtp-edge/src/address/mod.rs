@@ -1,9 +1,12 @@
 //! Addresses and domain patterns, shared by the configuration, both SMTP
-//! sides and the operator's tools.
+//! sides and the operator's tools; [`spec`] parses the IP address forms
+//! (address, CIDR, mask, range) of the allowlist and the connectors.
 //!
 //! A pattern keeps Exchange's meaning: `*.contoso.com` is contoso.com and
 //! every subdomain (a connector's `TlsSenderCertificateName`, an accepted
 //! domain, a connector's domains), not the one-label wildcard of RFC 6125.
+
+pub mod spec;
 
 use serde::Serialize;
 
