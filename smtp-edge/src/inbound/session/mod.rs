@@ -1,7 +1,7 @@
 //! The SMTP session state machine: commands in, actions out. No I/O: the
 //! connection ([`super::connection`]) reads and writes, the server
 //! ([`super::server`]) runs TLS, [`super::transaction`] spools; this decides.
-//! MAIL, RCPT and the envelope they build are in [`envelope`].
+//! MAIL, RCPT and the envelope they build are in `session/envelope.rs`.
 //!
 //! Order of checks for a transaction, each refusal logged with the connector:
 //! connection → connector by source (none: 554 5.7.1); MAIL → EHLO first, TLS
