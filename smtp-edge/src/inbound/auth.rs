@@ -1,6 +1,6 @@
 //! Checking the credentials of an AUTH exchange against the device
 //! accounts, behind the brute-force guard; the exchange's lines are read by
-//! [`super::connection`], decoded by [`crate::smtp::sasl`].
+//! [`super::authenticate`], decoded by [`crate::smtp::sasl`].
 //!
 //! Nothing of the exchange is logged but the account name of a known
 //! device (an unknown name may be a password typed in the wrong field).

@@ -1,9 +1,13 @@
 //! The receiving side: listeners, sessions, connector policy and everything
 //! that decides whether a message is accepted, up to the durable spool file.
 //!
-//! - [`server`]: listeners, per-source limits, STARTTLS and implicit TLS.
-//! - [`connection`]: one connection's I/O loop and deadlines; [`session`] its
-//!   state machine (no I/O); [`auth`] the SMTP AUTH exchange.
+//! - [`server`]: listeners, per-source limits, STARTTLS and implicit TLS;
+//!   [`settings`] what each connection's session needs
+//!   ([`settings::ServerConfig`]).
+//! - [`connection`]: one connection's command loop on [`wire`] (buffers,
+//!   deadlines); [`session`] its state machine (no I/O); [`transaction`]
+//!   DATA/BDAT up to the final reply; [`authenticate`] the SMTP AUTH
+//!   exchange, [`auth`] the credentials' check.
 //! - [`intake`]: one message's way from the data reader through the header
 //!   filter to the spool; [`checked`] the checks run on the spooled message.
 //! - [`policy`]: which inbound connector applies and whether it may relay.
@@ -17,6 +21,7 @@
 //! Must not be called by the queue or the sending side.
 
 pub mod auth;
+pub mod authenticate;
 pub mod checked;
 pub mod connection;
 pub mod intake;
@@ -24,6 +29,9 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod submission;
 pub mod tenant;
 pub mod tls;
+pub mod transaction;
+pub mod wire;

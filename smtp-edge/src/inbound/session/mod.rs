@@ -1,5 +1,7 @@
 //! The SMTP session state machine: commands in, actions out. No I/O: the
-//! server ([`super::server`]) reads, writes, runs TLS and spools; this decides.
+//! connection ([`super::connection`]) reads and writes, the server
+//! ([`super::server`]) runs TLS, [`super::transaction`] spools; this decides.
+//! MAIL, RCPT and the envelope they build are in `session/envelope.rs`.
 //!
 //! Order of checks for a transaction, each refusal logged with the connector:
 //! connection → connector by source (none: 554 5.7.1); MAIL → EHLO first, TLS
@@ -12,13 +14,13 @@ use std::sync::Arc;
 
 use crate::address::DomainPattern;
 use crate::inbound::policy::{Inbound, TlsState};
-use crate::queue::spool::{Envelope, Recipient, TlsInfo};
-use crate::smtp::command::{
-    Address, Body, Command, CommandError, Host, MailParams, Path, RcptParams, Ret,
-};
+use crate::queue::spool::{Recipient, TlsInfo};
+use crate::smtp::command::{Body, Command, CommandError, Ret};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl;
 use crate::smtp::trace::Trace;
+
+mod envelope;
 
 /// Settings a session needs (from `[smtp]`).
 #[derive(Debug, Clone)]
@@ -106,21 +108,6 @@ pub struct Session {
     submission: Option<Submission>,
     /// The device the client authenticated as.
     auth: Option<crate::inbound::submission::devices::Device>,
-}
-
-fn mailbox_text(path: &Path) -> String {
-    match &path.address {
-        Address::Null => String::new(),
-        Address::Postmaster => "postmaster".into(),
-        Address::Mailbox(m) => m.to_string(),
-    }
-}
-
-fn domain_text(path: &Path) -> Option<String> {
-    path.mailbox().map(|m| match &m.domain {
-        Host::Domain(d) => d.clone(),
-        other => other.to_string(),
-    })
 }
 
 impl Session {
@@ -228,60 +215,6 @@ impl Session {
         Action::Reply(reply)
     }
 
-    /// A MAIL parameter (or value) that EHLO did not announce: 555 5.5.4.
-    /// After HELO nothing is announced; BINARYMIME and AUTH never are.
-    fn check_mail_params(&self, p: &MailParams) -> Result<(), Reply> {
-        if let Some((name, _)) = p.unknown.first() {
-            return Err(Reply::parameter_not_recognized(name));
-        }
-        let not_offered = |what: &str| {
-            Err(Reply::new(
-                555,
-                (5, 5, 4),
-                &format!("{what} not offered by this server"),
-            ))
-        };
-        let announced = [
-            (p.size.is_some(), "SIZE parameter"),
-            (p.body.is_some(), "BODY parameter"),
-            (p.smtputf8, "SMTPUTF8 parameter"),
-            (p.ret.is_some(), "RET parameter"),
-            (p.envid.is_some(), "ENVID parameter"),
-        ];
-        if !self.esmtp
-            && let Some((_, what)) = announced.iter().find(|(used, _)| *used)
-        {
-            return not_offered(&format!("{what} (send EHLO, not HELO):"));
-        }
-        if p.body == Some(Body::BinaryMime) {
-            return not_offered("BODY=BINARYMIME is");
-        }
-        if p.auth.is_some() && !(self.esmtp && self.auth_offered()) {
-            return not_offered("AUTH parameter (no AUTH):");
-        }
-        Ok(())
-    }
-
-    /// A RCPT parameter that EHLO did not announce: 555 5.5.4.
-    fn check_rcpt_params(&self, p: &RcptParams) -> Result<(), Reply> {
-        if let Some((name, _)) = p.unknown.first() {
-            return Err(Reply::parameter_not_recognized(name));
-        }
-        if !self.esmtp && (p.notify.is_some() || p.orcpt.is_some()) {
-            return Err(Reply::new(
-                555,
-                (5, 5, 4),
-                "NOTIFY and ORCPT parameters need EHLO, not HELO",
-            ));
-        }
-        // UTF-8 as such in ORCPT (RFC 6533) only with SMTPUTF8.
-        let utf8 = self.txn.as_ref().is_some_and(|t| t.smtputf8);
-        if p.orcpt.as_ref().is_some_and(|o| !o.address.is_ascii()) && !utf8 {
-            return Err(Reply::utf8_without_smtputf8());
-        }
-        Ok(())
-    }
-
     fn ehlo_reply(&self) -> Reply {
         let mut kw = vec![
             "PIPELINING".to_string(),
@@ -343,139 +276,8 @@ impl Session {
                 self.txn = None;
                 Action::Reply(Reply::helo(&self.cfg.hostname))
             }
-            Command::Mail { from, params } => {
-                if self.helo.is_none() {
-                    return self.error(Reply::bad_sequence("Send EHLO or HELO first"));
-                }
-                if self.txn.is_some() {
-                    return self.error(Reply::bad_sequence("Nested MAIL command"));
-                }
-                if let Err(r) = connector.check_session(&self.tls) {
-                    tracing::info!(connector = %connector.name, peer = %self.peer, reason = r.reason, "MAIL refused");
-                    return Action::Reply(r.reply);
-                }
-                if self.cfg.spool.is_full() {
-                    return Action::Reply(Reply::insufficient_storage());
-                }
-                if let Err(r) = self.check_mail_params(&params) {
-                    return self.error(r);
-                }
-                if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
-                    return Action::Reply(Reply::message_too_big());
-                }
-                if from.utf8 && !params.smtputf8 {
-                    return self.error(Reply::utf8_without_smtputf8());
-                }
-                let mail_from = mailbox_text(&from);
-                if let Some(sub) = &self.submission {
-                    let Some(device) = &self.auth else {
-                        return Action::Reply(Reply::new(
-                            530,
-                            (5, 7, 0),
-                            "Authentication required",
-                        ));
-                    };
-                    if !device.may_send_as(&mail_from) {
-                        tracing::info!(device = %device.name, peer = %self.peer, from = %mail_from, "sender refused: not one of the device's senders");
-                        return Action::Reply(Reply::new(
-                            550,
-                            (5, 7, 1),
-                            &format!("Device {} may not send as <{mail_from}>", device.name),
-                        ));
-                    }
-                    let rate = device.rate_per_hour.unwrap_or(sub.rate_per_hour);
-                    if !sub.guard.take_message(&device.name, rate) {
-                        tracing::warn!(device = %device.name, peer = %self.peer, rate, "message rate exceeded");
-                        return Action::Reply(Reply::new(
-                            450,
-                            (4, 7, 1),
-                            &format!(
-                                "Rate limit exceeded: {rate} messages per hour, try again later"
-                            ),
-                        ));
-                    }
-                }
-                if let Err(r) = connector.check_sender(&mail_from, &self.cfg.accepted) {
-                    tracing::info!(connector = %connector.name, peer = %self.peer, from = %mail_from, reason = r.reason, "sender refused");
-                    return Action::Reply(r.reply);
-                }
-                self.txn = Some(Transaction {
-                    mail_from,
-                    body: params.body,
-                    smtputf8: params.smtputf8,
-                    ret: params.ret,
-                    envid: params.envid,
-                    ..Transaction::default()
-                });
-                Action::Reply(Reply::sender_ok())
-            }
-            Command::Rcpt { to, params } => {
-                let max = self.cfg.max_recipients;
-                let accepted = self.cfg.accepted.clone();
-                let peer = self.peer;
-                match &self.txn {
-                    None => return self.error(Reply::bad_sequence("Send MAIL first")),
-                    // The envelope went to the spool with the first chunk.
-                    Some(t) if t.bdat => {
-                        return self.error(Reply::bad_sequence("RCPT after BDAT"));
-                    }
-                    Some(_) => {}
-                }
-                if let Err(r) = self.check_rcpt_params(&params) {
-                    return self.error(r);
-                }
-                let Some(txn) = self.txn.as_mut() else {
-                    return self.error(Reply::bad_sequence("Send MAIL first"));
-                };
-                if to.utf8 && !txn.smtputf8 {
-                    return self.error(Reply::utf8_without_smtputf8());
-                }
-                if txn.recipients.len() >= max {
-                    return Action::Reply(Reply::too_many_recipients());
-                }
-                let rcpt = match &to.address {
-                    Address::Postmaster => accepted
-                        .iter()
-                        .find_map(|p| match p {
-                            DomainPattern::Exact(d) | DomainPattern::Subtree(d) => {
-                                Some(format!("postmaster@{d}"))
-                            }
-                            _ => None,
-                        })
-                        .unwrap_or_else(|| format!("postmaster@{}", self.cfg.hostname)),
-                    _ => mailbox_text(&to),
-                };
-                if !matches!(to.address, Address::Postmaster)
-                    && let Err(r) = connector.check_recipient(&rcpt, to.had_source_route, &accepted)
-                {
-                    tracing::info!(connector = %connector.name, %peer, rcpt = %rcpt, domain = ?domain_text(&to), reason = r.reason, "recipient refused");
-                    return Action::Reply(r.reply);
-                }
-                txn.recipients.push(Recipient {
-                    address: rcpt,
-                    orcpt: params
-                        .orcpt
-                        .map(|o| format!("{};{}", o.addr_type, o.address)),
-                    notify: params.notify.map(|n| {
-                        let mut v = Vec::new();
-                        if n.success {
-                            v.push("SUCCESS");
-                        }
-                        if n.failure {
-                            v.push("FAILURE");
-                        }
-                        if n.delay {
-                            v.push("DELAY");
-                        }
-                        if v.is_empty() {
-                            "NEVER".to_string()
-                        } else {
-                            v.join(",")
-                        }
-                    }),
-                });
-                Action::Reply(Reply::recipient_ok())
-            }
+            Command::Mail { from, params } => self.mail(&connector, from, params),
+            Command::Rcpt { to, params } => self.rcpt(&connector, to, params),
             Command::Data => match &self.txn {
                 None => self.error(Reply::bad_sequence("Send MAIL first")),
                 Some(t) if t.recipients.is_empty() => {
@@ -565,36 +367,6 @@ impl Session {
     /// A BDAT chunk was read; the reply unless it was the last one.
     pub fn chunk_done(&self, size: u64) -> Reply {
         Reply::chunk_ok(size)
-    }
-
-    /// The envelope of the current transaction for the spool; the id is
-    /// the spool's to give.
-    pub fn envelope(&self, received_at: u64) -> Option<Envelope> {
-        let t = self.txn.as_ref()?;
-        Some(Envelope {
-            id: String::new(),
-            received_at,
-            mail_from: t.mail_from.clone(),
-            recipients: t.recipients.clone(),
-            body: t.body.map(|b| match b {
-                Body::SevenBit => "7BIT".into(),
-                Body::EightBitMime => "8BITMIME".into(),
-                Body::BinaryMime => "BINARYMIME".into(),
-            }),
-            smtputf8: t.smtputf8,
-            ret: t.ret.map(|r| match r {
-                Ret::Full => "FULL".into(),
-                Ret::Hdrs => "HDRS".into(),
-            }),
-            envid: t.envid.clone(),
-            client_ip: Some(self.peer),
-            helo: self.helo.clone().unwrap_or_default(),
-            connector: self.connector_name().to_string(),
-            tls: self.tls_info.clone(),
-            auth: self.auth.as_ref().map(|d| d.name.clone()),
-            route: self.auth.as_ref().and_then(|d| d.connector.clone()),
-            notification: None,
-        })
     }
 
     /// Whether the current transaction has taken BDAT chunks. The server
