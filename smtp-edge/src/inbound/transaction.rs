@@ -187,6 +187,7 @@ async fn finish(
                         tenant = v.tenant.as_deref().unwrap_or("-"),
                         tenant_ids = %v.tenant_ids.join(","),
                         dkim_domains = %v.dkim_domains.join(","),
+                        auth_as = %v.auth_as.join(","),
                         "tenant check: {}",
                         v.reason
                     );
@@ -223,6 +224,7 @@ async fn finish(
                         outcome = %v.outcome,
                         tenant_ids = %v.tenant_ids.join(","),
                         dkim_domains = %v.dkim_domains.join(","),
+                        auth_as = %v.auth_as.join(","),
                         "message refused by the tenant check: {}",
                         v.reason
                     );
