@@ -441,7 +441,7 @@ fn to_name(domain: &str) -> Option<Name> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::routing::SmartHost;
+    use crate::config::outbound::SmartHost;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

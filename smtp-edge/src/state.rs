@@ -197,6 +197,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     })
 }
 
+/// Seconds since the epoch (0 for a clock before 1970).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

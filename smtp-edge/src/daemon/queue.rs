@@ -16,53 +16,9 @@ use crate::queue::manager::{Manager, ManagerSlot, QueueConfig, QueueError};
 use crate::queue::metrics::QueueMetrics;
 use crate::queue::spool::Spool;
 
-/// The queue's configuration from the file: client certificates and CA files
-/// loaded (once per reload), the resolver made.
+/// The queue's configuration from the file (see [`QueueConfig::load`]).
 pub fn queue_config(config: &Config) -> Result<QueueConfig, DaemonError> {
-    let mut identities = Vec::new();
-    for c in &config.outbound {
-        identities.push(match &c.client_cert {
-            Some(cc) => Some(Arc::new(
-                crate::outbound::client::ClientIdentity::load(cc)
-                    .map_err(|e| DaemonError::Queue(e.to_string()))?,
-            )),
-            None => None,
-        });
-    }
-    let resolver = crate::resolve::Resolver::new(&config.dns)
-        .map_err(|e| DaemonError::Queue(e.to_string()))?;
-    let system = crate::outbound::client::system_roots();
-    let mut roots = Vec::new();
-    for c in &config.outbound {
-        roots.push(match &c.tls_trust {
-            None => system.clone(),
-            Some(path) => {
-                let mut store = rustls::RootCertStore::empty();
-                for cert in
-                    crate::certs::load_chain(path).map_err(|e| DaemonError::Queue(e.to_string()))?
-                {
-                    store
-                        .add(cert)
-                        .map_err(|e| DaemonError::Queue(format!("{}: {e}", path.display())))?;
-                }
-                Arc::new(store)
-            }
-        });
-    }
-    Ok(QueueConfig {
-        connectors: config.outbound.clone(),
-        identities,
-        accepted: config.smtp.accepted.clone(),
-        settings: config.queue.clone(),
-        hostname: config.smtp.hostname.clone(),
-        tls_configs: config.outbound.iter().map(|_| Arc::default()).collect(),
-        roots,
-        resolver,
-        sessions: Arc::new(crate::queue::sessions::Sessions::new(
-            std::time::Duration::from_secs(config.queue.session_cache_time),
-            config.queue.max_concurrency as usize,
-        )),
-    })
+    QueueConfig::load(config).map_err(|e| DaemonError::Queue(e.to_string()))
 }
 
 /// The queue of a running daemon (none before the first outbound

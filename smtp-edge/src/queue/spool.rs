@@ -260,10 +260,7 @@ pub fn valid_id(id: &str) -> bool {
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::state::now()
 }
 
 /// How often [`Spool::create`] draws a new id when the one it drew is taken.

@@ -142,7 +142,7 @@ pub fn load(dir: &StateDir) -> Result<RangesState, RangesError> {
     match RangesState::read(dir)? {
         Some(s) => Ok(s),
         None => match dir.read_json::<Selection>(list::LEGACY_FILE)? {
-            Some(sel) => Ok(RangesState::from_legacy(&sel, crate::queue::spool::now())),
+            Some(sel) => Ok(RangesState::from_legacy(&sel, crate::state::now())),
             None => Ok(RangesState::bundled()),
         },
     }
