@@ -4,7 +4,7 @@
 //! - `cargo xtask setup`  install what is missing (Debian packages as root,
 //!   nightly rust-src, bpf-linker built against Debian's LLVM 22)
 //! - `cargo xtask build`  the eBPF objects and the `smtp-edge` binary
-//! - `cargo xtask test`   fmt, clippy, every unit and integration test
+//! - `cargo xtask test`   fmt, clippy, docs, every unit and integration test
 //! - `cargo xtask run [--duration SECS]`  the lab
 //! - `cargo xtask bench xdp`  the gate's benchmarks (last line: JSON)
 //! - `cargo xtask bench smtp-in`  the receiving side against Postfix (last line: JSON)
@@ -250,6 +250,8 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The API documentation builds without a warning (broken links fail).
+    status(cargo(&["doc", "-p", "smtp-edge", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
     // The fuzz targets (their own workspace) must keep building; running them
     // is `cargo +nightly fuzz run command|data` in smtp-edge/fuzz.
     status(

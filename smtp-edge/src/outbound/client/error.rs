@@ -68,7 +68,7 @@ impl fmt::Display for Stage {
     }
 }
 
-/// Why a delivery (or, in [`Outcome::failure`], the rest of it) failed.
+/// Why a delivery (or, in [`Outcome::failure`](super::Outcome::failure), the rest of it) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     /// No TCP connection: try the next host. Transient (4.4.1).

@@ -2,7 +2,7 @@
 //!
 //! [`deliver`] connects, reads the greeting, says EHLO (HELO when EHLO is
 //! refused with 5xx), negotiates STARTTLS at the connector's
-//! [`TlsLevel`], sends MAIL, RCPT and DATA (in one write when the server
+//! [`TlsLevel`](crate::outbound::routing::TlsLevel), sends MAIL, RCPT and DATA (in one write when the server
 //! offers PIPELINING, RFC 2920) and the content, and returns a result per
 //! recipient ([`Outcome`]). It never retries and never tries another host:
 //! [`DeliveryError::next_host_may_help`] and the per-recipient results tell
@@ -43,7 +43,7 @@
 //! clear, as RFC 3207 allows; a handshake that fails is reported as a
 //! transient [`DeliveryError::TlsHandshake`] instead of silently continuing
 //! in clear on a new connection as Exchange does: the queue retries, and may
-//! choose to retry with [`TlsLevel::None`] to match Exchange. Required TLS
+//! choose to retry with [`TlsLevel::None`](crate::outbound::routing::TlsLevel::None) to match Exchange. Required TLS
 //! that cannot be had (not offered, refused, handshake or certificate
 //! failure) is transient too, as in Exchange (the message waits in the queue
 //! until the next hop is fixed or the message expires).
@@ -128,7 +128,7 @@ pub use error::{DeliveryError, Stage};
 pub use outcome::{Disposition, Outcome, RcptResult, TlsSession};
 pub use probe::{Step, probe};
 pub use reply::{Extensions, MAX_REPLY_BYTES, MAX_REPLY_LINES, Reply, Status, parse_reply};
-pub use session::{Session, deliver};
+pub use session::{RSET_WAIT, Session, deliver};
 pub use settings::{ClientIdentity, ClientSettings, system_roots};
 pub use timeouts::Timeouts;
 pub use tls_configs::TlsConfigs;

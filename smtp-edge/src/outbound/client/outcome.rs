@@ -17,7 +17,7 @@ pub enum Disposition {
 /// The result for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptResult {
-    /// Position in [`Transaction::recipients`].
+    /// Position in [`Transaction::recipients`](super::Transaction::recipients).
     pub index: usize,
     /// Delivered, transient or permanent failure.
     pub disposition: Disposition,
@@ -82,7 +82,7 @@ pub struct TlsSession {
 #[derive(Debug)]
 pub struct Outcome {
     /// One result per recipient, in the order of
-    /// [`Transaction::recipients`].
+    /// [`Transaction::recipients`](super::Transaction::recipients).
     pub per_recipient: Vec<RcptResult>,
     /// What went wrong after the recipients were answered (DATA refused, a
     /// timeout, a lost connection), if anything; the accepted recipients'

@@ -151,7 +151,7 @@ impl Session {
     /// session that sent anything while it waited (a 421 at its idle
     /// timeout, a stray reply) or closed is not used: every later reply
     /// could be one step behind. A session that fails is closed; nothing
-    /// was sent for any message. RSET waits at most [`RSET_WAIT`].
+    /// was sent for any message. RSET waits at most [`RSET_WAIT`](super::RSET_WAIT).
     pub async fn reset(&mut self) -> bool {
         let ok = self.reusable() && self.conn.buf.is_empty() && self.quiet().await && {
             let limit = self.conn.timeouts.command.min(RSET_WAIT);

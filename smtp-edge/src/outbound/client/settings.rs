@@ -49,7 +49,7 @@ pub struct ClientSettings {
     /// Under [`TlsLevel::DomainValidation`], the name the certificate must
     /// match (`mail.contoso.com` or `*.contoso.com`, see the module
     /// documentation); `None`: the next hop's host name as given to
-    /// [`deliver`]. Also sent as SNI when it is a plain host name.
+    /// [`deliver`](super::deliver). Also sent as SNI when it is a plain host name.
     pub tls_name: Option<String>,
     /// Client certificate presented when the server asks for one.
     pub client_cert: Option<Arc<ClientIdentity>>,

@@ -10,7 +10,7 @@ use rustls::pki_types::ServerName;
 /// The rustls configurations of one outbound connector, by next hop, kept
 /// across sessions: each keeps its TLS session cache, so the next session
 /// to the same host resumes (as Exchange and Postfix's tlsmgr do) instead of
-/// a full handshake. At most [`TLS_CONFIGS`] hosts; then it starts over.
+/// a full handshake. At most 512 hosts; then it starts over.
 #[derive(Debug, Default)]
 pub struct TlsConfigs {
     map: std::sync::Mutex<
