@@ -4,6 +4,11 @@
 //! semantic errors are reported at once, so an admin fixes a file in one pass.
 //! This module reads the file and holds the root [`Config`]; each section is
 //! parsed and validated in its own module.
+//!
+//! A leaf: it turns the file into plain settings and calls nothing above the
+//! floor (`address`, the pure `smtp` protocol for header patterns). Each
+//! wing builds its runtime types from its section (`QueueConfig::load`,
+//! `ServerConfig::from_config`, `gate::allowlist::static_entries`).
 
 pub mod allowlist;
 pub mod daemon;

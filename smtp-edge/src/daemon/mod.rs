@@ -13,6 +13,9 @@
 //! One source of truth: the configuration file plus the state directory. The
 //! kernel maps are always derived from them and written by this process only.
 //! Reloads and Exchange Online list changes run one at a time.
+//!
+//! May call every wing (it starts their services and hands each its part of
+//! a reload); nothing but the CLI's `run` calls it.
 
 pub mod admin;
 pub mod gate;
