@@ -282,13 +282,25 @@ pub fn commands(cfg: &Config, certs: &CertNames) -> String {
                 let _ = writeln!(
                     out,
                     "# [[inbound_connectors]] `{}` tenants: only tenant {} may send through it \
-                     (tenant_policy = \"{}\"); it signs with DKIM as one of: {}.\n\
-                     # Check DKIM signing is on for the domains you list:\n\
-                     Get-DkimSigningConfig | Format-Table Domain, Enabled, Selector1CNAME\n",
+                     (tenant_policy = \"{}\", tenant_proof = \"{}\"): Exchange Online stamps its \
+                     id as X-MS-Exchange-CrossTenant-Id; {}\n",
                     c.name,
                     t.id,
                     rule.mode,
-                    t.domains.join(", ")
+                    rule.proof,
+                    match rule.proof {
+                        crate::config::tenant::Proof::Stamp => {
+                            "mail EOP relays from the internet keeps its author's DKIM signature \
+                             (none of yours is needed)."
+                                .to_string()
+                        }
+                        crate::config::tenant::Proof::StampAndDkim => format!(
+                            "it must also be signed with DKIM as one of: {}.\n\
+                             # Check DKIM signing is on for the domains you list:\n\
+                             Get-DkimSigningConfig | Format-Table Domain, Enabled, Selector1CNAME",
+                            t.domains.join(", ")
+                        ),
+                    }
                 );
             }
         } else {

@@ -18,9 +18,7 @@ $p = @{
 }
 New-OutboundConnector @p
 
-# [[inbound_connectors]] `from-exchange-online` tenants: only tenant 0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0 may send through it (tenant_policy = "enforce"); it signs with DKIM as one of: contoso.onmicrosoft.com, contoso.com.
-# Check DKIM signing is on for the domains you list:
-Get-DkimSigningConfig | Format-Table Domain, Enabled, Selector1CNAME
+# [[inbound_connectors]] `from-exchange-online` tenants: only tenant 0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0 may send through it (tenant_policy = "enforce", tenant_proof = "stamp"): Exchange Online stamps its id as X-MS-Exchange-CrossTenant-Id; mail EOP relays from the internet keeps its author's DKIM signature (none of yours is needed).
 
 # This host delivers to Exchange Online: [[outbound_connectors]] `to-microsoft-365`.
 # CHECK: /nonexistent/edge.contoso.com.pem could not be read here: put a name from its subject or SAN (an accepted domain) in TlsSenderCertificateName.
