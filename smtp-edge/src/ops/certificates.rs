@@ -260,13 +260,25 @@ impl CertificateView {
                 names(c)
             ));
         }
-        if !self.lost_names.is_empty() {
+        // The host name, when lost, is the warning above.
+        let lost: Vec<&str> = self
+            .lost_names
+            .iter()
+            .filter(|n| !self.must_name.as_deref().is_some_and(|h| name_covers(n, h)))
+            .map(String::as_str)
+            .collect();
+        if !lost.is_empty() {
+            let setting = match self.role {
+                Role::Server => "TlsDomain of Exchange Online's outbound connector",
+                Role::Client | Role::Trust => {
+                    "TlsSenderCertificateName of Exchange Online's inbound connector"
+                }
+            };
             w.push(format!(
                 "{what} {} no longer names {} (the one before did): a connector set to match \
-                 that name (Exchange Online's TlsSenderCertificateName or TlsDomain, see \
-                 `smtp-edge exo-commands`) stops matching",
+                 it ({setting}, see `smtp-edge exo-commands`) stops matching",
                 self.path,
-                self.lost_names.join(", ")
+                lost.join(", ")
             ));
         }
         w
@@ -299,7 +311,7 @@ impl CertificateView {
             "{} {} · {what} · until {} ({left}) · {} · serial {} · {}",
             self.role.as_str(),
             self.name,
-            date(c.not_after),
+            day(c.not_after),
             c.purposes.join(" "),
             c.serial,
             self.path
@@ -317,6 +329,12 @@ fn names(c: &Inspected) -> String {
 
 fn date(secs: i64) -> String {
     rfc5322_date(u64::try_from(secs).unwrap_or(0))
+}
+
+/// `01 Sep 2026`.
+fn day(secs: i64) -> String {
+    let d = date(secs);
+    d.get(5..16).map_or(d.clone(), str::to_string)
 }
 
 /// Every warning about `views` at `now`.
@@ -487,7 +505,7 @@ tls_trust = "{d}/ca.pem"
         assert_eq!(ca.subject, "CN=CA two", "the CA expiring first");
         assert!(warnings(&v, NOW).is_empty(), "{:?}", warnings(&v, NOW));
         assert!(
-            v[0].line(NOW).contains("until Tue, 01 Sep 2026"),
+            v[0].line(NOW).contains("until 01 Sep 2026 ("),
             "{}",
             v[0].line(NOW)
         );
