@@ -227,6 +227,27 @@ impl Leaf {
         })
     }
 
+    /// A self-signed certificate for `names` (the first also as CN, server
+    /// and client authentication) valid from yesterday until `not_after`,
+    /// with this serial number: a renewal's certificate, or one about to
+    /// expire.
+    pub fn valid_until(names: &[&str], not_after: std::time::SystemTime, serial: u64) -> Leaf {
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+        if let Some(cn) = names.first() {
+            p.distinguished_name.push(DnType::CommonName, *cn);
+        }
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let day = std::time::Duration::from_secs(86_400);
+        p.not_before = (std::time::SystemTime::now() - day).into();
+        p.not_after = not_after.into();
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        Leaf::sign(p, None, KeyAlg::EcdsaP256)
+    }
+
     /// The same leaf presenting `chain` after it.
     pub fn with_chain(mut self, chain: &[&Ca]) -> Leaf {
         for c in chain {

@@ -85,6 +85,8 @@ pub struct Supervisor {
     queue: queue::QueueService,
     ranges: ranges::RangesService,
     metrics: metrics::MetricsService,
+    /// The certificate files in force (expiry gauge, `status`).
+    certificates: crate::ops::certificates::Certificates,
     /// Reloads and Exchange Online list changes, one at a time.
     apply: tokio::sync::Mutex<()>,
 }
@@ -126,6 +128,7 @@ impl Supervisor {
         let mut registry = crate::ops::metrics::registry();
         let smtp_metrics = crate::inbound::metrics::SmtpMetrics::register(&mut registry);
         let queue = queue::QueueService::new(&mut registry);
+        let certificates = crate::ops::certificates::Certificates::register(&mut registry);
         metrics::register(&mut registry, gate.clone(), state.clone(), shared.clone());
         let receiver = match config.smtp.raw.enabled {
             true => {
@@ -142,6 +145,8 @@ impl Supervisor {
                 .map_err(|e| DaemonError::Queue(e.to_string()))??;
             queue.apply(cfg, r.spool(), &r.queue_slot()).await?;
         }
+        let c = (certificates.clone(), config.clone());
+        let _ = tokio::task::spawn_blocking(move || c.0.refresh(&c.1)).await;
         let metrics = metrics::MetricsService::new(registry);
         let bound = metrics
             .prepare(config.metrics.listen)
@@ -156,6 +161,7 @@ impl Supervisor {
             queue,
             ranges: ranges::RangesService::default(),
             metrics,
+            certificates,
             apply: tokio::sync::Mutex::new(()),
         }))
     }

@@ -94,6 +94,12 @@ pub struct Overview {
     pub ranges: RangesOverview,
     /// The metrics endpoint.
     pub metrics: Option<String>,
+    /// The configured certificate files as the last (re)load read them.
+    #[serde(default)]
+    pub certificates: Vec<crate::ops::certificates::CertificateView>,
+    /// When the overview was computed (Unix seconds).
+    #[serde(default)]
+    pub now: u64,
     /// What needs attention.
     pub warnings: Vec<String>,
 }
@@ -214,6 +220,11 @@ impl Supervisor {
                 warnings.push(format!("the last ranges check failed: {}", c.outcome));
             }
         }
+        let certificates = self.certificates.views();
+        warnings.extend(crate::ops::certificates::warnings(
+            &certificates,
+            now as i64,
+        ));
         Overview {
             version: env!("CARGO_PKG_VERSION").into(),
             config: cfg.path.display().to_string(),
@@ -226,6 +237,8 @@ impl Supervisor {
                 .metrics
                 .address()
                 .map(|a| format!("http://{a}/metrics")),
+            certificates,
+            now,
             warnings,
         }
     }
@@ -296,6 +309,9 @@ impl Overview {
             );
         } else {
             let _ = writeln!(s, "smtp       off (smtp.enabled = false)");
+        }
+        for c in &self.certificates {
+            let _ = writeln!(s, "cert       {}", c.line(self.now as i64));
         }
         let q = &self.queue;
         if self.queue_running {

@@ -102,6 +102,10 @@ impl Supervisor {
         }
         self.metrics.commit(next.metrics.listen, metrics);
         self.set_config(next.clone());
+        // What the services just loaded: the expiry gauge, `status`, a log
+        // line per certificate and its warnings.
+        let c = (self.certificates.clone(), next.clone());
+        let _ = tokio::task::spawn_blocking(move || c.0.refresh(&c.1)).await;
         self.ranges.poke();
         let mut message = format!("configuration {} applied", next.path.display());
         if let (Some(r), Some(q)) = (&self.receiver, queue)

@@ -140,10 +140,7 @@ fn outbound_domains(list: &[RecipientDomain], accepted: &[DomainPattern]) -> Vec
 /// Whether certificate name `name` (maybe `*.domain`, one label) covers
 /// `host`, as a TLS client checks it.
 fn names_host(name: &str, host: &str) -> bool {
-    let (n, h) = (name.to_ascii_lowercase(), host.to_ascii_lowercase());
-    n == h
-        || n.strip_prefix("*.")
-            .is_some_and(|d| h.split_once('.').is_some_and(|(_, rest)| rest == d))
+    crate::certs::name_covers(name, host)
 }
 
 /// Whether an outbound connector delivers to Exchange Online.
