@@ -1,16 +1,21 @@
 //! `smtp-edge connector test` against good and broken next hops on
 //! loopback: smtp-edge itself with a certificate from a test CA (asking for
 //! our client certificate), the same with a wrong name, an untrusted CA and
-//! an expired certificate, and scripted next hops without STARTTLS, with a
-//! 5xx greeting, a tarpit and nothing listening.
+//! an expired certificate; private Postfix instances that ask for a client
+//! certificate without requiring one, require one, or do not ask; and
+//! scripted next hops without STARTTLS, with a 5xx greeting, a tarpit and
+//! nothing listening.
 
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use smtp_edge_tests::certs::{Ca, Leaf};
+use smtp_edge_tests::certs::{Ca, Leaf, LeafSpec};
 use smtp_edge_tests::edge::{Edge, Setup};
 use smtp_edge_tests::nexthop::{NextHop, Script, StartTls};
+use smtp_edge_tests::postfix::{self, MailServer};
 use smtp_edge_tests::smtp::wait_for;
 
 /// The configuration under test: `connectors` as outbound connectors.
@@ -309,4 +314,188 @@ fn broken_next_hops_fail_at_their_step_and_failover_is_followed() {
         Some(2),
         "{text}"
     );
+}
+
+/// Every control character in `text` (what a terminal would act on).
+fn controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect()
+}
+
+#[test]
+fn asking_for_a_client_certificate_is_not_requiring_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // The Postfix instances run as `postfix` below this directory.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let ca = Ca::new("Fabrikam Test Root");
+    let ca_file = ca.write(&d.join("ca.pem"));
+    let client = Leaf::new(&["edge.contoso.test"], Some(&ca), false).write(d, "client");
+    // The next hops' certificate: its subject carries control characters
+    // (an escape sequence and a bell) that the text output must not pass on.
+    let server = Leaf::build(LeafSpec {
+        cn: Some("mx.fabrikam.test\u{1b}[2J\u{7}"),
+        sans: &["mx.fabrikam.test"],
+        ca: Some(&ca),
+        expired: false,
+    })
+    .write(d, "server");
+    let start = |name: &str, require: bool| {
+        let addr = SocketAddr::from(([127, 0, 0, 1], smtp_edge_tests::ports::free_port()));
+        postfix::mail_server(
+            &d.join(name),
+            addr,
+            &MailServer {
+                hostname: "mx.fabrikam.test",
+                domains: &["fabrikam.example"],
+                cert: (&server.0, &server.1),
+                client_ca: &ca_file,
+                require_client_cert: require,
+                // Not loopback: mail from us is taken only for its domains
+                // (or, where required, with a trusted certificate).
+                networks: "192.0.2.0/24",
+            },
+        )
+        .unwrap_or_else(|e| panic!("Postfix {name}: {e:#}"))
+    };
+    // smtpd_tls_ask_ccert = yes, no requirement: asks, takes mail anyway.
+    let asking = start("asking", false);
+    // smtpd_tls_req_ccert = yes: refuses a client without one.
+    let requiring = start("requiring", true);
+    let connector = |name: &str, hop: SocketAddr, cert: bool| {
+        let cert = if cert {
+            format!(
+                "client_certificate = \"{}\"\nclient_key = \"{}\"\n",
+                client.0.display(),
+                client.1.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[[outbound_connectors]]\nname = \"{name}\"\nrecipient_domains = [\"fabrikam.example\"]\nsmart_hosts = [\"{hop}\"]\ntls = \"domain-validation\"\ntls_domain = \"mx.fabrikam.test\"\ntls_trust = \"{}\"\n{cert}\n",
+            ca_file.display()
+        )
+    };
+    let all = [
+        connector("asked", asking.addr, false),
+        connector("asked-with-cert", asking.addr, true),
+        connector("required", requiring.addr, false),
+        connector("required-with-cert", requiring.addr, true),
+    ]
+    .concat();
+    let cfg = config(d, &all);
+    let mailbox = |name: &str| postfix::mailbox(&d.join(name));
+
+    // Asked, none configured: a note, not a failure; the session goes on.
+    let (code, text, report) = test(&cfg, &["asked"]);
+    assert_eq!(code, 0, "{text}");
+    let c = step(&report, "client certificate");
+    assert_eq!(c["ok"], true, "{text}");
+    assert_eq!(c["notice"], "note", "{text}");
+    let cd = detail(c);
+    assert!(
+        cd.contains("asked for by the server: yes") && cd.contains("asking is not requiring"),
+        "{cd}"
+    );
+    assert_eq!(step(&report, "ehlo after tls")["ok"], true, "{text}");
+    assert!(text.contains("  note  client certificate"), "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    assert!(text.contains("result: the connector works"), "{text}");
+    // The peer's control characters: in the JSON (escaped by JSON), never
+    // raw in the text, shown escaped instead.
+    assert!(
+        detail(step(&report, "certificate")).contains('\u{1b}'),
+        "{report}"
+    );
+    assert!(controls(&text).is_empty(), "{text:?}");
+    assert!(text.contains(r"mx.fabrikam.test\x1b[2J\x07"), "{text}");
+
+    // --send proves it: the transaction's replies decide, and the message
+    // is in the mailbox.
+    let (code, text, report) = test(
+        &cfg,
+        &["asked", "--rcpt", "alice@fabrikam.example", "--send"],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(report["message"]["ok"], true, "{text}");
+    assert!(detail(&report["message"]).contains("250"), "{text}");
+    let got = postfix::wait_mailbox(&d.join("asking"), 1, 15);
+    assert_eq!(got.len(), 1, "{}", asking.log_text());
+    assert!(
+        got[0].contains("Subject: smtp-edge connector test: asked"),
+        "{}",
+        got[0]
+    );
+
+    // Asked, and ours presented.
+    let (code, text, report) = test(&cfg, &["asked-with-cert"]);
+    assert_eq!(code, 0, "{text}");
+    let c = step(&report, "client certificate");
+    assert!(c.get("notice").is_none_or(Value::is_null), "{text}");
+    assert!(
+        detail(c).contains("presented: CN=edge.contoso.test"),
+        "{text}"
+    );
+
+    // Required, none configured: Postfix refuses the session after the
+    // handshake, and that reply is the failure shown.
+    let (code, text, report) = test(&cfg, &["required"]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(report["ok"], false, "{text}");
+    assert_eq!(step(&report, "client certificate")["ok"], true, "{text}");
+    let refused = step(&report, "ehlo after tls");
+    assert_eq!(refused["ok"], false, "{text}");
+    assert!(
+        detail(refused).contains("421 4.7.1") && detail(refused).contains("certificate"),
+        "{text}"
+    );
+    assert!(text.contains("FAILED at ehlo after tls"), "{text}");
+    assert!(controls(&text).is_empty(), "{text:?}");
+    // --send does not send through a next hop that refused the session.
+    let (code, text, report) = test(
+        &cfg,
+        &["required", "--rcpt", "alice@fabrikam.example", "--send"],
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(report["message"].is_null(), "{text}");
+
+    // Required and presented: through, and the message delivered.
+    let (code, text, report) = test(
+        &cfg,
+        &[
+            "required-with-cert",
+            "--rcpt",
+            "bob@fabrikam.example",
+            "--send",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(report["message"]["ok"], true, "{text}");
+    let got = postfix::wait_mailbox(&d.join("requiring"), 1, 15);
+    assert_eq!(got.len(), 1, "{}", requiring.log_text());
+    assert!(mailbox("requiring")[0].contains("bob@fabrikam.example"));
+
+    // Configured but not asked for: a warning (a certificate-based
+    // connector there could not recognise us), not a failure.
+    asking
+        .configure(&["smtpd_tls_ask_ccert=no"])
+        .expect("postconf");
+    let (code, text, report) = test(&cfg, &["asked-with-cert"]);
+    assert_eq!(code, 0, "{text}");
+    let c = step(&report, "client certificate");
+    assert_eq!(c["ok"], true, "{text}");
+    assert_eq!(c["notice"], "warn", "{text}");
+    assert!(
+        detail(c).contains("asked for by the server: no")
+            && detail(c).contains("configured, not asked for"),
+        "{text}"
+    );
+    assert!(text.contains("  WARN  client certificate"), "{text}");
+    assert!(
+        text.contains("result: the connector works, with 1 warning"),
+        "{text}"
+    );
+    assert_eq!(mailbox("asking").len(), 1);
 }

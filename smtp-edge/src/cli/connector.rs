@@ -13,7 +13,9 @@ pub(crate) enum ConnectorCmd {
     /// Go through an outbound connector as delivery would and report each
     /// step (resolve, connect, greeting, EHLO, STARTTLS, TLS, the peer's
     /// certificate, our client certificate), like Exchange Online's
-    /// "validate connector"; exit status 1 when a step fails.
+    /// "validate connector"; exit status 1 when a step fails. A client
+    /// certificate asked for is a note, not a failure (asking is not
+    /// requiring): the server's replies decide, and --send proves it.
     Test {
         /// The connector's name.
         name: String,

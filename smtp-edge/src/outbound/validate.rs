@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::client::{self, ClientSettings, Content, Step, Transaction};
+use super::client::{self, ClientSettings, Content, Notice, Step, Transaction};
 use crate::config::Config;
 use crate::outbound::routing::{NextHop, Outbound, RecipientDomain};
 use crate::queue::spool::{Envelope, Recipient};
@@ -125,18 +125,18 @@ pub async fn test_connector(
             for h in list {
                 match qc.resolver.smart_host(&h.host, h.port).await {
                     Ok(addrs) => {
-                        report.resolve.push(Step {
-                            step: "resolve".into(),
-                            ok: true,
-                            detail: vec![format!("{h} → {}", join(&addrs))],
-                        });
+                        report.resolve.push(Step::new(
+                            "resolve",
+                            true,
+                            vec![format!("{h} → {}", join(&addrs))],
+                        ));
                         hops.push((h.host.clone(), addrs));
                     }
-                    Err(e) => report.resolve.push(Step {
-                        step: "resolve".into(),
-                        ok: false,
-                        detail: vec![format!("{h}: {e}")],
-                    }),
+                    Err(e) => {
+                        report
+                            .resolve
+                            .push(Step::new("resolve", false, vec![format!("{h}: {e}")]))
+                    }
                 }
             }
         }
@@ -149,19 +149,19 @@ pub async fn test_connector(
             match qc.resolver.mx(&domain).await {
                 Ok(list) => {
                     for m in list {
-                        report.resolve.push(Step {
-                            step: "resolve".into(),
-                            ok: true,
-                            detail: vec![format!("MX {domain}: {} → {}", m.name, join(&m.addrs))],
-                        });
+                        report.resolve.push(Step::new(
+                            "resolve",
+                            true,
+                            vec![format!("MX {domain}: {} → {}", m.name, join(&m.addrs))],
+                        ));
                         hops.push((m.name, m.addrs));
                     }
                 }
-                Err(e) => report.resolve.push(Step {
-                    step: "resolve".into(),
-                    ok: false,
-                    detail: vec![format!("MX {domain}: {e}")],
-                }),
+                Err(e) => report.resolve.push(Step::new(
+                    "resolve",
+                    false,
+                    vec![format!("MX {domain}: {e}")],
+                )),
             }
         }
     }
@@ -232,10 +232,10 @@ async fn send_test(
         Ok(o) => {
             let r = o.per_recipient.first();
             let delivered = r.is_some_and(|r| r.disposition == client::Disposition::Delivered);
-            Step {
-                step: "test message".into(),
-                ok: delivered,
-                detail: vec![format!(
+            Step::new(
+                "test message",
+                delivered,
+                vec![format!(
                     "to <{rcpt}> through {host} [{}]: {}",
                     addr.ip(),
                     r.map_or("no result".to_string(), |r| match &r.reply {
@@ -243,26 +243,66 @@ async fn send_test(
                         None => r.text.clone(),
                     })
                 )],
-            }
+            )
         }
-        Err(e) => Step {
-            step: "test message".into(),
-            ok: false,
-            detail: vec![format!("to <{rcpt}> through {host} [{}]: {e}", addr.ip())],
-        },
+        Err(e) => Step::new(
+            "test message",
+            false,
+            vec![format!("to <{rcpt}> through {host} [{}]: {e}", addr.ip())],
+        ),
     }
 }
 
+/// `text` safe for a terminal: control characters (a certificate subject
+/// or a reply can carry escape sequences) and bidirectional overrides shown
+/// as `\xNN` / `\u{NNNN}` escapes.
+fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            let n = u32::from(c);
+            let _ = if n <= 0xff {
+                write!(out, "\\x{n:02x}")
+            } else {
+                write!(out, "\\u{{{n:04x}}}")
+            };
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl ConnectorTest {
-    /// One verdict line per step.
+    /// Every step of the report, in order.
+    fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.resolve
+            .iter()
+            .chain(self.attempts.iter().flat_map(|a| a.steps.iter()))
+            .chain(self.message.iter())
+    }
+
+    /// One verdict line per step (`ok`, `note`, `WARN`, `FAIL`), anything
+    /// that came from a peer or the network escaped for the terminal.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "connector {}: {}", self.connector, self.summary);
+        let _ = writeln!(
+            s,
+            "connector {}: {}",
+            shown(&self.connector),
+            shown(&self.summary)
+        );
         let line = |s: &mut String, st: &Step| {
-            let mark = if st.ok { "ok  " } else { "FAIL" };
-            let mut lines = st.detail.iter();
-            let first = lines.next().map(String::as_str).unwrap_or("");
-            let _ = writeln!(s, "  {mark}  {:<19} {first}", st.step);
+            let mark = match (st.ok, st.notice) {
+                (false, _) => "FAIL",
+                (true, Some(Notice::Warn)) => "WARN",
+                (true, Some(Notice::Note)) => "note",
+                (true, None) => "ok  ",
+            };
+            let mut lines = st.detail.iter().map(|l| shown(l));
+            let first = lines.next().unwrap_or_default();
+            let _ = writeln!(s, "  {mark}  {:<19} {first}", shown(&st.step));
             for more in lines {
                 let _ = writeln!(s, "        {:<19} {more}", "");
             }
@@ -271,7 +311,7 @@ impl ConnectorTest {
             line(&mut s, st);
         }
         for a in &self.attempts {
-            let _ = writeln!(s, "  -- {} [{}]", a.host, a.address);
+            let _ = writeln!(s, "  -- {} [{}]", shown(&a.host), shown(&a.address));
             for st in &a.steps {
                 line(&mut s, st);
             }
@@ -279,15 +319,113 @@ impl ConnectorTest {
         if let Some(m) = &self.message {
             line(&mut s, m);
         }
+        let warnings = self
+            .steps()
+            .filter(|st| st.ok && st.notice == Some(Notice::Warn))
+            .count();
         let verdict = match (self.ok, self.attempts.last()) {
+            (true, _) if warnings > 0 => format!(
+                "the connector works, with {warnings} warning{}",
+                if warnings == 1 { "" } else { "s" }
+            ),
             (true, _) => "the connector works".to_string(),
             (false, None) => "FAILED: no next hop to try".into(),
             (false, Some(a)) => match a.steps.iter().find(|s| !s.ok) {
-                Some(st) => format!("FAILED at {} ({} [{}])", st.step, a.host, a.address),
+                Some(st) => format!(
+                    "FAILED at {} ({} [{}])",
+                    shown(&st.step),
+                    shown(&a.host),
+                    shown(&a.address)
+                ),
                 None => "FAILED: the test message was not taken".into(),
             },
         };
         let _ = writeln!(s, "result: {verdict}");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(steps: Vec<Step>, ok: bool) -> ConnectorTest {
+        ConnectorTest {
+            connector: "to-m365".into(),
+            summary: "smart hosts mx.test:25; tls = opportunistic".into(),
+            resolve: vec![Step::new(
+                "resolve",
+                true,
+                vec!["mx.test → 192.0.2.1:25".into()],
+            )],
+            attempts: vec![Attempt {
+                host: "mx.test".into(),
+                address: "192.0.2.1:25".into(),
+                steps,
+            }],
+            message: None,
+            ok,
+        }
+    }
+
+    #[test]
+    fn control_characters_from_the_peer_are_escaped() {
+        assert_eq!(shown("plain → text"), "plain → text");
+        assert_eq!(shown("CN=a\u{1b}[2J\u{7}"), "CN=a\\x1b[2J\\x07");
+        assert_eq!(shown("a\r\nb\u{9b}c\u{7f}"), "a\\x0d\\x0ab\\x9bc\\x7f");
+        assert_eq!(shown("x\u{202e}y"), "x\\u{202e}y");
+        let text = report(
+            vec![Step::new(
+                "certificate",
+                true,
+                vec!["0: subject CN=evil\u{1b}]0;title\u{7}".into()],
+            )],
+            true,
+        )
+        .render();
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("CN=evil\\x1b]0;title\\x07"), "{text}");
+    }
+
+    #[test]
+    fn notes_and_warnings_are_marked_and_do_not_fail() {
+        let mut note = Step::new("client certificate", true, vec!["asked: yes".into()]);
+        note.notice = Some(Notice::Note);
+        let text = report(vec![note.clone()], true).render();
+        assert!(text.contains("  note  client certificate"), "{text}");
+        assert!(text.ends_with("result: the connector works\n"), "{text}");
+        let mut warn = note;
+        warn.notice = Some(Notice::Warn);
+        let text = report(vec![warn.clone(), warn], true).render();
+        assert!(text.contains("  WARN  client certificate"), "{text}");
+        assert!(
+            text.ends_with("result: the connector works, with 2 warnings\n"),
+            "{text}"
+        );
+        let failed = Step::new("ehlo after tls", false, vec!["421 4.7.1 no".into()]);
+        let text = report(vec![failed], false).render();
+        assert!(
+            text.contains("  FAIL  ehlo after tls      421 4.7.1 no"),
+            "{text}"
+        );
+        assert!(
+            text.contains("result: FAILED at ehlo after tls (mx.test [192.0.2.1:25])"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_step_without_notice_has_none_in_json() {
+        let json = serde_json::to_value(Step::new("tls", true, vec![])).expect("json");
+        assert!(json.get("notice").is_none(), "{json}");
+        let mut s = Step::new("client certificate", true, vec![]);
+        s.notice = Some(Notice::Warn);
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json["notice"], "warn");
+        let back: Step = serde_json::from_value(json).expect("back");
+        assert_eq!(back, s);
     }
 }

@@ -126,7 +126,7 @@ pub use data::DataEncoder;
 pub use envelope::Transaction;
 pub use error::{DeliveryError, Stage};
 pub use outcome::{Disposition, Outcome, RcptResult, TlsSession};
-pub use probe::{Step, probe};
+pub use probe::{Notice, Step, probe};
 pub use reply::{Extensions, MAX_REPLY_BYTES, MAX_REPLY_LINES, Reply, Status, parse_reply};
 pub use session::{RSET_WAIT, Session, deliver};
 pub use settings::{ClientIdentity, ClientSettings, system_roots};

@@ -5,6 +5,13 @@
 //! certificate was asked for), judged by the connector's TLS level as
 //! delivery would judge it. The session ends with QUIT after EHLO; a test
 //! message goes through [`super::deliver`] itself.
+//!
+//! A server asking for a client certificate is not one requiring it
+//! (Postfix's `smtpd_tls_ask_ccert`, smtp-edge's own listener, most receive
+//! connectors ask and take mail without one): the client certificate step
+//! never fails by itself. It is a note when we had none to give, a warning
+//! when ours was configured but not asked for; a server that requires one
+//! refuses the session or the transaction, and that reply is the failure.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -18,6 +25,17 @@ use super::settings::ClientSettings;
 use super::tls::judge;
 use crate::outbound::routing::TlsLevel;
 
+/// A remark on a step that went through: worth reading, not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Notice {
+    /// Something to know (a client certificate asked for and none given).
+    Note,
+    /// Something that may not be as meant (a configured client certificate
+    /// that was never presented).
+    Warn,
+}
+
 /// One step and its verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
@@ -26,17 +44,38 @@ pub struct Step {
     pub step: String,
     /// It went as delivery needs.
     pub ok: bool,
+    /// A note or warning on a step that went through (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<Notice>,
     /// What was seen (one line per item).
     pub detail: Vec<String>,
 }
 
+impl Step {
+    /// A step without a notice.
+    pub fn new(step: &str, ok: bool, detail: Vec<String>) -> Step {
+        Step {
+            step: step.into(),
+            ok,
+            notice: None,
+            detail,
+        }
+    }
+}
+
 fn step(steps: &mut Vec<Step>, name: &str, ok: bool, detail: Vec<String>) -> bool {
-    steps.push(Step {
-        step: name.into(),
-        ok,
-        detail,
-    });
+    steps.push(Step::new(name, ok, detail));
     ok
+}
+
+/// An EHLO reply as a step shows it: the code and the extensions when
+/// positive, the whole reply (the server's reason) otherwise.
+fn ehlo_shown(r: &super::reply::Reply) -> String {
+    if r.is_positive() {
+        format!("{} {}", r.code, extensions(r))
+    } else {
+        r.to_string()
+    }
 }
 
 fn extensions(r: &super::reply::Reply) -> String {
@@ -112,12 +151,7 @@ async fn run(conn: &mut Conn, host: &str, settings: &ClientSettings, steps: &mut
         }
     };
     let ext = super::reply::Extensions::parse(&reply);
-    if !step(
-        steps,
-        "ehlo",
-        reply.is_positive(),
-        vec![format!("{} {}", reply.code, extensions(&reply))],
-    ) {
+    if !step(steps, "ehlo", reply.is_positive(), vec![ehlo_shown(&reply)]) {
         return;
     }
     let level = settings.tls;
@@ -201,35 +235,107 @@ async fn run(conn: &mut Conn, host: &str, settings: &ClientSettings, steps: &mut
         .as_ref()
         .and_then(|id| id.chain.first())
         .map(crate::certs::certificate_subject);
-    let detail = vec![
-        format!(
-            "asked for by the server: {}",
-            if asked { "yes" } else { "no" }
+    steps.push(client_certificate(asked, presented.as_deref()));
+    let (ok, mut detail) = match conn.command(&ehlo, Stage::Ehlo, t.command).await {
+        Ok(r) => (r.is_positive(), vec![ehlo_shown(&r)]),
+        Err(e) => (false, vec![e.to_string()]),
+    };
+    if !ok && asked && presented.is_none() {
+        detail.push(
+            "the server asked for a client certificate and got none: \
+             it may require one (a certificate-based connector)"
+                .into(),
+        );
+    }
+    step(steps, "ehlo after tls", ok, detail);
+}
+
+/// The client certificate step: whether the server asked, what we presented
+/// (`presented`: our certificate's subject, when one is configured). Never
+/// a failure: asking is not requiring, and the server's replies to the rest
+/// of the session (or, with `--send`, to the transaction) decide.
+fn client_certificate(asked: bool, presented: Option<&str>) -> Step {
+    let (notice, line) = match (presented, asked) {
+        (Some(s), true) => (None, format!("presented: {s}")),
+        (Some(s), false) => (
+            Some(Notice::Warn),
+            format!(
+                "configured, not asked for: {s} (not presented; a next hop that \
+                 recognises us by certificate would not see it)"
+            ),
         ),
-        match (&presented, asked) {
-            (Some(s), true) => format!("presented: {s}"),
-            (Some(s), false) => format!("configured, not asked for: {s}"),
-            (None, true) => "none configured: a certificate-based connector refuses us".into(),
-            (None, false) => "none configured".into(),
-        },
-    ];
-    step(
-        steps,
-        "client certificate",
-        !(asked && presented.is_none()),
-        detail,
-    );
-    match conn.command(&ehlo, Stage::Ehlo, t.command).await {
-        Ok(r) => {
-            step(
-                steps,
-                "ehlo after tls",
-                r.is_positive(),
-                vec![format!("{} {}", r.code, extensions(&r))],
-            );
-        }
-        Err(e) => {
-            step(steps, "ehlo after tls", false, vec![e.to_string()]);
-        }
+        (None, true) => (
+            Some(Notice::Note),
+            "none configured: asking is not requiring; the server's replies decide \
+             (--send proves it takes mail without one)"
+                .into(),
+        ),
+        (None, false) => (None, "none configured".into()),
+    };
+    Step {
+        step: "client certificate".into(),
+        ok: true,
+        notice,
+        detail: vec![
+            format!(
+                "asked for by the server: {}",
+                if asked { "yes" } else { "no" }
+            ),
+            line,
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asking_is_not_requiring() {
+        let s = client_certificate(true, None);
+        assert!(s.ok);
+        assert_eq!(s.notice, Some(Notice::Note));
+        assert_eq!(s.detail[0], "asked for by the server: yes");
+        assert!(s.detail[1].contains("asking is not requiring"), "{s:?}");
+    }
+
+    #[test]
+    fn a_configured_certificate_not_asked_for_is_a_warning() {
+        let s = client_certificate(false, Some("CN=edge.contoso.com"));
+        assert!(s.ok);
+        assert_eq!(s.notice, Some(Notice::Warn));
+        assert!(
+            s.detail[1].starts_with("configured, not asked for: CN=edge.contoso.com"),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn asked_and_presented_or_neither_is_plain() {
+        let s = client_certificate(true, Some("CN=edge.contoso.com"));
+        assert_eq!((s.ok, s.notice), (true, None));
+        assert_eq!(s.detail[1], "presented: CN=edge.contoso.com");
+        let s = client_certificate(false, None);
+        assert_eq!((s.ok, s.notice), (true, None));
+        assert_eq!(s.detail[1], "none configured");
+    }
+
+    #[test]
+    fn a_refused_ehlo_shows_the_reason() {
+        let r = super::super::reply::Reply {
+            code: 421,
+            enhanced: Some((4, 7, 1)),
+            lines: vec!["4.7.1 mx.test Error: No client certificate presented".into()],
+        };
+        assert_eq!(
+            ehlo_shown(&r),
+            "421 4.7.1 mx.test Error: No client certificate presented"
+        );
+        let ok = super::super::reply::Reply {
+            code: 250,
+            enhanced: None,
+            lines: vec!["mx.test".into(), "PIPELINING".into(), "STARTTLS".into()],
+        };
+        assert_eq!(ehlo_shown(&ok), "250 PIPELINING STARTTLS");
     }
 }
