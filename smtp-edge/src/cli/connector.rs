@@ -66,7 +66,7 @@ pub(super) fn connector_test(cli: &Cli, name: &str, rcpt: Option<&str>, send: bo
         .build()
         .context("start the runtime")?;
     let report = rt
-        .block_on(smtp_edge::outbound::validate::test_connector(
+        .block_on(smtp_edge::ops::validate::test_connector(
             &cfg, name, rcpt, send,
         ))
         .map_err(|e| anyhow!("{e}"))?;

@@ -7,6 +7,8 @@
 //! - [`metrics`]: the Prometheus registry and the `/metrics` endpoint.
 //! - [`prepare`]: root's step before the daemon starts (directories, owners).
 //! - [`exo`]: the Exchange PowerShell matching the configuration.
+//! - [`validate`]: `connector test`, an outbound connector's checks step by
+//!   step (the queue's configuration, the delivery client's probe).
 //!
 //! May call every wing's public types to describe them; no wing calls these
 //! modules except to register metrics.
@@ -16,4 +18,5 @@ pub mod control;
 pub mod exo;
 pub mod metrics;
 pub mod prepare;
+pub mod validate;
 pub mod view;

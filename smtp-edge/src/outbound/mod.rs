@@ -6,7 +6,6 @@
 //! - [`client`]: the SMTP client for one connection to one next hop: TLS at
 //!   the connector's level, one transaction (pipelined when the server
 //!   allows), a result per recipient.
-//! - [`validate`]: `connector test`, a connector's checks step by step.
 //!
 //! Retrying and bouncing ([`crate::queue::dsn`]) are the queue's business.
 //! May call: `resolve`, `certs`, `address`, `config`, the pure protocol.
@@ -14,4 +13,3 @@
 
 pub mod client;
 pub mod routing;
-pub mod validate;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::client::{self, ClientSettings, Content, Notice, Step, Transaction};
 use crate::config::Config;
+use crate::outbound::client::{self, ClientSettings, Content, Notice, Step, Transaction};
 use crate::outbound::routing::{NextHop, Outbound, RecipientDomain};
 use crate::queue::spool::{Envelope, Recipient};
 
@@ -100,7 +100,7 @@ pub async fn test_connector(
         return Err("--send needs --rcpt ADDRESS (whom the test message is for)".into());
     }
     let connector = &config.outbound[index];
-    let qc = crate::daemon::queue_config(config).map_err(|e| e.to_string())?;
+    let qc = crate::queue::config::QueueConfig::load(config).map_err(|e| e.to_string())?;
     let settings = ClientSettings::for_connector(
         connector,
         &config.smtp.hostname,
