@@ -346,6 +346,9 @@ enum Profile {
     ClientAuth,
     /// The 2026 profile: serverAuth only, leaf and issuing CA.
     ServerAuthOnly,
+    /// A clientAuth chain from a CA the next hop does not trust (the
+    /// control: the next hop does check).
+    Untrusted,
 }
 
 /// A next hop that requires a client certificate.
@@ -363,21 +366,114 @@ struct Route {
     profile: Profile,
 }
 
+/// What became of a route's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// In the next hop's mailbox, gone from smtp-edge's queue.
+    Delivered,
+    /// Still queued, with this error.
+    Deferred(String),
+}
+
 impl Route {
+    const PROFILES: [Profile; 3] = [
+        Profile::ClientAuth,
+        Profile::ServerAuthOnly,
+        Profile::Untrusted,
+    ];
+
+    fn all() -> Vec<Route> {
+        let mut v = Vec::new();
+        for peer in [Peer::Postfix, Peer::Exim] {
+            for version in Version::BOTH {
+                for profile in Route::PROFILES {
+                    v.push(Route {
+                        peer,
+                        version,
+                        profile,
+                    });
+                }
+            }
+        }
+        v
+    }
+
     fn domain(&self) -> String {
-        let peer = match self.peer {
-            Peer::Postfix => "postfix",
-            Peer::Exim => "exim",
-        };
         let profile = match self.profile {
             Profile::ClientAuth => "clientauth",
             Profile::ServerAuthOnly => "serverauth",
+            Profile::Untrusted => "untrusted",
         };
-        format!("{peer}-{}-{profile}.test", self.version.tag())
+        format!("{profile}.{}", hop_name(self.peer, self.version))
     }
 
     fn rcpt(&self) -> String {
         format!("bob@{}", self.domain())
+    }
+
+    /// What the next hop does (measured; see the module's table).
+    fn expected(&self) -> Option<&'static str> {
+        match (self.peer, self.profile) {
+            (_, Profile::ClientAuth) | (Peer::Exim, Profile::ServerAuthOnly) => None,
+            (Peer::Postfix, _) => Some("421 4.7.1"),
+            (Peer::Exim, Profile::Untrusted) => Some("fatal alert: BadCertificate"),
+        }
+    }
+}
+
+/// The next hop's name (its certificate's, and `tls_domain`).
+fn hop_name(peer: Peer, version: Version) -> String {
+    let peer = match peer {
+        Peer::Postfix => "postfix",
+        Peer::Exim => "exim",
+    };
+    format!("mx-{}.{peer}.test", version.tag())
+}
+
+/// smtp-edge's client chains (certificate and key files) and the roots the
+/// next hops trust for client certificates, in `d`.
+struct Identities {
+    client_auth: (PathBuf, PathBuf),
+    server_auth: (PathBuf, PathBuf),
+    untrusted: (PathBuf, PathBuf),
+    client_roots: PathBuf,
+}
+
+impl Identities {
+    fn new(d: &Path) -> Identities {
+        let both = [
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        // RSA, as public CAs issue them.
+        let old_root = Ca::with_ekus("Public TLS Root 2020", None, &[], KeyAlg::Rsa2048);
+        let old_issuing =
+            Ca::with_ekus("Public TLS CA 2020", Some(&old_root), &both, KeyAlg::Rsa2048);
+        let client_auth = Leaf::with_ekus(&["edge.contoso.com"], &old_issuing, &both, KeyAlg::Rsa2048)
+            .with_chain(&[&old_issuing])
+            .write(d, "clientauth");
+        let p2026 = Profile2026::new();
+        let server_auth = p2026.server_leaf(&["edge.contoso.com"]).write(d, "serverauth");
+        let stranger = Ca::new("Unknown CA");
+        let untrusted = Leaf::with_ekus(&["edge.contoso.com"], &stranger, &both, KeyAlg::EcdsaP256)
+            .write(d, "untrusted");
+        let client_roots = d.join("client-roots.pem");
+        std::fs::write(&client_roots, format!("{}{}", old_root.pem, p2026.root.pem))
+            .expect("roots");
+        Identities {
+            client_auth,
+            server_auth,
+            untrusted,
+            client_roots,
+        }
+    }
+
+    fn of(&self, profile: Profile) -> &(PathBuf, PathBuf) {
+        match profile {
+            Profile::ClientAuth => &self.client_auth,
+            Profile::ServerAuthOnly => &self.server_auth,
+            Profile::Untrusted => &self.untrusted,
+        }
     }
 }
 
@@ -395,7 +491,7 @@ fn exim_server_config(exim: &Exim, version: Version, cert: &Path, key: &Path, ca
          begin transports\nmaildir:\n  driver = appendfile\n  directory = {dir}/maildir\n  \
          maildir_format\n  user = Debian-exim\n  group = Debian-exim\n  envelope_to_add\n\n\
          begin retry\n* * F,1h,10m\n",
-        base = exim.base_config(&format!("mx-{}.exim.test", version.tag())),
+        base = exim.base_config(&hop_name(Peer::Exim, version)),
         cert = cert.display(),
         key = key.display(),
         ca = ca.display(),
@@ -404,139 +500,156 @@ fn exim_server_config(exim: &Exim, version: Version, cert: &Path, key: &Path, ca
     )
 }
 
+/// The next hops, one per peer and version, each requiring a client
+/// certificate that chains to `ids.client_roots`.
+struct Hops {
+    postfix: Vec<(Version, PathBuf, postfix::Postfix)>,
+    exim: Vec<(Version, Exim)>,
+    addrs: Vec<(Peer, Version, SocketAddr)>,
+}
+
+impl Hops {
+    fn start(d: &Path, hop_ca: &Ca, ids: &Identities) -> Hops {
+        let mut hops = Hops {
+            postfix: Vec::new(),
+            exim: Vec::new(),
+            addrs: Vec::new(),
+        };
+        for version in Version::BOTH {
+            let name = hop_name(Peer::Postfix, version);
+            let cert = Leaf::new(&[&name], Some(hop_ca), false).write(d, &name);
+            let dir = d.join(&name);
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let domains: Vec<String> = Route::PROFILES
+                .iter()
+                .map(|&profile| {
+                    Route {
+                        peer: Peer::Postfix,
+                        version,
+                        profile,
+                    }
+                    .domain()
+                })
+                .collect();
+            let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+            let pf = postfix::mail_server(
+                &dir,
+                addr,
+                &MailServer {
+                    hostname: &name,
+                    domains: &domains,
+                    cert: (&cert.0, &cert.1),
+                    client_ca: &ids.client_roots,
+                    require_client_cert: true,
+                    networks: "192.0.2.0/24",
+                },
+            )
+            .expect("Postfix next hop");
+            let only = version.postfix();
+            pf.configure(&[
+                &format!("smtpd_tls_protocols = {only}"),
+                &format!("smtpd_tls_mandatory_protocols = {only}"),
+            ])
+            .expect("postconf");
+            hops.postfix.push((version, dir, pf));
+            hops.addrs.push((Peer::Postfix, version, addr));
+        }
+        for version in Version::BOTH {
+            let name = hop_name(Peer::Exim, version);
+            let cert = Leaf::new(&[&name], Some(hop_ca), false).write(d, &name);
+            let mut exim = Exim::new(&d.join(&name)).expect("Exim");
+            let (c, k, ca) = (
+                exim.install(&cert.0, "server.pem").expect("cert"),
+                exim.install(&cert.1, "server.key").expect("key"),
+                exim.install(&ids.client_roots, "client-roots.pem").expect("CA"),
+            );
+            let conf = exim
+                .write_config("server.conf", &exim_server_config(&exim, version, &c, &k, &ca))
+                .expect("config");
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            exim.serve(&conf, addr).expect("Exim next hop");
+            hops.exim.push((version, exim));
+            hops.addrs.push((Peer::Exim, version, addr));
+        }
+        hops
+    }
+
+    fn addr(&self, route: &Route) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(p, v, _)| *p == route.peer && *v == route.version)
+            .map(|(.., a)| *a)
+            .expect("next hop")
+    }
+
+    /// The messages in the route's next hop's mailbox.
+    fn mailbox(&self, route: &Route) -> Vec<String> {
+        match route.peer {
+            Peer::Postfix => self
+                .postfix
+                .iter()
+                .find(|(v, ..)| *v == route.version)
+                .map(|(_, dir, _)| postfix::mailbox(dir))
+                .unwrap_or_default(),
+            Peer::Exim => self
+                .exim
+                .iter()
+                .find(|(v, _)| *v == route.version)
+                .map(|(_, e)| e.maildir())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The log of the route's next hop.
+    fn log(&self, route: &Route) -> String {
+        match route.peer {
+            Peer::Postfix => self
+                .postfix
+                .iter()
+                .find(|(v, ..)| *v == route.version)
+                .map(|(.., pf)| pf.log_text())
+                .unwrap_or_default(),
+            Peer::Exim => self
+                .exim
+                .iter()
+                .find(|(v, _)| *v == route.version)
+                .map(|(_, e)| e.main_log())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 #[test]
 fn next_hops_that_require_a_client_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     set_mode(dir.path(), 0o711).expect("chmod");
-    let d = dir.path().to_path_buf();
-    // The next hops' own certificates, under a CA of their own.
+    let d = dir.path();
     let hop_ca = Ca::new("Next hop CA");
     let hop_ca_file = hop_ca.write(&d.join("hop-ca.pem"));
-    // smtp-edge's two client chains, RSA as public CAs issue them.
-    let old_root = Ca::with_ekus("Public TLS Root 2020", None, &[], KeyAlg::Rsa2048);
-    let both = [
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let old_issuing = Ca::with_ekus("Public TLS CA 2020", Some(&old_root), &both, KeyAlg::Rsa2048);
-    let client_auth = Leaf::with_ekus(&["edge.contoso.com"], &old_issuing, &both, KeyAlg::Rsa2048)
-        .with_chain(&[&old_issuing])
-        .write(&d, "clientauth");
-    let p2026 = Profile2026::new();
-    let server_auth = p2026.server_leaf(&["edge.contoso.com"]).write(&d, "serverauth");
-    let client_roots = d.join("client-roots.pem");
-    std::fs::write(&client_roots, format!("{}{}", old_root.pem, p2026.root.pem)).expect("roots");
-
-    let mut routes = Vec::new();
-    let mut hops: Vec<(Route, SocketAddr, &'static str)> = Vec::new();
-    // Postfix, one per version.
-    let mut postfixes = Vec::new();
-    for version in Version::BOTH {
-        let name = format!("mx-{}.postfix.test", version.tag());
-        let cert = Leaf::new(&[&name], Some(&hop_ca), false).write(&d, &name);
-        let pf_dir = d.join(&name);
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let domains: Vec<String> = [Profile::ClientAuth, Profile::ServerAuthOnly]
-            .iter()
-            .map(|&profile| {
-                Route {
-                    peer: Peer::Postfix,
-                    version,
-                    profile,
-                }
-                .domain()
-            })
-            .collect();
-        let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
-        let pf = postfix::mail_server(
-            &pf_dir,
-            addr,
-            &MailServer {
-                hostname: &name,
-                domains: &domains,
-                cert: (&cert.0, &cert.1),
-                client_ca: &client_roots,
-                require_client_cert: true,
-                networks: "192.0.2.0/24",
-            },
-        )
-        .expect("Postfix next hop");
-        pf.configure(&[
-            &format!("smtpd_tls_protocols = {}", version.postfix()),
-            &format!("smtpd_tls_mandatory_protocols = {}", version.postfix()),
-        ])
-        .expect("postconf");
-        for profile in [Profile::ClientAuth, Profile::ServerAuthOnly] {
-            hops.push((
-                Route {
-                    peer: Peer::Postfix,
-                    version,
-                    profile,
-                },
-                addr,
-                "postfix",
-            ));
-        }
-        postfixes.push((version, pf_dir, pf, name));
-    }
-    // Exim, one per version.
-    let mut exims = Vec::new();
-    for version in Version::BOTH {
-        let name = format!("mx-{}.exim.test", version.tag());
-        let cert = Leaf::new(&[&name], Some(&hop_ca), false).write(&d, &name);
-        let mut exim = Exim::new(&d.join(&name)).expect("Exim");
-        let (c, k, ca) = (
-            exim.install(&cert.0, "server.pem").expect("cert"),
-            exim.install(&cert.1, "server.key").expect("key"),
-            exim.install(&client_roots, "client-roots.pem").expect("CA"),
-        );
-        let conf = exim
-            .write_config("server.conf", &exim_server_config(&exim, version, &c, &k, &ca))
-            .expect("config");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        exim.serve(&conf, addr).expect("Exim next hop");
-        for profile in [Profile::ClientAuth, Profile::ServerAuthOnly] {
-            hops.push((
-                Route {
-                    peer: Peer::Exim,
-                    version,
-                    profile,
-                },
-                addr,
-                "exim",
-            ));
-        }
-        exims.push((version, exim, name));
-    }
+    let ids = Identities::new(d);
+    let hops = Hops::start(d, &hop_ca, &ids);
+    let routes = Route::all();
     let mut out = String::new();
-    for (route, addr, _) in &hops {
-        let (cert, key) = match route.profile {
-            Profile::ClientAuth => &client_auth,
-            Profile::ServerAuthOnly => &server_auth,
-        };
-        let name = route.domain().replace('.', "-");
-        let hop_name = match route.peer {
-            Peer::Postfix => format!("mx-{}.postfix.test", route.version.tag()),
-            Peer::Exim => format!("mx-{}.exim.test", route.version.tag()),
-        };
+    for route in &routes {
+        let (cert, key) = ids.of(route.profile);
         out.push_str(&outbound(
-            &name,
+            &route.domain().replace('.', "-"),
             &[&route.domain()],
-            &[addr.to_string()],
+            &[hops.addr(route).to_string()],
             &format!(
-                "tls = \"domain-validation\"\ntls_domain = \"{hop_name}\"\ntls_trust = \"{}\"\n\
+                "tls = \"domain-validation\"\ntls_domain = \"{}\"\ntls_trust = \"{}\"\n\
                  client_certificate = \"{}\"\nclient_key = \"{}\"\n",
+                hop_name(route.peer, route.version),
                 hop_ca_file.display(),
                 cert.display(),
                 key.display()
             ),
         ));
-        routes.push(*route);
     }
     let edge = Edge::start(Setup {
         connectors: LOOPBACK_RELAY,
         outbound: &out,
-        queue: "retry_schedule = [60]",
+        queue: "retry_schedule = [600]",
         ..Setup::default()
     });
     for route in &routes {
@@ -547,54 +660,82 @@ fn next_hops_that_require_a_client_certificate() {
             &message("alice@contoso.com", &route.rcpt(), &route.domain()),
         );
     }
-    // Every message either leaves the queue or has a first error.
-    let settled = wait_for("every delivery tried", 40, || {
+    // Each message is either in its next hop's mailbox (and gone from the
+    // queue) or queued with the error of its first attempt.
+    let outcomes: Vec<Outcome> = wait_for("every delivery settled", 40, || {
         let q = edge.queue();
-        let pending = q
-            .iter()
-            .filter(|m| !m["recipients"][0][1]["last_error"].is_string())
-            .count();
-        if pending == 0 {
-            Ok(q)
-        } else {
-            Err(format!("{q:#?}\n{}", edge.log()))
+        let mut v = Vec::new();
+        for route in &routes {
+            let subject = format!("Subject: {}", route.domain());
+            let queued = q.iter().find(|m| m["recipients"][0][0] == route.rcpt().as_str());
+            let delivered = hops.mailbox(route).iter().any(|m| m.contains(&subject));
+            match (queued, delivered) {
+                (None, true) => v.push(Outcome::Delivered),
+                (Some(m), false) if m["recipients"][0][1]["last_error"].is_string() => v.push(
+                    Outcome::Deferred(m["recipients"][0][1]["last_error"].to_string()),
+                ),
+                _ => return Err(format!("{route:?} not settled\n{q:#?}\n{}", edge.log())),
+            }
         }
+        Ok(v)
     });
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    for route in &routes {
-        let queued = settled
-            .iter()
-            .find(|m| m["recipients"][0][0] == route.rcpt().as_str());
-        let delivered_to = match route.peer {
-            Peer::Postfix => {
-                let (_, pf_dir, _, _) = postfixes
-                    .iter()
-                    .find(|(v, ..)| *v == route.version)
-                    .expect("postfix");
-                postfix::mailbox(pf_dir)
-                    .iter()
-                    .any(|m| m.contains(&format!("Subject: {}", route.domain())))
+    for (route, outcome) in routes.iter().zip(&outcomes) {
+        eprintln!("{route:?}: {outcome:?}");
+        let log = hops.log(route);
+        let what = format!("{route:?}: {outcome:?}\n{log}");
+        match route.expected() {
+            None => {
+                assert_eq!(outcome, &Outcome::Delivered, "{what}");
+                let subject = format!("Subject: {}", route.domain());
+                let mail = hops.mailbox(route);
+                let m = mail.iter().find(|m| m.contains(&subject)).expect("in the mailbox");
+                check_hop_received(route, m, &log);
             }
-            Peer::Exim => {
-                let (_, exim, _) = exims.iter().find(|(v, ..)| *v == route.version).expect("exim");
-                exim.wait_maildir(0, 0)
-                    .iter()
-                    .any(|m| m.contains(&format!("Subject: {}", route.domain())))
-            }
-        };
-        eprintln!(
-            "MEASURED {:?} {:?} {:?}: delivered={delivered_to} queued={}",
-            route.peer,
-            route.version,
-            route.profile,
-            queued.map(|m| m["recipients"][0][1]["last_error"].to_string()).unwrap_or_default()
+            Some(reply) => match outcome {
+                Outcome::Deferred(err) => assert!(err.contains(reply), "{what}"),
+                Outcome::Delivered => panic!("delivered: {what}"),
+            },
+        }
+    }
+    // Why each refusal: the next hop's own words.
+    for (_, _, pf) in &hops.postfix {
+        let log = pf.log_text();
+        assert!(
+            log.contains("certificate verification failed for unknown[127.0.0.1]: not designated for use as a client certificate"),
+            "{log}"
         );
+        assert_eq!(log.matches("NOQUEUE: abort: TLS from unknown[127.0.0.1]: Client certificate not trusted").count(), 2, "{log}");
     }
-    for (_, _, pf, _) in &postfixes {
-        eprintln!("--- postfix log ---\n{}", pf.log_text());
+    for (_, exim) in &hops.exim {
+        let log = exim.main_log();
+        assert_eq!(log.matches("(certificate verification failed): certificate invalid").count(), 1, "{log}");
     }
-    for (_, exim, _) in &exims {
-        eprintln!("--- exim log ---\n{}", exim.main_log());
+}
+
+/// The next hop's trace of a delivered message: its Received field shows
+/// the TLS version and the verified client certificate; Exim's log the
+/// verified certificate (`CV=yes`) too.
+fn check_hop_received(route: &Route, message: &str, log: &str) {
+    let what = format!("{route:?}\n{message}\n{log}");
+    match route.peer {
+        Peer::Postfix => {
+            let version = route.version.recorded();
+            assert!(message.contains(&format!("(using {version} with cipher")), "{what}");
+            assert!(message.contains("(Client CN \"edge.contoso.com\""), "{what}");
+            assert!(message.contains("(verified OK)"), "{what}");
+        }
+        Peer::Exim => {
+            let version = match route.version {
+                Version::Tls12 => "TLS1.2",
+                Version::Tls13 => "TLS1.3",
+            };
+            assert!(message.contains(&format!("({version}) tls ")), "{what}");
+            let line = log
+                .lines()
+                .find(|l| l.contains(" <= ") && l.ends_with(&format!("for {}", route.rcpt())))
+                .unwrap_or_else(|| panic!("no reception line: {what}"));
+            assert!(line.contains(&format!("X={version}:")), "{what}");
+            assert!(line.contains("CV=yes DN=\"CN=edge.contoso.com\""), "{what}");
+        }
     }
-    panic!("measuring");
 }
