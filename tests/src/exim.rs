@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 
 use crate::bench::{set_mode, wait_banner};
 use crate::tools::Tool;
@@ -83,10 +83,23 @@ fn prepare(cache: &Path) -> Result<EximBin> {
         return Ok(bin);
     }
     let mut wanted: Vec<String> = PACKAGES.iter().map(|p| p.to_string()).collect();
-    wanted.extend(missing_libraries()?);
-    download(cache, &wanted)?;
+    let libs = match missing_libraries() {
+        Ok(libs) => libs,
+        // No package lists yet (a fresh machine): fetch them once.
+        Err(_) => {
+            apt_update()?;
+            missing_libraries()?
+        }
+    };
+    wanted.extend(libs);
+    // A fresh download directory: no older version is unpacked over the
+    // new one.
+    let debs = cache.join("debs");
+    let _ = std::fs::remove_dir_all(&debs);
+    std::fs::create_dir_all(&debs)?;
+    download(&debs, &wanted)?;
     let _ = std::fs::remove_dir_all(&root);
-    for deb in std::fs::read_dir(cache)?.flatten() {
+    for deb in std::fs::read_dir(&debs)?.flatten() {
         let path = deb.path();
         if path.extension().is_some_and(|e| e == "deb") {
             let out = Command::new("dpkg-deb")
@@ -151,14 +164,14 @@ fn installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// `apt-get download PACKAGES` in `cache` (at most 120 s); once more after
+/// `apt-get download PACKAGES` in `dir` (at most 120 s); once more after
 /// `apt-get update` when the package lists are missing or stale.
-fn download(cache: &Path, packages: &[String]) -> Result<()> {
+fn download(dir: &Path, packages: &[String]) -> Result<()> {
     let fetch = || {
         Command::new("timeout")
             .args(["-k", "5", "120", "apt-get", "download", "-q"])
             .args(packages)
-            .current_dir(cache)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .output()
             .context("run apt-get download")
@@ -167,20 +180,30 @@ fn download(cache: &Path, packages: &[String]) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
-    let update = Command::new("timeout")
+    apt_update()?;
+    let again = fetch()?;
+    ensure!(
+        again.status.success(),
+        "apt-get download {}: {}\n(first try: {})",
+        packages.join(" "),
+        String::from_utf8_lossy(&again.stderr),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// `apt-get update` (at most 300 s).
+fn apt_update() -> Result<()> {
+    let out = Command::new("timeout")
         .args(["-k", "5", "300", "apt-get", "update", "-q"])
         .stdin(Stdio::null())
         .output()
         .context("run apt-get update")?;
-    let again = fetch()?;
-    if !again.status.success() {
-        bail!(
-            "apt-get download {}: {}\n(apt-get update: {})",
-            packages.join(" "),
-            String::from_utf8_lossy(&again.stderr),
-            String::from_utf8_lossy(&update.stderr)
-        );
-    }
+    ensure!(
+        out.status.success(),
+        "apt-get update: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
