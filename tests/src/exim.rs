@@ -73,11 +73,15 @@ fn prepare(cache: &Path) -> Result<EximBin> {
     let root = cache.join("root");
     let bin = EximBin {
         exim: root.join("usr/sbin/exim4"),
-        libs: ["usr/lib/x86_64-linux-gnu", "usr/lib", "lib/x86_64-linux-gnu"]
-            .iter()
-            .map(|l| root.join(l).display().to_string())
-            .collect::<Vec<_>>()
-            .join(":"),
+        libs: [
+            "usr/lib/x86_64-linux-gnu",
+            "usr/lib",
+            "lib/x86_64-linux-gnu",
+        ]
+        .iter()
+        .map(|l| root.join(l).display().to_string())
+        .collect::<Vec<_>>()
+        .join(":"),
     };
     if cache.join("ready").exists() {
         return Ok(bin);

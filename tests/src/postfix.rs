@@ -348,7 +348,12 @@ pub fn relay_client(dir: &Path, hostname: &str, routes: &[ClientRoute<'_>]) -> R
             r.chain.display(),
             p = r.protocols,
         ));
-        transport.push_str(&format!("{} route{i}:[{}]:{}\n", r.rcpt, r.next_hop.ip(), r.next_hop.port()));
+        transport.push_str(&format!(
+            "{} route{i}:[{}]:{}\n",
+            r.rcpt,
+            r.next_hop.ip(),
+            r.next_hop.port()
+        ));
     }
     let transport_file = dir.join("transport");
     std::fs::write(&transport_file, transport)?;

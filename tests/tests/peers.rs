@@ -11,19 +11,37 @@
 //! records the version, and the Received field names the verified
 //! certificate with `purpose=serverAuth`.
 //!
-//! smtp-edge sending to them: Postfix (`smtpd_tls_req_ccert = yes`) and
-//! Exim (`tls_verify_hosts = *`) as next hops that require a client
-//! certificate, TLS 1.2 and 1.3 (limited at the next hop), smtp-edge
-//! presenting a clientAuth chain (leaf and issuing CA with serverAuth and
-//! clientAuth, as public CAs issued them before 2026) or a 2026 chain.
-//! Measured (and asserted):
+//! smtp-edge sending to them: Postfix (`smtpd_tls_req_ccert = yes`,
+//! `smtpd_tls_CAfile`) and Exim (`tls_verify_hosts = *`,
+//! `tls_verify_certificates`) as next hops that require a client
+//! certificate, TLS 1.2 and 1.3 (each next hop limited to one), smtp-edge
+//! presenting (RSA 2048 throughout) a clientAuth chain (leaf and issuing CA
+//! with serverAuth and clientAuth, as public CAs issued them before 2026),
+//! a 2026 chain (serverAuth only), or, as the control that the next hop
+//! checks at all, a clientAuth chain from a CA it does not trust. Measured
+//! with Debian 12's Postfix 3.7.11 on OpenSSL 3.0.19 and Exim 4.96 on
+//! GnuTLS 3.7.9, and asserted:
 //!
 //! | next hop | client chain | TLS 1.2 | TLS 1.3 |
 //! |---|---|---|---|
-//! | Postfix 3.7 / OpenSSL 3.0 | clientAuth | delivered | delivered |
-//! | Postfix 3.7 / OpenSSL 3.0 | 2026 serverAuth-only | MEASURED | MEASURED |
-//! | Exim 4.96 / GnuTLS 3.7 | clientAuth | delivered | delivered |
-//! | Exim 4.96 / GnuTLS 3.7 | 2026 serverAuth-only | MEASURED | MEASURED |
+//! | Postfix / OpenSSL | clientAuth | delivered | delivered |
+//! | Postfix / OpenSSL | 2026 serverAuth-only | deferred: `421 4.7.1 … Client certificate not trusted` | same |
+//! | Postfix / OpenSSL | untrusted CA | deferred: the same 421 | same |
+//! | Exim / GnuTLS | clientAuth | delivered (`CV=yes`) | delivered |
+//! | Exim / GnuTLS | 2026 serverAuth-only | delivered (`CV=yes`) | delivered |
+//! | Exim / GnuTLS | untrusted CA | deferred: handshake alert `BadCertificate` | same |
+//!
+//! Postfix completes the handshake, logs `certificate verification failed
+//! for …: not designated for use as a client certificate` (OpenSSL checks
+//! the purpose "SSL client" against the leaf's and the CAs' extended key
+//! usage) and answers the EHLO after STARTTLS with 421: smtp-edge defers
+//! (a 4xx, the message waits for a retry) and never sends the message in
+//! the clear. Exim's GnuTLS verification asks for no key purpose, so the
+//! serverAuth-only chain verifies as well as the clientAuth one. A next
+//! hop on OpenSSL that requires client certificates thus refuses the 2026
+//! public profile until it is told to trust serverAuth certificates from
+//! clients (Postfix 3.12's `tls_trust_server_ccerts`, not in Debian 12):
+//! use a chain with clientAuth for such next hops.
 //!
 //! Each test runs its own daemon, its own peers (stopped on drop) and
 //! certificates; every wait is bounded.
@@ -165,8 +183,11 @@ impl Chains {
     /// Both roots in one file (the connector's `client_cert_trust`).
     fn roots(&self) -> PathBuf {
         let path = self.dir.join("roots-2026.pem");
-        std::fs::write(&path, format!("{}{}", self.rsa.root.pem, self.ecdsa.root.pem))
-            .expect("write roots");
+        std::fs::write(
+            &path,
+            format!("{}{}", self.rsa.root.pem, self.ecdsa.root.pem),
+        )
+        .expect("write roots");
         path
     }
 
@@ -216,26 +237,45 @@ fn receiving_edge(dir: tempfile::TempDir, roots: &Path) -> Edge {
 /// and checks each: the version, the verified certificate and its purpose
 /// in the envelope and the Received field.
 fn check_spooled(edge: &Edge, cases: &[Case], peer: &str, log: &dyn Fn() -> String) {
-    let spooled: Vec<Spooled> = wait_for(&format!("{} messages from {peer}", cases.len()), 30, || {
-        let ids = edge.incoming();
-        if ids.len() >= cases.len() {
-            Ok(ids.iter().map(|id| edge.message(id)).collect())
-        } else {
-            Err(format!("{} of {}\n{}\n{}", ids.len(), cases.len(), log(), edge.log()))
-        }
-    });
+    let spooled: Vec<Spooled> =
+        wait_for(&format!("{} messages from {peer}", cases.len()), 30, || {
+            let ids = edge.incoming();
+            if ids.len() >= cases.len() {
+                Ok(ids.iter().map(|id| edge.message(id)).collect())
+            } else {
+                Err(format!(
+                    "{} of {}\n{}\n{}",
+                    ids.len(),
+                    cases.len(),
+                    log(),
+                    edge.log()
+                ))
+            }
+        });
     assert_eq!(spooled.len(), cases.len());
     for case in cases {
         let what = format!("{peer} {}", case.name());
         let m = spooled
             .iter()
-            .find(|m| m.envelope.recipients.iter().any(|r| r.address == case.rcpt()))
+            .find(|m| {
+                m.envelope
+                    .recipients
+                    .iter()
+                    .any(|r| r.address == case.rcpt())
+            })
             .unwrap_or_else(|| panic!("{what}: not spooled"));
         let tls = m.envelope.tls.clone().expect("TLS in the envelope");
         assert_eq!(tls.version, case.version.recorded(), "{what}");
-        let subject = tls.client_cert.clone().expect("verified client certificate");
+        let subject = tls
+            .client_cert
+            .clone()
+            .expect("verified client certificate");
         assert!(subject.contains(PARTNER), "{what}: {subject}");
-        assert_eq!(tls.client_cert_purpose.as_deref(), Some("serverAuth"), "{what}");
+        assert_eq!(
+            tls.client_cert_purpose.as_deref(),
+            Some("serverAuth"),
+            "{what}"
+        );
         assert_eq!(m.envelope.connector, "partners", "{what}");
         let (received, _) = split_received(m);
         assert!(
@@ -244,7 +284,10 @@ fn check_spooled(edge: &Edge, cases: &[Case], peer: &str, log: &dyn Fn() -> Stri
             )),
             "{what}: {received}"
         );
-        eprintln!("{what}: spooled, {}, {subject}, purpose=serverAuth", tls.version);
+        eprintln!(
+            "{what}: spooled, {}, {subject}, purpose=serverAuth",
+            tls.version
+        );
     }
 }
 
@@ -315,8 +358,12 @@ fn exim_delivers_2026_chains_through_the_certificate_connector() {
     let exim = Exim::new(&dir.path().join("exim")).expect("Exim");
     for case in &cases {
         let (chain, key) = chains.files(case);
-        let chain = exim.install(&chain, &format!("{}.pem", case.name())).expect("chain");
-        let key = exim.install(&key, &format!("{}.key", case.name())).expect("key");
+        let chain = exim
+            .install(&chain, &format!("{}.pem", case.name()))
+            .expect("chain");
+        let key = exim
+            .install(&key, &format!("{}.key", case.name()))
+            .expect("key");
         let conf = exim
             .write_config(
                 &format!("{}.conf", case.name()),
@@ -331,7 +378,14 @@ fn exim_delivers_2026_chains_through_the_certificate_connector() {
                 &message("alice@fabrikam.test", &case.rcpt(), &case.name()),
             )
             .expect("exim -odf");
-        assert!(t.ok, "{}: {}\n{}\n{}", case.name(), t.all(), exim.main_log(), edge.log());
+        assert!(
+            t.ok,
+            "{}: {}\n{}\n{}",
+            case.name(),
+            t.all(),
+            exim.main_log(),
+            edge.log()
+        );
     }
     check_spooled(&edge, &cases, "Exim", &|| exim.main_log());
     let log = exim.main_log();
@@ -447,13 +501,20 @@ impl Identities {
         ];
         // RSA, as public CAs issue them.
         let old_root = Ca::with_ekus("Public TLS Root 2020", None, &[], KeyAlg::Rsa2048);
-        let old_issuing =
-            Ca::with_ekus("Public TLS CA 2020", Some(&old_root), &both, KeyAlg::Rsa2048);
-        let client_auth = Leaf::with_ekus(&["edge.contoso.com"], &old_issuing, &both, KeyAlg::Rsa2048)
-            .with_chain(&[&old_issuing])
-            .write(d, "clientauth");
+        let old_issuing = Ca::with_ekus(
+            "Public TLS CA 2020",
+            Some(&old_root),
+            &both,
+            KeyAlg::Rsa2048,
+        );
+        let client_auth =
+            Leaf::with_ekus(&["edge.contoso.com"], &old_issuing, &both, KeyAlg::Rsa2048)
+                .with_chain(&[&old_issuing])
+                .write(d, "clientauth");
         let p2026 = Profile2026::new();
-        let server_auth = p2026.server_leaf(&["edge.contoso.com"]).write(d, "serverauth");
+        let server_auth = p2026
+            .server_leaf(&["edge.contoso.com"])
+            .write(d, "serverauth");
         let stranger = Ca::new("Unknown CA");
         let untrusted = Leaf::with_ekus(&["edge.contoso.com"], &stranger, &both, KeyAlg::EcdsaP256)
             .write(d, "untrusted");
@@ -561,10 +622,14 @@ impl Hops {
             let (c, k, ca) = (
                 exim.install(&cert.0, "server.pem").expect("cert"),
                 exim.install(&cert.1, "server.key").expect("key"),
-                exim.install(&ids.client_roots, "client-roots.pem").expect("CA"),
+                exim.install(&ids.client_roots, "client-roots.pem")
+                    .expect("CA"),
             );
             let conf = exim
-                .write_config("server.conf", &exim_server_config(&exim, version, &c, &k, &ca))
+                .write_config(
+                    "server.conf",
+                    &exim_server_config(&exim, version, &c, &k, &ca),
+                )
                 .expect("config");
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
             exim.serve(&conf, addr).expect("Exim next hop");
@@ -667,7 +732,9 @@ fn next_hops_that_require_a_client_certificate() {
         let mut v = Vec::new();
         for route in &routes {
             let subject = format!("Subject: {}", route.domain());
-            let queued = q.iter().find(|m| m["recipients"][0][0] == route.rcpt().as_str());
+            let queued = q
+                .iter()
+                .find(|m| m["recipients"][0][0] == route.rcpt().as_str());
             let delivered = hops.mailbox(route).iter().any(|m| m.contains(&subject));
             match (queued, delivered) {
                 (None, true) => v.push(Outcome::Delivered),
@@ -688,7 +755,10 @@ fn next_hops_that_require_a_client_certificate() {
                 assert_eq!(outcome, &Outcome::Delivered, "{what}");
                 let subject = format!("Subject: {}", route.domain());
                 let mail = hops.mailbox(route);
-                let m = mail.iter().find(|m| m.contains(&subject)).expect("in the mailbox");
+                let m = mail
+                    .iter()
+                    .find(|m| m.contains(&subject))
+                    .expect("in the mailbox");
                 check_hop_received(route, m, &log);
             }
             Some(reply) => match outcome {
@@ -704,11 +774,23 @@ fn next_hops_that_require_a_client_certificate() {
             log.contains("certificate verification failed for unknown[127.0.0.1]: not designated for use as a client certificate"),
             "{log}"
         );
-        assert_eq!(log.matches("NOQUEUE: abort: TLS from unknown[127.0.0.1]: Client certificate not trusted").count(), 2, "{log}");
+        assert_eq!(
+            log.matches(
+                "NOQUEUE: abort: TLS from unknown[127.0.0.1]: Client certificate not trusted"
+            )
+            .count(),
+            2,
+            "{log}"
+        );
     }
     for (_, exim) in &hops.exim {
         let log = exim.main_log();
-        assert_eq!(log.matches("(certificate verification failed): certificate invalid").count(), 1, "{log}");
+        assert_eq!(
+            log.matches("(certificate verification failed): certificate invalid")
+                .count(),
+            1,
+            "{log}"
+        );
     }
 }
 
@@ -720,8 +802,14 @@ fn check_hop_received(route: &Route, message: &str, log: &str) {
     match route.peer {
         Peer::Postfix => {
             let version = route.version.recorded();
-            assert!(message.contains(&format!("(using {version} with cipher")), "{what}");
-            assert!(message.contains("(Client CN \"edge.contoso.com\""), "{what}");
+            assert!(
+                message.contains(&format!("(using {version} with cipher")),
+                "{what}"
+            );
+            assert!(
+                message.contains("(Client CN \"edge.contoso.com\""),
+                "{what}"
+            );
             assert!(message.contains("(verified OK)"), "{what}");
         }
         Peer::Exim => {
