@@ -330,3 +330,29 @@ impl Default for Profile2026 {
         Profile2026::new()
     }
 }
+
+impl Profile2026 {
+    /// The same hierarchy with `alg` keys throughout (the root, the
+    /// serverAuth-only issuing CA); leaves from [`Profile2026::leaf_with`].
+    pub fn with_alg(alg: KeyAlg) -> Profile2026 {
+        let root = Ca::with_ekus("Public TLS Root 2026", None, &[], alg);
+        let issuing = Ca::with_ekus(
+            "Public TLS Issuing CA 2026",
+            Some(&root),
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+            alg,
+        );
+        Profile2026 { root, issuing }
+    }
+
+    /// A serverAuth-only leaf for `names` with an `alg` key, without any
+    /// chain (the caller lays out its file: [`Leaf::with_chain`]).
+    pub fn leaf_with(&self, names: &[&str], alg: KeyAlg) -> Leaf {
+        Leaf::with_ekus(
+            names,
+            &self.issuing,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+            alg,
+        )
+    }
+}

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod certs;
 pub mod dkim;
 pub mod edge;
+pub mod exim;
 pub mod exo;
 pub mod frames;
 pub mod netns;

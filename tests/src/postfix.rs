@@ -284,3 +284,137 @@ pub fn wait_mailbox(dir: &Path, n: usize, secs: u64) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+impl Postfix {
+    /// Changes main.cf settings (`name = value` each) with `postconf -e`
+    /// and reloads; returns once the master logged the reload (at most
+    /// 10 s), so the next connection gets the new settings.
+    pub fn configure(&self, settings: &[&str]) -> Result<()> {
+        let out = Command::new("postconf")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-e")
+            .args(settings)
+            .stdin(Stdio::null())
+            .output()
+            .context("run postconf")?;
+        ensure!(
+            out.status.success(),
+            "postconf -e {settings:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reloads = || self.log_text().matches("reload -- version").count();
+        let before = reloads();
+        self.postfix("reload")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads() == before {
+            ensure!(
+                Instant::now() < deadline,
+                "no reload logged\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+/// One route of a [`relay_client`]: mail for `rcpt` goes to `next_hop`
+/// over mandatory TLS limited to `protocols`, presenting the key and chain.
+pub struct ClientRoute<'a> {
+    /// The recipient address (the transport map's key).
+    pub rcpt: &'a str,
+    /// The next hop (smtp-edge).
+    pub next_hop: SocketAddr,
+    /// The private key (PEM).
+    pub key: &'a Path,
+    /// The leaf followed by whatever else the file holds, sent as it is.
+    pub chain: &'a Path,
+    /// `smtp_tls_protocols` (and the mandatory ones), e.g. `>=TLSv1.3`.
+    pub protocols: &'a str,
+}
+
+/// The services of a Postfix that relays what its smtpd receives.
+const RELAY_SERVICES: &str = "cleanup   unix  n - n -     0 cleanup\n\
+    qmgr      unix  n - n 300   1 qmgr\n\
+    tlsmgr    unix  - - n 1000? 1 tlsmgr\n\
+    rewrite   unix  - - n -     - trivial-rewrite\n\
+    bounce    unix  - - n -     0 bounce\n\
+    defer     unix  - - n -     0 bounce\n\
+    trace     unix  - - n -     0 bounce\n\
+    verify    unix  - - n -     1 verify\n\
+    flush     unix  n - n 1000? 0 flush\n\
+    proxymap  unix  - - n -     - proxymap\n\
+    showq     unix  n - n -     - showq\n\
+    error     unix  - - n -     - error\n\
+    retry     unix  - - n -     - error\n\
+    discard   unix  - - n -     - discard\n\
+    smtp      unix  - - n -     - smtp\n\
+    anvil     unix  - - n -     1 anvil\n\
+    scache    unix  - - n -     1 scache\n\
+    postlog   unix-dgram n - n - 1 postlogd\n";
+
+/// Starts a Postfix in `dir` as a sending MTA: its smtpd (on 127.0.0.1,
+/// [`Postfix::addr`]) takes mail from loopback, and each route's recipient
+/// goes out through a transport of its own (`smtp_tls_chain_files`, the
+/// protocols; mandatory TLS, no connection cache). Its log says what each
+/// delivery did (`status=sent`, the TLS line).
+pub fn relay_client(dir: &Path, hostname: &str, routes: &[ClientRoute<'_>]) -> Result<Postfix> {
+    std::fs::create_dir_all(dir)?;
+    let mut services = RELAY_SERVICES.to_string();
+    let mut transport = String::new();
+    for (i, r) in routes.iter().enumerate() {
+        services.push_str(&format!(
+            "route{i} unix - - n - - smtp\n  -o smtp_tls_chain_files={},{}\n  \
+             -o smtp_tls_protocols={p}\n  -o smtp_tls_mandatory_protocols={p}\n",
+            r.key.display(),
+            r.chain.display(),
+            p = r.protocols,
+        ));
+        transport.push_str(&format!(
+            "{} route{i}:[{}]:{}\n",
+            r.rcpt,
+            r.next_hop.ip(),
+            r.next_hop.port()
+        ));
+    }
+    let transport_file = dir.join("transport");
+    std::fs::write(&transport_file, transport)?;
+    let main_cf = |d: &PostfixDirs| {
+        format!(
+            r#"# Private instance (a test's sending MTA); not the system's.
+compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {hostname}
+myorigin = $myhostname
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+relay_domains =
+local_recipient_maps =
+alias_maps =
+alias_database =
+biff = no
+smtpd_peername_lookup = no
+smtp_dns_support_level = disabled
+smtpd_relay_restrictions = permit_mynetworks, reject
+transport_maps = texthash:{transport}
+smtp_tls_security_level = encrypt
+smtp_tls_loglevel = 1
+smtp_connection_cache_on_demand = no
+maillog_file = {log}
+maillog_file_prefixes = {dir}
+"#,
+            queue = d.queue.display(),
+            data = d.data.display(),
+            transport = transport_file.display(),
+            log = d.log.display(),
+            dir = dir.display(),
+        )
+    };
+    Postfix::start(dir, main_cf, &services)
+}

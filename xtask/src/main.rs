@@ -81,6 +81,11 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     // gnutls-cli: a second TLS stack presenting client certificates.
     "gnutls-bin",
+    // Exim (tests/tests/peers.rs) is not installed: its package conflicts
+    // with postfix's. tests/src/exim.rs fetches it with `apt-get download`
+    // into target/exim4-deb/ and runs it from there, in a mount namespace
+    // (`unshare`, `mount`) with a passwd copy naming its user.
+    "mount",
     "nsd",
     // systemd-analyze (the unit's test), setpriv and unshare (least
     // privilege), dpkg-deb (the package's test).
