@@ -106,29 +106,6 @@ impl Postfix {
         Ok(())
     }
 
-    /// Sets main.cf parameters (`name=value`, as `postconf -e` takes them)
-    /// and reloads, waiting a moment for new smtpd processes to take them.
-    pub fn configure(&self, settings: &[&str]) -> Result<()> {
-        let out = Command::new("postconf")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("-e")
-            .args(settings)
-            .stdin(Stdio::null())
-            .output()
-            .context("run postconf")?;
-        ensure!(
-            out.status.success(),
-            "postconf -c {} -e {settings:?}: {}\n{}",
-            self.conf.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.postfix("reload")?;
-        std::thread::sleep(Duration::from_millis(1500));
-        Ok(())
-    }
-
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
