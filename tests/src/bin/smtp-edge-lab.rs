@@ -424,7 +424,11 @@ impl Flow {
     /// the JSON line and its Subject prefix in the on-prem mailbox.
     const TO_ONPREM: [(Flow, &'static str, &'static str); 3] = [
         (Flow::InboundSigned, "eo_inbound_signed", "lab-in-signed-"),
-        (Flow::InboundUnsigned, "eo_inbound_unsigned", "lab-in-unsigned-"),
+        (
+            Flow::InboundUnsigned,
+            "eo_inbound_unsigned",
+            "lab-in-unsigned-",
+        ),
         (Flow::Internal, "eo_internal", "lab-internal-"),
     ];
 
@@ -478,12 +482,7 @@ fn send(flow: Flow, kit: &Kit, ns: &Names, round: u32) -> Result<Value> {
             true,
             "alice@contoso.com".to_string(),
             "bob@contoso.com".to_string(),
-            cloud_message(
-                &kit.ours,
-                OUR_TENANT,
-                "Alice <alice@contoso.com>",
-                &subject,
-            ),
+            cloud_message(&kit.ours, OUR_TENANT, "Alice <alice@contoso.com>", &subject),
         ),
         Flow::DeviceToM365 => (
             ns.lan.clone(),
@@ -878,7 +877,11 @@ fn lab(args: &Args) -> Result<bool> {
 
     heading("smtp-edge lab: every mail path through the gate and the relay");
     println!(
-        "  eo      Exchange Online stand-in  {EO_V4:<14} sends with the {EXO_NAME} certificate"
+        "  eo      Exchange Online stand-in  {EO_V4:<14} sends with the {EXO_NAME} certificate:"
+    );
+    println!(
+        "{:51}inbound internet mail (author-signed, unsigned), cloud users' mail",
+        ""
     );
     println!(
         "          Microsoft 365 stand-in    {M365_V4:<14} requires the organisation's client certificate"
@@ -902,9 +905,12 @@ fn lab(args: &Args) -> Result<bool> {
     // CA: on-prem Exchange's certificate and the edge's client certificate.
     let public = Profile2026::new();
     let public_root = public.root.write(&dir.join("public-root.pem"));
-    let microsoft =
-        public.server_leaf(&[EXO_NAME, &format!("*.{EXO_NAME}")]).write(&dir, "microsoft");
-    let edge_cert = public.server_leaf(&[EDGE_NAME, "contoso.com"]).write(&dir, "edge");
+    let microsoft = public
+        .server_leaf(&[EXO_NAME, &format!("*.{EXO_NAME}")])
+        .write(&dir, "microsoft");
+    let edge_cert = public
+        .server_leaf(&[EDGE_NAME, "contoso.com"])
+        .write(&dir, "edge");
     let ca = Ca::new("smtp-edge lab CA");
     let ca_file = ca.write(&dir.join("lab-ca.pem"));
     let onprem_cert = Leaf::new(&[ONPREM_NAME], Some(&ca), false).write(&dir, "onprem");
@@ -1016,8 +1022,17 @@ fn lab(args: &Args) -> Result<bool> {
     ranges.push(EO_RANGE);
     ws.publish(VERSION_1, &ranges);
     println!(
-        "  DNS: NSD on the edge's {} with the DKIM keys of tenants {OUR_DOMAIN} (ours) and {FOREIGN_DOMAIN}",
+        "  DNS: NSD on the edge's {} with the DKIM keys of tenants {OUR_DOMAIN} (ours) and {FOREIGN_DOMAIN}, and of {AUTHOR_DOMAIN}",
         nsd.addr
+    );
+    println!(
+        "  certificates: {EXO_NAME} (Exchange Online's client, Microsoft 365's server) and {EDGE_NAME} (server):"
+    );
+    println!(
+        "                2026 public profile, RSA 2048, serverAuth only under a serverAuth-only issuing CA;"
+    );
+    println!(
+        "                the edge's client certificate toward Microsoft 365: lab CA, clientAuth (Postfix 3.7 refuses serverAuth-only)"
     );
     println!(
         "  endpoints web service: recorded answers on the edge's {} (version {VERSION_1}: Exchange Online + {EO_RANGE})",
