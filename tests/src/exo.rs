@@ -36,6 +36,33 @@ pub fn validation(tenant_id: &str, domain: &str, subject: &str) -> String {
     )
 }
 
+/// A message one of the tenant `tenant_id`'s cloud users sends to a
+/// recipient behind the connector (`-AuthAs: Internal`): the header set of
+/// [`validation`], the shape of every message a tenant sends out (ARC by
+/// microsoft.com, `-AuthAs: Internal`, `-FromEntityHeader: Internet`,
+/// `X-OriginatorOrg`, `DIR:OUT`), with the user's From, Subject and body,
+/// without its DKIM signature (added by the test, by one of the tenant's
+/// domains).
+pub fn internal(tenant_id: &str, domain: &str, from: &str, subject: &str) -> String {
+    validation(tenant_id, domain, subject)
+        .replacen(
+            &format!("From: O365ConnectorValidation@{domain}\r\n"),
+            &format!("From: {from}\r\n"),
+            1,
+        )
+        .replacen(
+            "Subject: Test email for connector validation\r\n",
+            &format!("Subject: {subject}\r\n"),
+            1,
+        )
+        .replacen(
+            "This test email message was sent from Office 365 to check that email can be \
+             delivered to you using your new or modified connector. No need to reply.",
+            "Sent by a cloud user of the tenant, through Exchange Online.",
+            1,
+        )
+}
+
 /// `template` with each placeholder replaced and CRLF line endings.
 fn fill(template: &str, values: &[(&str, &str)]) -> String {
     let mut s = template.to_string();
@@ -67,5 +94,13 @@ mod tests {
             v.contains("From: O365ConnectorValidation@d.test\r\n"),
             "{v}"
         );
+        let i = super::internal("t", "d.test", "Alice <alice@c.test>", "hello");
+        assert!(i.contains("\r\nFrom: Alice <alice@c.test>\r\n"), "{i}");
+        assert!(i.contains("\r\nSubject: hello\r\n"), "{i}");
+        assert!(i.contains("X-MS-Exchange-CrossTenant-AuthAs: Internal\r\n"));
+        assert!(i.contains("X-MS-Exchange-CrossTenant-Id: t\r\n"));
+        assert!(!i.contains("O365ConnectorValidation"), "{i}");
+        assert!(!i.contains("connector validation"), "{i}");
+        assert!(i.ends_with("through Exchange Online.\r\n"), "{i}");
     }
 }

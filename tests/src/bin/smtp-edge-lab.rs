@@ -10,17 +10,29 @@
 //!                                    out-inet   └────────────┘
 //! ```
 //!
-//! Each round, at the same time:
-//! 1. Exchange Online → edge → on-prem: STARTTLS with the lab CA's
-//!    `mail.protection.outlook.com` client certificate, DKIM-signed by our
-//!    tenant; delivered to a real Postfix whose mailbox the lab reads back.
-//! 2. The scanner → edge → Microsoft 365: plain SMTP in, relayed with
+//! Each round, at the same time, what Exchange Online really sends (the
+//! header sets of `tests/fixtures/exchange-online` through
+//! `smtp_edge_tests::exo`), over STARTTLS with Microsoft's
+//! `mail.protection.outlook.com` certificate as public CAs issue them in
+//! 2026 (RSA 2048, serverAuth only, under a serverAuth-only issuing CA),
+//! delivered to a real Postfix whose mailbox the lab reads back:
+//! 1. Internet mail EOP relays for our tenant (`-AuthAs: Anonymous`, our
+//!    tenant's stamp), signed by its author (`d=sender.test`).
+//! 2. The same, unsigned.
+//! 3. Our cloud users' mail (`-AuthAs: Internal`), signed by our tenant.
+//!
+//! The connector has no `relay`, so its tenant proof is the stamp
+//! (`tenant_proof = "stamp"`): no DKIM of ours is asked of inbound mail.
+//! And:
+//! 4. The scanner → edge → Microsoft 365: plain SMTP in, relayed with
 //!    domain validation and the organisation's client certificate to a
 //!    Postfix that requires one (as a certificate-based inbound connector).
-//! 3. The internet sender: its SYNs are dropped by the gate.
-//! 4. An open-relay attempt from the allowed Exchange Online source: refused.
-//! 5. A foreign tenant's message (signed by another tenant's key, from the
-//!    same ranges with the same certificate): refused with the reason.
+//!    That certificate has the clientAuth EKU (from the lab CA): Postfix 3.7
+//!    refuses a serverAuth-only one as a client certificate.
+//! 5. The internet sender: its SYNs are dropped by the gate.
+//! 6. An open-relay attempt from the allowed Exchange Online source: refused.
+//! 7. Another tenant's connector to us (their stamp, their signature, from
+//!    the same ranges with the same certificate): refused with the reason.
 //!
 //! Half-way through, the recorded endpoints web service (on the edge's
 //! loopback) publishes a new Exchange Online range holding the internet
@@ -45,11 +57,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
+use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::{Value, json};
 
 use smtp_edge::ops::view::Stats;
-use smtp_edge_tests::certs::{Ca, Leaf};
+use smtp_edge_tests::certs::{Ca, KeyAlg, Leaf, Profile2026};
 use smtp_edge_tests::dkim::{self, DkimKey};
+use smtp_edge_tests::exo;
 use smtp_edge_tests::netns::{self, Netns};
 use smtp_edge_tests::nsd::Nsd;
 use smtp_edge_tests::postfix::{self, MailServer, Postfix};
@@ -98,6 +112,9 @@ const OUR_TENANT: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
 const OUR_DOMAIN: &str = "contoso.onmicrosoft.test";
 const FOREIGN_TENANT: &str = "9f8e7d6c-5b4a-3928-1706-f5e4d3c2b1a0";
 const FOREIGN_DOMAIN: &str = "fabrikam.onmicrosoft.test";
+/// The internet author of the mail EOP relays inbound (the fixture's From).
+const AUTHOR: &str = "sam@sender.test";
+const AUTHOR_DOMAIN: &str = "sender.test";
 const METRICS: &str = "127.0.0.1:9325";
 
 const VERSION_1: &str = "2026120100";
@@ -324,34 +341,49 @@ fn show_log(tail: &mut LogTail, drops: &mut u64) {
 /// What the lab needs to send.
 #[derive(Clone)]
 struct Kit {
+    /// Exchange Online's `mail.protection.outlook.com` certificate (2026
+    /// profile: serverAuth only), presented as its client certificate.
     eo_cert: (PathBuf, PathBuf),
+    /// Our tenant's DKIM key (`d=` its initial domain).
     ours: std::sync::Arc<DkimKey>,
+    /// Another tenant's.
     foreign: std::sync::Arc<DkimKey>,
+    /// The internet author's (`d=sender.test`, the fixture's From domain).
+    author: std::sync::Arc<DkimKey>,
 }
 
-/// A message as Exchange Online sends it (internal fields, tenant id,
-/// signed fields), signed by `key`.
-fn exo_message(key: &DkimKey, tenant: &str, subject: &str, to: &str) -> String {
-    let m = format!(
-        "X-MS-Exchange-Organization-AuthAs: Internal\r\n\
-         X-MS-Exchange-CrossTenant-Id: {tenant}\r\n\
-         From: Alice <alice@contoso.com>\r\n\
-         To: <{to}>\r\n\
-         Subject: {subject}\r\n\
-         Date: {date}\r\n\
-         Message-ID: <{subject}.{nanos}@{domain}>\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: text/plain; charset=us-ascii\r\n\
-         X-MS-Exchange-SenderADCheck: 1\r\n\
-         \r\n\
-         Sent by the smtp-edge lab.\r\n",
-        date = smtp_edge::smtp::trace::rfc5322_date(smtp_edge::queue::spool::now()),
-        nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-        domain = key.domain,
-    );
-    key.sign(&m)
+/// The fields an internet author's mail server signs (not Exchange
+/// Online's set: the author is not a tenant).
+const AUTHOR_SIGNED: &[&str] = &[
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+];
+
+/// Internet mail Exchange Online Protection relays for our tenant (the
+/// fixture `inbound.eml`: `-AuthAs: Anonymous`, our tenant's stamp),
+/// signed by its author's domain or not at all, never by us. The author
+/// signed before EOP put its fields above the message's own, so the
+/// signature sits just above From.
+fn inbound_message(kit: &Kit, subject: &str, signed: bool) -> String {
+    let m = exo::inbound(OUR_TENANT, OUR_TENANT, OUR_DOMAIN, subject);
+    if !signed {
+        return m;
+    }
+    let at = m.find("\r\nFrom: ").map_or(0, |i| i + 2);
+    let (eop, authored) = m.split_at(at);
+    format!("{eop}{}", kit.author.sign_fields(authored, AUTHOR_SIGNED))
+}
+
+/// A cloud user's message (the fixture `validation.eml`'s header set:
+/// `-AuthAs: Internal`) stamped with `tenant` and signed by `key`, as
+/// Exchange Online signs every message a tenant sends.
+fn cloud_message(key: &DkimKey, tenant: &str, from: &str, subject: &str) -> String {
+    key.sign(&exo::internal(tenant, &key.domain, from, subject))
 }
 
 fn plain_message(from: &str, to: &str, subject: &str) -> String {
@@ -361,54 +393,98 @@ fn plain_message(from: &str, to: &str, subject: &str) -> String {
     )
 }
 
-/// One path of a round.
+/// One flow of a round.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Path5 {
-    ExoToOnPrem,
+enum Flow {
+    /// Internet mail EOP relays for our tenant, signed by its author.
+    InboundSigned,
+    /// The same, unsigned.
+    InboundUnsigned,
+    /// Our cloud users' mail to on-prem (`-AuthAs: Internal`, our DKIM).
+    Internal,
     DeviceToM365,
     Internet,
     RelayAttempt,
+    /// Another tenant's connector to us: their stamp, their signature.
     ForeignTenant,
 }
 
-impl Path5 {
-    const ALL: [Path5; 5] = [
-        Path5::ExoToOnPrem,
-        Path5::DeviceToM365,
-        Path5::Internet,
-        Path5::RelayAttempt,
-        Path5::ForeignTenant,
+impl Flow {
+    const ALL: [Flow; 7] = [
+        Flow::InboundSigned,
+        Flow::InboundUnsigned,
+        Flow::Internal,
+        Flow::DeviceToM365,
+        Flow::Internet,
+        Flow::RelayAttempt,
+        Flow::ForeignTenant,
+    ];
+
+    /// The flows Exchange Online delivers to on-prem: each one's key in
+    /// the JSON line and its Subject prefix in the on-prem mailbox.
+    const TO_ONPREM: [(Flow, &'static str, &'static str); 3] = [
+        (Flow::InboundSigned, "eo_inbound_signed", "lab-in-signed-"),
+        (
+            Flow::InboundUnsigned,
+            "eo_inbound_unsigned",
+            "lab-in-unsigned-",
+        ),
+        (Flow::Internal, "eo_internal", "lab-internal-"),
     ];
 
     fn label(self) -> &'static str {
         match self {
-            Path5::ExoToOnPrem => "eo → on-prem",
-            Path5::DeviceToM365 => "scanner → M365",
-            Path5::Internet => "internet",
-            Path5::RelayAttempt => "eo open relay",
-            Path5::ForeignTenant => "foreign tenant",
+            Flow::InboundSigned => "eo in, signed",
+            Flow::InboundUnsigned => "eo in, unsigned",
+            Flow::Internal => "eo internal",
+            Flow::DeviceToM365 => "scanner → M365",
+            Flow::Internet => "internet",
+            Flow::RelayAttempt => "eo open relay",
+            Flow::ForeignTenant => "foreign tenant",
         }
+    }
+
+    /// Its Subject prefix in the on-prem mailbox (the flows that end there).
+    fn subject(self) -> Option<&'static str> {
+        Flow::TO_ONPREM
+            .iter()
+            .find(|(f, _, _)| *f == self)
+            .map(|(_, _, s)| *s)
     }
 }
 
-/// Sends this path's message once; the smtplib transcript.
-fn send(path: Path5, kit: &Kit, ns: &Names, round: u32) -> Result<Value> {
-    let (ns_name, src, dst, tls, from, rcpt, message) = match path {
-        Path5::ExoToOnPrem => (
+/// How many messages of each Exchange Online flow the on-prem mailbox holds.
+fn onprem_counts(mail: &[String]) -> [u64; 3] {
+    Flow::TO_ONPREM.map(|(_, _, prefix)| {
+        mail.iter()
+            .filter(|m| m.contains(&format!("\nSubject: {prefix}")))
+            .count() as u64
+    })
+}
+
+/// Sends this flow's message once; the smtplib transcript.
+fn send(flow: Flow, kit: &Kit, ns: &Names, round: u32) -> Result<Value> {
+    let subject = format!("{}{round}", flow.subject().unwrap_or("lab-"));
+    let (ns_name, src, dst, tls, from, rcpt, message) = match flow {
+        Flow::InboundSigned | Flow::InboundUnsigned => (
+            ns.eo.clone(),
+            EO_V4,
+            EDGE_EO_V4,
+            true,
+            AUTHOR.to_string(),
+            "bob@contoso.com".to_string(),
+            inbound_message(kit, &subject, flow == Flow::InboundSigned),
+        ),
+        Flow::Internal => (
             ns.eo.clone(),
             EO_V4,
             EDGE_EO_V4,
             true,
             "alice@contoso.com".to_string(),
             "bob@contoso.com".to_string(),
-            exo_message(
-                &kit.ours,
-                OUR_TENANT,
-                &format!("lab-eo-{round}"),
-                "bob@contoso.com",
-            ),
+            cloud_message(&kit.ours, OUR_TENANT, "Alice <alice@contoso.com>", &subject),
         ),
-        Path5::DeviceToM365 => (
+        Flow::DeviceToM365 => (
             ns.lan.clone(),
             SCANNER_V4,
             EDGE_LAN_V4,
@@ -421,7 +497,7 @@ fn send(path: Path5, kit: &Kit, ns: &Names, round: u32) -> Result<Value> {
                 &format!("lab-scan-{round}"),
             ),
         ),
-        Path5::Internet => (
+        Flow::Internet => (
             ns.inet.clone(),
             INET_V4,
             EDGE_INET_V4,
@@ -430,32 +506,34 @@ fn send(path: Path5, kit: &Kit, ns: &Names, round: u32) -> Result<Value> {
             "bob@contoso.com".to_string(),
             plain_message("mallory@example.net", "bob@contoso.com", "lab-inet"),
         ),
-        Path5::RelayAttempt => (
+        Flow::RelayAttempt => (
             ns.eo.clone(),
             EO_V4,
             EDGE_EO_V4,
             true,
             "alice@contoso.com".to_string(),
             format!("victim@{PARTNER}"),
-            exo_message(
+            cloud_message(
                 &kit.ours,
                 OUR_TENANT,
-                "lab-relay",
-                &format!("victim@{PARTNER}"),
+                "Alice <alice@contoso.com>",
+                &format!("lab-relay-{round}"),
             ),
         ),
-        Path5::ForeignTenant => (
+        Flow::ForeignTenant => (
             ns.eo.clone(),
             EO_V4,
             EDGE_EO_V4,
             true,
             "ceo@contoso.com".to_string(),
             "bob@contoso.com".to_string(),
-            exo_message(
+            // Their user writes as our CEO; Exchange Online stamps and
+            // signs it as *their* tenant's.
+            cloud_message(
                 &kit.foreign,
                 FOREIGN_TENANT,
+                "Contoso CEO <ceo@contoso.com>",
                 &format!("lab-foreign-{round}"),
-                "bob@contoso.com",
             ),
         ),
     };
@@ -490,11 +568,11 @@ fn text(v: &Value, step: &str) -> String {
     t.as_str().unwrap_or_default().replace('\n', " ")
 }
 
-/// What a path's transcript means, and whether that is what should happen.
-fn judge(path: Path5, v: &Value, inet_allowed: bool) -> (String, bool, Outcome) {
+/// What a flow's transcript means, and whether that is what should happen.
+fn judge(flow: Flow, v: &Value, inet_allowed: bool) -> (String, bool, Outcome) {
     if let Some(e) = v["error"].as_str() {
         let dropped = e.contains("timed out") || e.contains("TimeoutError");
-        let ok = path == Path5::Internet && !inet_allowed && dropped;
+        let ok = flow == Flow::Internet && !inet_allowed && dropped;
         let what = if dropped {
             format!("✘ no answer within {DROPPED_AFTER} s (SYNs dropped by the gate)")
         } else {
@@ -510,16 +588,18 @@ fn judge(path: Path5, v: &Value, inet_allowed: bool) -> (String, bool, Outcome) 
             },
         );
     }
-    match path {
-        Path5::ExoToOnPrem | Path5::DeviceToM365 => match code(v, "data") {
-            Some(250) => (
-                format!("✔ 250 {}", text(v, "data")),
-                true,
-                Outcome::Accepted,
-            ),
-            _ => (format!("✘ {v}"), false, Outcome::Failed),
-        },
-        Path5::Internet => {
+    match flow {
+        Flow::InboundSigned | Flow::InboundUnsigned | Flow::Internal | Flow::DeviceToM365 => {
+            match code(v, "data") {
+                Some(250) => (
+                    format!("✔ 250 {}", text(v, "data")),
+                    true,
+                    Outcome::Accepted,
+                ),
+                _ => (format!("✘ {v}"), false, Outcome::Failed),
+            }
+        }
+        Flow::Internet => {
             let mail = code(v, "mail");
             let ok = inet_allowed && mail.is_some_and(|c| c >= 500);
             (
@@ -532,7 +612,7 @@ fn judge(path: Path5, v: &Value, inet_allowed: bool) -> (String, bool, Outcome) 
                 Outcome::Refused,
             )
         }
-        Path5::RelayAttempt => match code(v, "rcpt") {
+        Flow::RelayAttempt => match code(v, "rcpt") {
             Some(c) if c >= 500 => (
                 format!("✔ refused: RCPT → {c} {}", text(v, "rcpt")),
                 true,
@@ -540,8 +620,9 @@ fn judge(path: Path5, v: &Value, inet_allowed: bool) -> (String, bool, Outcome) 
             ),
             _ => (format!("✘ {v}"), false, Outcome::Failed),
         },
-        Path5::ForeignTenant => match code(v, "data") {
-            Some(c) if c >= 500 => (
+        // Refused for the tenant (their stamp), not for anything else.
+        Flow::ForeignTenant => match code(v, "data") {
+            Some(c) if c >= 500 && text(v, "data").contains("tenant") => (
                 format!("✔ refused: DATA → {c} {}", text(v, "data")),
                 true,
                 Outcome::Refused,
@@ -569,7 +650,8 @@ struct Names {
 
 #[derive(Default)]
 struct Tally {
-    eo_accepted: u64,
+    /// Accepted by the edge, per flow of [`Flow::TO_ONPREM`].
+    eo_accepted: [u64; 3],
     device_accepted: u64,
     inet_dropped: u64,
     inet_refused: u64,
@@ -577,6 +659,38 @@ struct Tally {
     foreign_refused: u64,
     drop_lines: u64,
     unexpected: Vec<String>,
+}
+
+impl Tally {
+    fn count(&mut self, flow: Flow, outcome: Outcome) {
+        if let Some(i) = Flow::TO_ONPREM.iter().position(|(f, _, _)| *f == flow)
+            && outcome == Outcome::Accepted
+        {
+            self.eo_accepted[i] += 1;
+        }
+        match (flow, outcome) {
+            (Flow::DeviceToM365, Outcome::Accepted) => self.device_accepted += 1,
+            (Flow::Internet, Outcome::Dropped) => self.inet_dropped += 1,
+            (Flow::Internet, Outcome::Refused) => self.inet_refused += 1,
+            (Flow::RelayAttempt, Outcome::Refused) => self.relay_refused += 1,
+            (Flow::ForeignTenant, Outcome::Refused) => self.foreign_refused += 1,
+            _ => {}
+        }
+    }
+
+    /// Exchange Online messages accepted for on-prem, every flow.
+    fn eo_total(&self) -> u64 {
+        self.eo_accepted.iter().sum()
+    }
+
+    /// The running counts a round shows.
+    fn line(&self) -> String {
+        let [s, u, i] = self.eo_accepted;
+        format!(
+            "accepted: in signed {s}, in unsigned {u}, internal {i}, scanner {}   refused: foreign tenant {}, open relay {}",
+            self.device_accepted, self.foreign_refused, self.relay_refused
+        )
+    }
 }
 
 // ---- main -------------------------------------------------------------------
@@ -630,8 +744,14 @@ fn preflight() -> Result<()> {
 struct Files<'a> {
     dir: &'a Path,
     pin: &'a Path,
+    /// The lab CA (private: on-prem's certificate, the organisation's
+    /// client certificate).
     ca: &'a Path,
+    /// The 2026 public root (Exchange Online's and the edge's certificates).
+    public_root: &'a Path,
     edge_cert: &'a (PathBuf, PathBuf),
+    /// The edge's client certificate toward Microsoft 365.
+    edge_client: &'a (PathBuf, PathBuf),
     ranges_url: String,
     dns: SocketAddr,
 }
@@ -667,6 +787,7 @@ enabled = true
 listen = ["0.0.0.0:25"]
 hostname = "{EDGE_NAME}"
 accepted_domains = ["contoso.com"]
+spool_dir = {spool}               # the lab's own, not the host's /var/spool/smtp-edge
 
 [smtp.tls]
 certificate = {edge_cert}
@@ -677,11 +798,14 @@ name = "from-exchange-online"
 sources = ["exchange-online"]
 require_tls = true
 client_cert_names = ["{EXO_NAME}"]
-client_cert_trust = {ca}            # the lab CA stands in for the public roots
+client_cert_trust = {public_root}   # stands in for the public roots
 recipient_domains = ["accepted"]
 relay = false
 tenants = [{{ id = "{OUR_TENANT}", domains = ["{OUR_DOMAIN}"] }}]
 tenant_policy = "enforce"
+# Without relay the proof is Exchange Online's tenant stamp (the default):
+# internet mail EOP relays is signed by its author or not at all.
+tenant_proof = "stamp"
 trusted_headers = true
 
 [[inbound_connectors]]
@@ -704,9 +828,9 @@ recipient_domains = ["*"]
 smart_hosts = ["{M365_V4}"]
 tls = "domain-validation"
 tls_domain = "{EXO_NAME}"
-tls_trust = {ca}
-client_certificate = {edge_cert}
-client_key = {edge_key}
+tls_trust = {public_root}
+client_certificate = {client_cert}
+client_key = {client_key}
 
 [queue]
 retry_schedule = [5, 10, 30]
@@ -720,11 +844,15 @@ listen = "{METRICS}"
 "#,
         state = quote(&f.dir.join("state"))?,
         socket = quote(&f.dir.join("control.sock"))?,
+        spool = quote(&f.dir.join("spool"))?,
         pin = quote(f.pin)?,
         ranges_url = f.ranges_url,
         edge_cert = quote(&f.edge_cert.0)?,
         edge_key = quote(&f.edge_cert.1)?,
+        client_cert = quote(&f.edge_client.0)?,
+        client_key = quote(&f.edge_client.1)?,
         ca = quote(f.ca)?,
+        public_root = quote(f.public_root)?,
         dns = f.dns,
     ))
 }
@@ -749,7 +877,11 @@ fn lab(args: &Args) -> Result<bool> {
 
     heading("smtp-edge lab: every mail path through the gate and the relay");
     println!(
-        "  eo      Exchange Online stand-in  {EO_V4:<14} sends with the {EXO_NAME} certificate"
+        "  eo      Exchange Online stand-in  {EO_V4:<14} sends with the {EXO_NAME} certificate:"
+    );
+    println!(
+        "{:51}inbound internet mail (author-signed, unsigned), cloud users' mail",
+        ""
     );
     println!(
         "          Microsoft 365 stand-in    {M365_V4:<14} requires the organisation's client certificate"
@@ -765,17 +897,47 @@ fn lab(args: &Args) -> Result<bool> {
     println!("  (documentation addresses only; nothing leaves this machine's namespaces)");
 
     // ---- certificates and keys
+    // Public certificates as CAs issue them in 2026 (RSA 2048, a
+    // serverAuth-only leaf under a serverAuth-only issuing CA): Microsoft's
+    // mail.protection.outlook.com certificate, which Exchange Online
+    // presents as client and the Microsoft 365 stand-in as server, and the
+    // edge's server certificate. The lab CA is the organisation's private
+    // CA: on-prem Exchange's certificate and the edge's client certificate.
+    let public = Profile2026::new();
+    let public_root = public.root.write(&dir.join("public-root.pem"));
+    let microsoft = public
+        .server_leaf(&[EXO_NAME, &format!("*.{EXO_NAME}")])
+        .write(&dir, "microsoft");
+    let edge_cert = public
+        .server_leaf(&[EDGE_NAME, "contoso.com"])
+        .write(&dir, "edge");
     let ca = Ca::new("smtp-edge lab CA");
     let ca_file = ca.write(&dir.join("lab-ca.pem"));
-    let eo_cert = Leaf::new(&[EXO_NAME], Some(&ca), false).write(&dir, "eo-client");
-    let edge_cert = Leaf::new(&[EDGE_NAME, "contoso.com"], Some(&ca), false).write(&dir, "edge");
     let onprem_cert = Leaf::new(&[ONPREM_NAME], Some(&ca), false).write(&dir, "onprem");
-    let m365_cert =
-        Leaf::new(&[EXO_NAME, &format!("*.{EXO_NAME}")], Some(&ca), false).write(&dir, "m365");
+    // Toward Microsoft 365 the edge presents a clientAuth certificate, not
+    // its serverAuth-only server certificate: Postfix 3.7 (OpenSSL 3.0)
+    // refuses that one as a client certificate ("certificate verification
+    // failed …: not designated for use as a client certificate", then "421
+    // 4.7.1 Error: Client certificate not trusted" at EHLO). The lab CA
+    // stands in for a CA that still issues clientAuth certificates.
+    let edge_client = Leaf::with_ekus(
+        &[EDGE_NAME],
+        &ca,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
+        KeyAlg::Rsa2048,
+    )
+    .write(&dir, "edge-client");
+    let m365_cert = microsoft.clone();
+    // The roots the Microsoft 365 stand-in trusts for client certificates:
+    // the public one and the client certificate's issuer.
+    let m365_trust = dir.join("m365-trust.pem");
+    std::fs::write(&m365_trust, format!("{}{}", public.root.pem, ca.pem))
+        .context("write the Microsoft 365 trust file")?;
     let kit = Kit {
-        eo_cert: eo_cert.clone(),
+        eo_cert: microsoft.clone(),
         ours: std::sync::Arc::new(DkimKey::new(OUR_DOMAIN)),
         foreign: std::sync::Arc::new(DkimKey::new(FOREIGN_DOMAIN)),
+        author: std::sync::Arc::new(DkimKey::new(AUTHOR_DOMAIN)),
     };
 
     // ---- namespaces and links
@@ -830,7 +992,7 @@ fn lab(args: &Args) -> Result<bool> {
         .context("the on-prem Postfix")?
     };
     let m365: Postfix = {
-        let (d, cert, ca) = (m365_dir.clone(), m365_cert.clone(), ca_file.clone());
+        let (d, cert, ca) = (m365_dir.clone(), m365_cert.clone(), m365_trust.clone());
         within(&eo.name, move || {
             postfix::mail_server(
                 &d,
@@ -853,15 +1015,24 @@ fn lab(args: &Args) -> Result<bool> {
     println!(
         "  Microsoft 365:    Postfix on {M365_V4}:25 (TLS with a verified client certificate required)"
     );
-    let zone = dkim::zone(&[&kit.ours, &kit.foreign]);
+    let zone = dkim::zone(&[&kit.ours, &kit.foreign, &kit.author]);
     let nsd = within(&edge.name, move || Ok(Nsd::start(&zone)))?;
     let ws = within(&edge.name, || Ok(WebService::start()))?;
     let mut ranges: Vec<&str> = smtp_edge::gate::allowlist::exchange::BUNDLED.to_vec();
     ranges.push(EO_RANGE);
     ws.publish(VERSION_1, &ranges);
     println!(
-        "  DNS: NSD on the edge's {} with the DKIM keys of tenants {OUR_DOMAIN} (ours) and {FOREIGN_DOMAIN}",
+        "  DNS: NSD on the edge's {} with the DKIM keys of tenants {OUR_DOMAIN} (ours) and {FOREIGN_DOMAIN}, and of {AUTHOR_DOMAIN}",
         nsd.addr
+    );
+    println!(
+        "  certificates: {EXO_NAME} (Exchange Online's client, Microsoft 365's server) and {EDGE_NAME} (server):"
+    );
+    println!(
+        "                2026 public profile, RSA 2048, serverAuth only under a serverAuth-only issuing CA;"
+    );
+    println!(
+        "                the edge's client certificate toward Microsoft 365: lab CA, clientAuth (Postfix 3.7 refuses serverAuth-only)"
     );
     println!(
         "  endpoints web service: recorded answers on the edge's {} (version {VERSION_1}: Exchange Online + {EO_RANGE})",
@@ -874,7 +1045,9 @@ fn lab(args: &Args) -> Result<bool> {
         dir: &dir,
         pin: &pin.0,
         ca: &ca_file,
+        public_root: &public_root,
         edge_cert: &edge_cert,
+        edge_client: &edge_client,
         ranges_url: ws.url(),
         dns: nsd.addr,
     })?;
@@ -1009,8 +1182,8 @@ fn lab(args: &Args) -> Result<bool> {
         }
 
         heading(&format!("round {round}  t+{:.0}s", elapsed.as_secs_f64()));
-        let results: Vec<(Path5, Result<Value>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = Path5::ALL
+        let results: Vec<(Flow, Result<Value>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = Flow::ALL
                 .iter()
                 .map(|&p| {
                     let (kit, names) = (kit.clone(), names.clone());
@@ -1028,28 +1201,21 @@ fn lab(args: &Args) -> Result<bool> {
                 })
                 .collect()
         });
-        for (path, result) in results {
+        for (flow, result) in results {
             let v = result?;
-            let (what, ok, outcome) = judge(path, &v, inet_allowed);
+            let (what, ok, outcome) = judge(flow, &v, inet_allowed);
             row(
-                path.label(),
+                flow.label(),
                 &format!("{what}{}", if ok { "" } else { "   ← UNEXPECTED" }),
             );
             if !ok {
                 tally
                     .unexpected
-                    .push(format!("round {round}: {}: {what}", path.label()));
+                    .push(format!("round {round}: {}: {what}", flow.label()));
             }
-            match (path, outcome) {
-                (Path5::ExoToOnPrem, Outcome::Accepted) => tally.eo_accepted += 1,
-                (Path5::DeviceToM365, Outcome::Accepted) => tally.device_accepted += 1,
-                (Path5::Internet, Outcome::Dropped) => tally.inet_dropped += 1,
-                (Path5::Internet, Outcome::Refused) => tally.inet_refused += 1,
-                (Path5::RelayAttempt, Outcome::Refused) => tally.relay_refused += 1,
-                (Path5::ForeignTenant, Outcome::Refused) => tally.foreign_refused += 1,
-                _ => {}
-            }
+            tally.count(flow, outcome);
         }
+        row("so far", &tally.line());
         show_log(&mut tail, &mut tally.drop_lines);
         live_view(&cli, &edge.name, &onprem_dir, &m365_dir, &mut before);
     }
@@ -1068,7 +1234,7 @@ fn lab(args: &Args) -> Result<bool> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let onprem_mail = postfix::wait_mailbox(&onprem_dir, tally.eo_accepted as usize, 10);
+    let onprem_mail = postfix::wait_mailbox(&onprem_dir, tally.eo_total() as usize, 10);
     let m365_mail = postfix::wait_mailbox(&m365_dir, tally.device_accepted as usize, 10);
     if let Some(m) = onprem_mail.last() {
         row("on-prem mailbox", "the last message from Exchange Online:");
@@ -1086,6 +1252,16 @@ fn lab(args: &Args) -> Result<bool> {
     cli.show(&["stats"]);
     cli.show(&["queue", "list"]);
     show_log(&mut tail, &mut tally.drop_lines);
+    if (m365_mail.len() as u64) < tally.device_accepted {
+        row("M365 Postfix", "its log (TLS and refusals):");
+        for l in m365.log_text().lines().filter(|l| {
+            ["TLS", "certificate", "verif", "reject", "NOQUEUE"]
+                .iter()
+                .any(|w| l.contains(w))
+        }) {
+            println!("    {l}");
+        }
+    }
 
     daemon.stop();
     let _ = cli.run(&["filter", "detach"]);
@@ -1105,17 +1281,46 @@ fn lab(args: &Args) -> Result<bool> {
         .as_ref()
         .map_or(0, |s| counter(s, "dropped_not_allowed_v4"));
     let eo_delivered = onprem_mail.len() as u64;
+    let per_flow = onprem_counts(&onprem_mail);
     let device_relayed = m365_mail.len() as u64;
-    if eo_delivered < tally.eo_accepted {
-        tally.unexpected.push(format!(
-            "{} of {} accepted Exchange Online messages reached the on-prem mailbox",
-            eo_delivered, tally.eo_accepted
-        ));
+    for (i, (flow, _, _)) in Flow::TO_ONPREM.iter().enumerate() {
+        if per_flow[i] < tally.eo_accepted[i] {
+            tally.unexpected.push(format!(
+                "{}: {} of {} accepted messages reached the on-prem mailbox",
+                flow.label(),
+                per_flow[i],
+                tally.eo_accepted[i]
+            ));
+        }
+        if per_flow[i] > tally.eo_accepted[i] {
+            tally.unexpected.push(format!(
+                "{}: {} messages in the on-prem mailbox for {} accepted",
+                flow.label(),
+                per_flow[i],
+                tally.eo_accepted[i]
+            ));
+        }
+        if round > 0 && tally.eo_accepted[i] == 0 {
+            tally
+                .unexpected
+                .push(format!("{}: no message was accepted", flow.label()));
+        }
+    }
+    if round > 0 && tally.foreign_refused == 0 {
+        tally
+            .unexpected
+            .push("foreign tenant: no message was refused".into());
     }
     if device_relayed < tally.device_accepted {
         tally.unexpected.push(format!(
             "{} of {} accepted scanner messages reached Microsoft 365",
             device_relayed, tally.device_accepted
+        ));
+    }
+    if device_relayed > tally.device_accepted {
+        tally.unexpected.push(format!(
+            "{device_relayed} messages at Microsoft 365 for {} accepted",
+            tally.device_accepted
         ));
     }
     if let Some(m) = m365_mail.last()
@@ -1138,13 +1343,15 @@ fn lab(args: &Args) -> Result<bool> {
         "rounds",
         &format!("{round} in {:.0} s", started.elapsed().as_secs_f64()),
     );
-    row(
-        "eo → on-prem",
-        &format!(
-            "{} accepted, {eo_delivered} in the on-prem mailbox",
-            tally.eo_accepted
-        ),
-    );
+    for (i, (flow, _, _)) in Flow::TO_ONPREM.iter().enumerate() {
+        row(
+            flow.label(),
+            &format!(
+                "{} accepted, {} in the on-prem mailbox",
+                tally.eo_accepted[i], per_flow[i]
+            ),
+        );
+    }
     row(
         "scanner → M365",
         &format!(
@@ -1165,7 +1372,10 @@ fn lab(args: &Args) -> Result<bool> {
     );
     row(
         "foreign tenant",
-        &format!("{} messages refused", tally.foreign_refused),
+        &format!(
+            "{} messages refused (their connector, their stamp)",
+            tally.foreign_refused
+        ),
     );
     if tally.unexpected.is_empty() {
         row("verdict", "every path behaved as expected");
@@ -1180,6 +1390,9 @@ fn lab(args: &Args) -> Result<bool> {
         json!({
             "rounds": round,
             "eo_delivered": eo_delivered,
+            "eo_inbound_signed": per_flow[0],
+            "eo_inbound_unsigned": per_flow[1],
+            "eo_internal": per_flow[2],
             "device_relayed": device_relayed,
             "gate_dropped": gate_dropped,
             "relay_refused": tally.relay_refused,
@@ -1274,28 +1487,27 @@ fn live_view(cli: &Cli, edge: &str, onprem: &Path, m365: &Path, before: &mut Opt
             );
             row(
                 "tenant checks",
-                &format!(
-                    "allowed {}   foreign_tenant {}",
-                    scrape::sum(
-                        &body,
-                        "smtp_edge_tenant_checks_total",
-                        "outcome=\"allowed\""
-                    ),
-                    scrape::sum(
-                        &body,
-                        "smtp_edge_tenant_checks_total",
-                        "outcome=\"foreign_tenant\""
-                    )
-                ),
+                &["allowed", "foreign_tenant", "no_stamp"]
+                    .map(|o| {
+                        let n = scrape::sum(
+                            &body,
+                            "smtp_edge_tenant_checks_total",
+                            &format!("outcome=\"{o}\""),
+                        ) as u64;
+                        format!("{o} {n}")
+                    })
+                    .join("   "),
             );
         }
         Err(e) => row("metrics", &format!("unavailable: {e:#}")),
     }
+    let onprem = postfix::mailbox(onprem);
+    let [s, u, i] = onprem_counts(&onprem);
     row(
         "mailboxes",
         &format!(
-            "on-prem {}   Microsoft 365 {}",
-            postfix::mailbox(onprem).len(),
+            "on-prem {} (in signed {s}, in unsigned {u}, internal {i})   Microsoft 365 {}",
+            onprem.len(),
             postfix::mailbox(m365).len()
         ),
     );
