@@ -186,22 +186,7 @@ pub fn split(recipients: &[String], connectors: &[Outbound], accepted: &[DomainP
 mod tests {
     use super::*;
 
-    fn rd(s: &str) -> RecipientDomain {
-        RecipientDomain::parse(s).unwrap()
-    }
-
-    fn connector(name: &str, domains: &[&str], next_hop: NextHop) -> Outbound {
-        Outbound {
-            name: name.into(),
-            recipient_domains: domains.iter().map(|d| rd(d)).collect(),
-            next_hop,
-            tls: TlsLevel::Opportunistic,
-            tls_domain: None,
-            client_cert: None,
-            ehlo_name: None,
-            tls_trust: None,
-        }
-    }
+    use crate::config::outbound::connector::tests::connector;
 
     fn hosts(list: &[&str]) -> NextHop {
         NextHop::smart_hosts(list).unwrap()

@@ -464,14 +464,16 @@ impl Outbound {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rd(s: &str) -> RecipientDomain {
+    /// A recipient-domain pattern (tests here and in routing).
+    pub(crate) fn rd(s: &str) -> RecipientDomain {
         RecipientDomain::parse(s).unwrap()
     }
 
-    fn connector(name: &str, domains: &[&str], next_hop: NextHop) -> Outbound {
+    /// An opportunistic connector (tests here and in routing).
+    pub(crate) fn connector(name: &str, domains: &[&str], next_hop: NextHop) -> Outbound {
         Outbound {
             name: name.into(),
             recipient_domains: domains.iter().map(|d| rd(d)).collect(),

@@ -1,7 +1,7 @@
 //! `[[outbound_connectors]]`: the sending side's connectors, as written and
 //! validated ([`Outbound`]; the `[queue]` section is [`super::queue`]).
 
-mod connector;
+pub(crate) mod connector;
 
 use std::path::PathBuf;
 
