@@ -25,26 +25,7 @@ impl Tool {
 
 /// Runs `program` (at most 60 s) with `input` on its standard input.
 pub fn run_tool(program: &str, args: &[&str], input: &[u8]) -> Tool {
-    let mut child = Command::new("timeout")
-        .args(["-k", "5", "60", program])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("wait");
-    let _ = writer.join();
-    Tool {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run(program, args, input, false)
 }
 
 /// Runs `program` (at most 60 s) with `input` on its standard input, which
@@ -52,6 +33,10 @@ pub fn run_tool(program: &str, args: &[&str], input: &[u8]) -> Tool {
 /// soon as their input ends (gnutls-cli), before the server has answered.
 /// A scripted SMTP session ends with QUIT, so the server closes first.
 pub fn run_session(program: &str, args: &[&str], input: &[u8]) -> Tool {
+    run(program, args, input, true)
+}
+
+fn run(program: &str, args: &[&str], input: &[u8], hold_stdin: bool) -> Tool {
     let mut child = Command::new("timeout")
         .args(["-k", "5", "60", program])
         .args(args)
@@ -66,8 +51,10 @@ pub fn run_session(program: &str, args: &[&str], input: &[u8]) -> Tool {
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
         let _ = stdin.flush();
-        // Closed (dropped) once the program exited, or after the time limit.
-        let _ = exited.recv_timeout(std::time::Duration::from_secs(70));
+        if hold_stdin {
+            // Closed (dropped) once the program exited, or after the time limit.
+            let _ = exited.recv_timeout(std::time::Duration::from_secs(70));
+        }
     });
     let out = child.wait_with_output().expect("wait");
     let _ = done.send(());
