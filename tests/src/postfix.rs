@@ -149,8 +149,10 @@ pub struct MailServer<'a> {
     pub networks: &'a str,
 }
 
-/// The services of a Postfix that receives and delivers locally.
-const MAIL_SERVICES: &str = "cleanup   unix  n - n -     0 cleanup\n\
+/// The services every private Postfix runs (master.cf lines).
+macro_rules! common_services {
+    () => {
+        "cleanup   unix  n - n -     0 cleanup\n\
     qmgr      unix  n - n 300   1 qmgr\n\
     tlsmgr    unix  - - n 1000? 1 tlsmgr\n\
     rewrite   unix  - - n -     - trivial-rewrite\n\
@@ -164,10 +166,17 @@ const MAIL_SERVICES: &str = "cleanup   unix  n - n -     0 cleanup\n\
     error     unix  - - n -     - error\n\
     retry     unix  - - n -     - error\n\
     discard   unix  - - n -     - discard\n\
-    virtual   unix  - n n -     - virtual\n\
     anvil     unix  - - n -     1 anvil\n\
     scache    unix  - - n -     1 scache\n\
-    postlog   unix-dgram n - n - 1 postlogd\n";
+    postlog   unix-dgram n - n - 1 postlogd\n"
+    };
+}
+
+/// The services of a Postfix that receives and delivers locally.
+const MAIL_SERVICES: &str = concat!(
+    common_services!(),
+    "virtual   unix  - n n -     - virtual\n"
+);
 
 /// Starts a mail server on `addr` in `dir`: TLS offered (or a verified
 /// client certificate required), every recipient of `domains` delivered to
@@ -312,24 +321,7 @@ pub struct ClientRoute<'a> {
 }
 
 /// The services of a Postfix that relays what its smtpd receives.
-const RELAY_SERVICES: &str = "cleanup   unix  n - n -     0 cleanup\n\
-    qmgr      unix  n - n 300   1 qmgr\n\
-    tlsmgr    unix  - - n 1000? 1 tlsmgr\n\
-    rewrite   unix  - - n -     - trivial-rewrite\n\
-    bounce    unix  - - n -     0 bounce\n\
-    defer     unix  - - n -     0 bounce\n\
-    trace     unix  - - n -     0 bounce\n\
-    verify    unix  - - n -     1 verify\n\
-    flush     unix  n - n 1000? 0 flush\n\
-    proxymap  unix  - - n -     - proxymap\n\
-    showq     unix  n - n -     - showq\n\
-    error     unix  - - n -     - error\n\
-    retry     unix  - - n -     - error\n\
-    discard   unix  - - n -     - discard\n\
-    smtp      unix  - - n -     - smtp\n\
-    anvil     unix  - - n -     1 anvil\n\
-    scache    unix  - - n -     1 scache\n\
-    postlog   unix-dgram n - n - 1 postlogd\n";
+const RELAY_SERVICES: &str = concat!(common_services!(), "smtp      unix  - - n -     - smtp\n");
 
 /// Starts a Postfix in `dir` as a sending MTA: its smtpd (on 127.0.0.1,
 /// [`Postfix::addr`]) takes mail from loopback, and each route's recipient
