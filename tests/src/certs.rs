@@ -163,18 +163,44 @@ pub struct LeafSpec<'a> {
 }
 
 impl Leaf {
-    /// A leaf as specified, for server and client authentication.
+    /// A leaf as specified, as public CAs issue them from 2026 on: for
+    /// server authentication only (the CA/Browser Forum baseline profile
+    /// under the Chrome root program's serverAuth-only hierarchies; Let's
+    /// Encrypt's default profile since 2026-02-11, DigiCert's default since
+    /// 2025-10). MTAs present such a certificate as their client
+    /// certificate too; [`Leaf::with_client_auth`] makes the older kind.
     pub fn build(spec: LeafSpec<'_>) -> Leaf {
+        Leaf::build_for(spec, &[ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    /// A certificate for `names` (the first also as CN) issued by `ca`, for
+    /// server *and* client authentication, as CAs issued them before 2026:
+    /// for next hops that still require the clientAuth EKU of a client
+    /// certificate (Postfix 3.7 to 3.11 with `smtpd_tls_req_ccert`, which
+    /// refuses a serverAuth-only one: `tests/tests/peers.rs`).
+    pub fn with_client_auth(names: &[&str], ca: &Ca) -> Leaf {
+        Leaf::build_for(
+            LeafSpec {
+                cn: names.first().copied(),
+                sans: names,
+                ca: Some(ca),
+                expired: false,
+            },
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    fn build_for(spec: LeafSpec<'_>, ekus: &[ExtendedKeyUsagePurpose]) -> Leaf {
         let mut p =
             CertificateParams::new(spec.sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("params");
         if let Some(cn) = spec.cn {
             p.distinguished_name.push(DnType::CommonName, cn);
         }
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        p.extended_key_usages = ekus.to_vec();
         if spec.expired {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
@@ -217,7 +243,7 @@ impl Leaf {
     }
 
     /// A certificate for `names` (the first also as CN), issued by `ca` or
-    /// self-signed.
+    /// self-signed, serverAuth only ([`Leaf::build`]).
     pub fn new(names: &[&str], ca: Option<&Ca>, expired: bool) -> Leaf {
         Leaf::build(LeafSpec {
             cn: names.first().copied(),

@@ -331,7 +331,8 @@ fn asking_for_a_client_certificate_is_not_requiring_one() {
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let ca = Ca::new("Fabrikam Test Root");
     let ca_file = ca.write(&d.join("ca.pem"));
-    let client = Leaf::new(&["edge.contoso.test"], Some(&ca), false).write(d, "client");
+    // Postfix 3.7 requires the clientAuth EKU of a client certificate.
+    let client = Leaf::with_client_auth(&["edge.contoso.test"], &ca).write(d, "client");
     // The next hops' certificate: its subject carries control characters
     // (an escape sequence and a bell) that the text output must not pass on.
     let server = Leaf::build(LeafSpec {

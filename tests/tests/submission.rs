@@ -40,8 +40,9 @@ impl Lab {
         let d = dir.path().to_path_buf();
         let ca = Ca::new("Submission test CA");
         let ca_file = ca.write(&d.join("ca.pem"));
+        // Postfix 3.7 requires the clientAuth EKU of a client certificate.
         let client =
-            Leaf::new(&["edge.contoso.com", "contoso.com"], Some(&ca), false).write(&d, "client");
+            Leaf::with_client_auth(&["edge.contoso.com", "contoso.com"], &ca).write(&d, "client");
         let m365_cert =
             Leaf::new(&["mail.protection.outlook.test"], Some(&ca), false).write(&d, "m365");
         let m365_dir = d.join("m365");
