@@ -9,7 +9,9 @@
 //!
 //! Every file is JSON, replaced atomically (write, fsync, rename, fsync dir), so
 //! a crash leaves either the old or the new version. The directory is 0700 and
-//! its files 0600.
+//! its files 0600. Root (the CLI) reads and locks files here without
+//! following symbolic links, and gives what it writes to the directory's
+//! owner on the new file's descriptor, never by name.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -81,7 +83,7 @@ impl StateDir {
     /// not parse as `T` is [`StateError::Corrupt`].
     pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
         let path = self.dir.join(name);
-        match fs::read(&path) {
+        match crate::fsutil::read_nofollow(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|source| StateError::Corrupt { path, source }),
@@ -98,27 +100,23 @@ impl StateDir {
             source,
         })?;
         let path = self.dir.join(name);
-        write_atomic(&path, &bytes)?;
-        self.adopt(&path)
+        write_atomic_owned(&path, &bytes, self.owner()?)
     }
 
-    /// A file root wrote (the CLI while the daemon is down) is given to the
-    /// directory's owner: a daemon running as its own user must read it.
-    fn adopt(&self, path: &Path) -> Result<(), StateError> {
+    /// Whom a file root writes here is given to: the directory's owner (a
+    /// daemon running as its own user must read it); `None` when not root
+    /// or the directory is root's.
+    fn owner(&self) -> Result<Option<(u32, u32)>, StateError> {
         use std::os::unix::fs::MetadataExt;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let io = |source| StateError::Io {
-            path: path.to_path_buf(),
+        let dir = fs::metadata(&self.dir).map_err(|source| StateError::Io {
+            path: self.dir.clone(),
             source,
-        };
-        let dir = fs::metadata(&self.dir).map_err(io)?;
-        if dir.uid() != 0 {
-            std::os::unix::fs::lchown(path, Some(dir.uid()), Some(dir.gid())).map_err(io)?;
-        }
-        Ok(())
+        })?;
+        Ok((dir.uid() != 0).then_some((dir.uid(), dir.gid())))
     }
 
     /// Entries added with the CLI.
@@ -132,58 +130,51 @@ impl StateDir {
     }
 
     /// Takes an exclusive lock on the file `name` (created when missing;
-    /// waits for another holder).
+    /// waits for another holder). A symbolic link there is refused, never
+    /// followed.
     pub fn lock(&self, name: &str) -> Result<StateLock, StateError> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(name);
         let io = |source| StateError::Io {
             path: path.clone(),
             source,
         };
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
-        // SAFETY: flock(2) on a descriptor this function owns.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io(std::io::Error::last_os_error()));
+        let f = crate::fsutil::lock_exclusive(&path).map_err(io)?;
+        if let Some((uid, gid)) = self.owner()? {
+            crate::fsutil::chown_file(&f, uid, gid).map_err(io)?;
         }
-        self.adopt(&path)?;
         Ok(StateLock(f))
+    }
+
+    fn read_text(&self, name: &str) -> Result<Option<String>, StateError> {
+        let path = self.dir.join(name);
+        match crate::fsutil::read_nofollow(&path) {
+            Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
     }
 
     /// The request id if one was made (nothing is created).
     pub fn peek_request_id(&self) -> Result<Option<String>, StateError> {
-        let path = self.dir.join(REQUEST_ID);
-        match fs::read_to_string(&path) {
-            Ok(text) if uuid::Uuid::parse_str(text.trim()).is_ok() => {
-                Ok(Some(text.trim().to_string()))
-            }
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Io { path, source }),
-        }
+        Ok(self
+            .read_text(REQUEST_ID)?
+            .map(|t| t.trim().to_string())
+            .filter(|t| uuid::Uuid::parse_str(t).is_ok()))
     }
 
     /// This machine's `ClientRequestId` for the web service: a GUID made
     /// once and kept (Microsoft asks for one per machine).
     pub fn client_request_id(&self) -> Result<String, StateError> {
         let path = self.dir.join(REQUEST_ID);
-        match fs::read_to_string(&path) {
-            Ok(text) if uuid::Uuid::parse_str(text.trim()).is_ok() => {
+        match self.read_text(REQUEST_ID)? {
+            Some(text) if uuid::Uuid::parse_str(text.trim()).is_ok() => {
                 return Ok(text.trim().to_string());
             }
-            Ok(_) => tracing::warn!(path = %path.display(), "not a GUID; making a new one"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(StateError::Io { path, source }),
+            Some(_) => tracing::warn!(path = %path.display(), "not a GUID; making a new one"),
+            None => {}
         }
         let id = uuid::Uuid::new_v4().to_string();
-        write_atomic(&path, format!("{id}\n").as_bytes())?;
-        self.adopt(&path)?;
+        write_atomic_owned(&path, format!("{id}\n").as_bytes(), self.owner()?)?;
         Ok(id)
     }
 }
@@ -191,7 +182,15 @@ impl StateDir {
 /// Replaces `path` with `bytes` durably (private mode; see
 /// [`crate::fsutil::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    crate::fsutil::write_atomic(path, bytes).map_err(|source| StateError::Io {
+    write_atomic_owned(path, bytes, None)
+}
+
+fn write_atomic_owned(
+    path: &Path,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), StateError> {
+    crate::fsutil::write_atomic_owned(path, bytes, owner).map_err(|source| StateError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -9,6 +9,11 @@
 //! forbids pointer arithmetic with a register offset on packet pointers,
 //! which parsing IPv4 options and IPv6 extension headers needs): the test
 //! shows that too.
+//!
+//! Root-run code in the user's directories: `prepare` gives a tree away by
+//! directory descriptor and leaves planted links, second names and
+//! strangers' files alone (also while a swapper exchanges a directory and a
+//! link under it), and root's CLI refuses a lock file that is a link.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -271,4 +276,206 @@ fn the_daemon_runs_as_its_own_user_with_four_capabilities() {
         let m = std::fs::metadata(d.join(sub)).expect("dir");
         assert_eq!((m.uid(), m.mode() & 0o777), (UID, 0o700), "{sub}");
     }
+}
+
+/// The daemon's user in the state-tree tests (no process runs as it).
+const OWNER: u32 = 64_943;
+
+/// A state tree for `prepare` and root's CLI, with a root-owned directory
+/// beside it (`outside`) that the daemon's user must never get.
+struct Tree {
+    dir: tempfile::TempDir,
+}
+
+impl Tree {
+    fn new() -> Tree {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(
+            d.join("smtp-edge.toml"),
+            format!(
+                "[daemon]\nstate_dir = \"{d}/smtp-edge-state\"\ncontrol_socket = \"{d}/smtp-edge-run/control.sock\"\n\n\
+                 [filter]\nenabled = false\n\n[ranges]\nauto_update = false\n",
+                d = d.display()
+            ),
+        )
+        .expect("config");
+        std::fs::create_dir_all(d.join("outside")).expect("outside");
+        std::fs::create_dir_all(d.join("smtp-edge-state")).expect("state");
+        Tree { dir }
+    }
+
+    fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("smtp-edge-state")
+    }
+
+    fn outside(&self) -> std::path::PathBuf {
+        self.dir.path().join("outside")
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let config = self.dir.path().join("smtp-edge.toml");
+        let mut all = vec!["--config", config.to_str().expect("path")];
+        all.extend_from_slice(args);
+        smtp_edge_tests::cli(None, &all)
+    }
+
+    fn prepare(&self) -> std::process::Output {
+        let user = format!("{OWNER}:{OWNER}");
+        self.cli(&["prepare", "--user", &user])
+    }
+
+    /// Owners of every file in `outside` that is no longer root's.
+    fn taken(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.outside()).expect("outside") {
+            let e = e.expect("entry");
+            let m = std::fs::symlink_metadata(e.path()).expect("meta");
+            if m.uid() != 0 || m.gid() != 0 {
+                out.push(format!("{} ({}:{})", e.path().display(), m.uid(), m.gid()));
+            }
+        }
+        let m = std::fs::metadata(self.outside()).expect("outside");
+        if m.uid() != 0 {
+            out.push(format!("{} itself", self.outside().display()));
+        }
+        out
+    }
+}
+
+#[test]
+fn prepare_leaves_planted_links_alone_and_says_so() {
+    let t = Tree::new();
+    let secret = t.outside().join("secret");
+    std::fs::write(&secret, "root's").expect("secret");
+    let state = t.state();
+    std::fs::write(state.join("ranges.json"), "{}").expect("file");
+    std::os::unix::fs::symlink(&secret, state.join("link")).expect("symlink");
+    std::os::unix::fs::symlink(t.outside(), state.join("dirlink")).expect("symlink");
+    // A second name of a root file (possible where fs.protected_hardlinks
+    // is off): an owner change through it would reach the file outside.
+    std::fs::hard_link(&secret, state.join("hard")).expect("hard link");
+    let out = t.prepare();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(t.taken().is_empty(), "given away: {:?}", t.taken());
+    let m = std::fs::metadata(state.join("ranges.json")).expect("meta");
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (OWNER, OWNER),
+        "its own files are given"
+    );
+    for name in ["link", "dirlink", "hard"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(name) && l.contains("skipped")),
+            "{name} not reported: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_root_cli_refuses_planted_lock_links() {
+    let t = Tree::new();
+    let state = t.state();
+    let target = t.outside().join("created-by-root");
+    std::os::unix::fs::symlink(&target, state.join("devices.json.lock")).expect("symlink");
+    let out = t.cli(&[
+        "device",
+        "add",
+        "printer",
+        "--sender",
+        "printer@contoso.com",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "followed the link: {stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert!(!target.exists(), "root created the link's target");
+    // The ranges lock, taken by `ranges import` when no daemon runs.
+    std::os::unix::fs::symlink(&target, state.join("ranges.lock")).expect("symlink");
+    let list = t.dir.path().join("endpoints.json");
+    std::fs::write(
+        &list,
+        r#"[{"id":10,"serviceArea":"Exchange","urls":["*.mail.protection.outlook.com"],"ips":["40.92.0.0/15","40.107.0.0/16","52.100.0.0/14","104.47.0.0/17","2a01:111:f400::/48","2a01:111:f403::/48"],"tcpPorts":"25","category":"Allow","required":true}]"#,
+    )
+    .expect("list");
+    let out = t.cli(&["ranges", "import", list.to_str().expect("path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "followed the link: {stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert!(!target.exists(), "root created the link's target");
+}
+
+#[test]
+fn a_racing_swapper_never_gets_an_outside_file() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = Tree::new();
+    let state = t.state();
+    // The same names inside and outside: a path resolved through the
+    // swapped-in link lands on the file outside.
+    let inside = state.join("a");
+    std::fs::create_dir(&inside).expect("dir");
+    for i in 0..64 {
+        std::fs::write(inside.join(format!("f{i}")), "mine").expect("inside");
+        std::fs::write(t.outside().join(format!("f{i}")), "root's").expect("outside");
+    }
+    std::os::unix::fs::symlink(t.outside(), state.join("b")).expect("symlink");
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let stop = stop.clone();
+        let (a, b) = (
+            std::ffi::CString::new(inside.to_str().expect("path")).expect("c"),
+            std::ffi::CString::new(state.join("b").to_str().expect("path")).expect("c"),
+        );
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed)
+                && n < 2_000_000
+                && started.elapsed() < std::time::Duration::from_secs(20)
+            {
+                // SAFETY: two valid paths; renameat2 has no other preconditions.
+                unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                n += 1;
+            }
+            n
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut runs = 0;
+    while runs < 200 && started.elapsed() < std::time::Duration::from_secs(8) {
+        let out = t.prepare();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        runs += 1;
+        if !t.taken().is_empty() {
+            break;
+        }
+        // Back to root's, as a fresh start would find them.
+        for e in std::fs::read_dir(&inside).into_iter().flatten().flatten() {
+            let _ = std::os::unix::fs::lchown(e.path(), Some(0), Some(0));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().expect("swapper");
+    assert!(swaps > 0, "the swapper never ran");
+    assert!(
+        t.taken().is_empty(),
+        "after {runs} runs and {swaps} swaps the daemon's user got {:?}",
+        t.taken()
+    );
 }

@@ -2,7 +2,7 @@
 //! served on loopback (tests/src/webservice.rs): version first, the list only
 //! when it changed, additions at once, removals after the grace, every
 //! failure keeping the list in force with a backoff, the sanity and shrink
-//! checks, dry runs, the proxy, HTTPS with an organisation's CA, and the
+//! checks, the address-space caps against a hostile answer, dry runs, the proxy, HTTPS with an organisation's CA, and the
 //! daemon keeping the gate's entries and the inbound connectors current.
 //! The real service is never contacted.
 
@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 use smtp_edge_tests::certs::{Ca, Leaf};
 use smtp_edge_tests::edge::{Edge, Setup, V4};
+use smtp_edge_tests::ports::free_port;
+use smtp_edge_tests::scrape::{sample, scrape};
 use smtp_edge_tests::smtp::{Client, wait_for};
 use smtp_edge_tests::webservice::{Answer, WebService};
 use smtp_edge_tests::{smtp_edge_bin, without_proxy};
@@ -219,15 +221,15 @@ fn additions_at_once_removals_after_the_grace() {
         "the bundled list waits its grace"
     );
     // An addition is in force at once.
-    let added = [&base[..], &["2001:db8::/32"]].concat();
+    let added = [&base[..], &["2001:db8::/48"]].concat();
     ws.publish("2026110200", &added);
     let (code, out) = host.update(&[]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("+ 2001:db8::/32"), "{out}");
-    assert!(host.prefixes().contains(&"2001:db8::/32".to_string()));
+    assert!(out.contains("+ 2001:db8::/48"), "{out}");
+    assert!(host.prefixes().contains(&"2001:db8::/48".to_string()));
     let list = text(&host.run(&["ranges", "list"]));
     assert!(
-        list.contains("2001:db8::/32") && list.contains("version 2026110200"),
+        list.contains("2001:db8::/48") && list.contains("version 2026110200"),
         "{list}"
     );
     // A removal waits for the grace (600 s here), still allowed.
@@ -238,7 +240,7 @@ fn additions_at_once_removals_after_the_grace() {
             "192.0.2.0/24",
             "198.51.100.0/24",
             "203.0.113.0/24",
-            "2001:db8::/32",
+            "2001:db8::/48",
         ],
     );
     let (code, out) = host.update(&[]);
@@ -817,4 +819,137 @@ fn the_daemon_keeps_the_ranges_current_and_the_connectors_follow() {
     assert_eq!(mail_reply(&edge, "127.0.0.1"), 250);
     let log = edge.log();
     assert!(log.contains("HTTP 500"), "{log}");
+}
+
+/// The real list and about 220 public /8s: each within the /8 limit, their
+/// sum most of the IPv4 internet.
+fn hostile() -> Vec<String> {
+    let mut v: Vec<String> = BUNDLED.iter().map(|s| s.to_string()).collect();
+    v.extend(
+        (1..=223u8)
+            .filter(|i| ![10, 100, 127].contains(i))
+            .take(220)
+            .map(|i| format!("{i}.0.0.0/8")),
+    );
+    v
+}
+
+#[test]
+fn a_hostile_answer_is_refused_and_the_last_good_list_stays() {
+    let ws = WebService::start();
+    let host = Host::for_service(&ws, "");
+    in_force(&ws, &host, &BUNDLED);
+    let hostile = hostile();
+    let hostile: Vec<&str> = hostile.iter().map(String::as_str).collect();
+    ws.publish("2026110200", &hostile);
+    let (code, out) = host.update(&["--accept-shrink"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("IPv4 addresses in all, more than the cap of 4194304"),
+        "{out}"
+    );
+    assert_eq!(
+        sorted(host.prefixes()),
+        owned(&BUNDLED),
+        "the last good list"
+    );
+    let s = host.status();
+    assert_eq!(s["version"], "2026110100", "{s}");
+    assert_eq!(s["refused"]["version"], "2026110200", "{s}");
+    assert_eq!(s["refused"]["kind"], "address_space", "{s}");
+    assert_eq!(s["allowed_space"]["v4"], 491_520, "{s}");
+    let shown = text(&host.run(&["ranges", "status"]));
+    assert!(
+        shown.contains("refused            version 2026110200: the new list would allow")
+            && shown.contains("(the list in force stays)")
+            && shown.contains("address space      491520 IPv4 addresses"),
+        "{shown}"
+    );
+    // Remembered: not fetched again.
+    ws.clear();
+    assert_eq!(host.update(&[]).0, 2);
+    assert_eq!(ws.paths(), vec!["/version/Worldwide"]);
+    // Growth just over the cap in one update: refused too.
+    let mut grown = BUNDLED.to_vec();
+    grown.extend(["20.0.0.0/11", "21.0.0.0/24"]);
+    ws.publish("2026110300", &grown);
+    let (code, out) = host.update(&[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("would add 2097408 IPv4 addresses at once"),
+        "{out}"
+    );
+    assert_eq!(host.status()["refused"]["kind"], "growth");
+    assert_eq!(sorted(host.prefixes()), owned(&BUNDLED));
+    // A good list is taken and clears the refusal.
+    grown.pop();
+    ws.publish("2026110400", &grown);
+    let (code, out) = host.update(&[]);
+    assert_eq!(code, 0, "{out}");
+    let s = host.status();
+    assert!(s["refused"].is_null(), "{s}");
+    assert_eq!(s["allowed_space"]["v4"], 491_520 + (1 << 21), "{s}");
+}
+
+#[test]
+fn the_daemon_refuses_a_hostile_answer_and_the_metrics_say_so() {
+    let ws = WebService::start();
+    ws.publish("2026110100", &BUNDLED);
+    let port = free_port();
+    let tail = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[ranges]\nservice_url = \"{}\"\ncheck_interval = 1\n",
+        ws.url()
+    );
+    let edge = Edge::start(Setup {
+        connectors: "[[inbound_connectors]]\nname = \"from-exchange-online\"\nsources = [\"exchange-online\"]\n\n[[inbound_connectors]]\nname = \"internet\"\n",
+        tail: &tail,
+        ..Setup::default()
+    });
+    wait_for("the first check", 10, || {
+        let s = edge.cli(&["ranges", "status"])?;
+        (s["version"] == "2026110100")
+            .then_some(())
+            .ok_or(format!("{s}"))
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let body = scrape(addr);
+    assert_eq!(
+        sample(&body, "smtp_edge_ranges_refused", "reason=\"none\""),
+        Some(0.0),
+        "{body}"
+    );
+    let hostile = hostile();
+    let hostile: Vec<&str> = hostile.iter().map(String::as_str).collect();
+    ws.publish("2026110200", &hostile);
+    wait_for("the refusal", 10, || {
+        let s = edge.cli(&["ranges", "status"])?;
+        (s["refused"]["version"] == "2026110200")
+            .then_some(())
+            .ok_or(format!("{s}"))
+    });
+    let s = edge.cli(&["ranges", "status"]).expect("status");
+    assert_eq!(s["version"], "2026110100", "{s}");
+    assert_eq!(sorted(strings(&s["prefixes"])), owned(&BUNDLED), "{s}");
+    assert!(
+        s["refused"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more than the cap"),
+        "{s}"
+    );
+    let body = scrape(addr);
+    assert_eq!(
+        sample(
+            &body,
+            "smtp_edge_ranges_refused",
+            "reason=\"address_space\""
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "smtp_edge_ranges_allowed_space", "family=\"ipv4\""),
+        Some(491_520.0),
+        "{body}"
+    );
 }

@@ -141,6 +141,32 @@ impl Collector for RangesCollector {
             let labels = [("state", state)];
             ConstGauge::new(n as i64).encode(prefixes.encode_family(&labels)?)?;
         }
+        let space = crate::gate::ranges::Space::of(list.allowed());
+        let mut allowed = encoder.encode_descriptor(
+            "ranges_allowed_space",
+            "Address space the Exchange Online list allows: IPv4 addresses, IPv6 /64 networks",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (family, n) in [
+            ("ipv4", i64::try_from(space.v4).unwrap_or(i64::MAX)),
+            ("ipv6_64s", i64::try_from(space.v6_64s).unwrap_or(i64::MAX)),
+        ] {
+            let labels = [("family", family)];
+            ConstGauge::new(n).encode(allowed.encode_family(&labels)?)?;
+        }
+        let mut refused = encoder.encode_descriptor(
+            "ranges_refused",
+            "1 when the latest published list was refused (reason: address_space, growth, shrink, …); the list in force stays",
+            None,
+            gauge.metric_type(),
+        )?;
+        let (reason, v) = match &list.refused {
+            Some(r) => (r.kind.clone().unwrap_or_else(|| "other".into()), 1i64),
+            None => ("none".to_string(), 0),
+        };
+        let labels = [("reason", reason.as_str())];
+        ConstGauge::new(v).encode(refused.encode_family(&labels)?)?;
         let version = list.version.clone().unwrap_or_default();
         let origin = list.origin.to_string();
         let mut info = encoder.encode_descriptor(

@@ -6,13 +6,20 @@
 //! upgrade is adopted), the state, spool and control-socket directories
 //! owned by it (0700, contents too), and a look at whether it can read the
 //! configuration and the TLS files.
+//!
+//! The trees are the daemon's user's, who may change them while root walks
+//! them: the walk goes by directory descriptor and never follows a link
+//! (`openat` with `O_NOFOLLOW`, owners changed on the opened inode); what
+//! it leaves alone is reported as a warning.
 
 use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::fsutil;
 
 /// Errors preparing the host.
 #[derive(Debug, thiserror::Error)]
@@ -81,47 +88,136 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
     }
 }
 
-/// Owns `path` and everything below it to `who` (symbolic links themselves,
-/// never their targets).
-fn chown_tree(path: &Path, who: Account) -> Result<u64, PrepareError> {
-    let mut n = 0;
-    let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
-    if meta.uid() != who.uid || meta.gid() != who.gid {
-        std::os::unix::fs::lchown(path, Some(who.uid), Some(who.gid)).map_err(io(path))?;
-        n += 1;
-    }
-    if meta.is_dir() {
-        for e in std::fs::read_dir(path).map_err(io(path))? {
-            let e = e.map_err(io(path))?;
-            n += chown_tree(&e.path(), who)?;
+/// How deep a walk goes (the daemon's trees are two or three levels).
+const MAX_DEPTH: usize = 32;
+
+/// A walk that gives a tree to the daemon's user by directory descriptor:
+/// each entry opened without following links (`O_PATH|O_NOFOLLOW`), checked
+/// and changed on that inode, so a directory swapped for a symbolic link
+/// while it runs leads nowhere outside. Entries that are symbolic links, on
+/// another file system, owned by someone unexpected, or (not directories)
+/// with more than one name are left alone and reported.
+struct Walk {
+    who: Account,
+    /// The file system of the top directory.
+    dev: u64,
+    /// Owners an entry may have: root, the daemon's user, the top's owner.
+    owners: [u32; 3],
+    changed: u64,
+    skipped: Vec<String>,
+}
+
+impl Walk {
+    fn refuse(&self, st: &fsutil::Stat) -> Option<String> {
+        if st.is_symlink() {
+            Some("a symbolic link".into())
+        } else if st.dev != self.dev {
+            Some("on another file system".into())
+        } else if !self.owners.contains(&st.uid) {
+            Some(format!("owned by uid {}", st.uid))
+        } else if !st.is_dir() && st.nlink > 1 {
+            Some(format!("{} hard links", st.nlink))
+        } else {
+            None
         }
     }
-    Ok(n)
+
+    fn skip(&mut self, path: &Path, why: &str) {
+        self.skipped.push(format!(
+            "{}: skipped ({why}): not given to the daemon's user",
+            path.display()
+        ));
+    }
+
+    fn give(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        st: &fsutil::Stat,
+        path: &Path,
+    ) -> Result<(), PrepareError> {
+        if (st.uid, st.gid) != (self.who.uid, self.who.gid) {
+            fsutil::chown_fd(fd, self.who.uid, self.who.gid).map_err(io(path))?;
+            self.changed += 1;
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self, dir: BorrowedFd<'_>, path: &Path, depth: usize) -> Result<(), PrepareError> {
+        let names = match fsutil::names(dir) {
+            Ok(n) => n,
+            Err(e) => {
+                self.skip(path, &e.to_string());
+                return Ok(());
+            }
+        };
+        for name in names {
+            let p = path.join(&name);
+            let (fd, st) = match fsutil::entry_at(dir, &name) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.skip(&p, &e.to_string());
+                    continue;
+                }
+            };
+            if let Some(why) = self.refuse(&st) {
+                self.skip(&p, &why);
+                continue;
+            }
+            self.give(fd.as_fd(), &st, &p)?;
+            if st.is_dir() {
+                if depth >= MAX_DEPTH {
+                    self.skip(&p, "too deep");
+                    continue;
+                }
+                let sub = fsutil::dir_of(fd.as_fd()).map_err(io(&p))?;
+                self.walk(sub.as_fd(), &p, depth + 1)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A private directory (0700) owned by `who`, with what is in it. Only a
 /// directory that is smtp-edge's alone: one that does not exist yet, or
 /// whose name says so (never `/var/spool` because a setting says so).
-fn own_dir(path: &Path, who: Account, done: &mut Vec<String>) -> Result<(), PrepareError> {
+/// What is skipped in it goes to `warnings`.
+fn own_dir(
+    path: &Path,
+    who: Account,
+    done: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(), PrepareError> {
     let named = path
         .file_name()
         .is_some_and(|n| n.to_string_lossy().contains("smtp-edge"));
-    if path.exists() && !named {
+    if std::fs::symlink_metadata(path).is_ok() && !named {
         return Err(PrepareError::Shared(path.to_path_buf()));
     }
     std::fs::create_dir_all(path).map_err(io(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io(path))?;
-    let changed = chown_tree(path, who)?;
+    let top = fsutil::open_tree(path).map_err(io(path))?;
+    let st = fsutil::stat_fd(top.as_fd()).map_err(io(path))?;
+    fsutil::chmod_fd(top.as_fd(), 0o700).map_err(io(path))?;
+    let mut walk = Walk {
+        who,
+        dev: st.dev,
+        owners: [0, who.uid, st.uid],
+        changed: 0,
+        skipped: Vec::new(),
+    };
+    walk.give(top.as_fd(), &st, path)?;
+    walk.walk(top.as_fd(), path, 0)?;
     done.push(format!(
         "{}: owned by {}:{} (0700{})",
         path.display(),
         who.uid,
         who.gid,
-        match changed {
+        match walk.changed {
             0 => String::new(),
             n => format!(", {n} entries given to it"),
         }
     ));
+    warnings.append(&mut walk.skipped);
     Ok(())
 }
 
@@ -190,14 +286,14 @@ pub fn prepare(cfg: &Config, who: Account) -> Result<(Vec<String>, Vec<String>),
                 break;
             }
         }
-        own_dir(pin, who, &mut done)?;
+        own_dir(pin, who, &mut done, &mut warnings)?;
     }
-    own_dir(&cfg.daemon.state_dir, who, &mut done)?;
+    own_dir(&cfg.daemon.state_dir, who, &mut done, &mut warnings)?;
     if cfg.smtp.raw.enabled {
-        own_dir(&cfg.smtp.raw.spool_dir, who, &mut done)?;
+        own_dir(&cfg.smtp.raw.spool_dir, who, &mut done, &mut warnings)?;
     }
     if let Some(dir) = cfg.daemon.control_socket.parent() {
-        own_dir(dir, who, &mut done)?;
+        own_dir(dir, who, &mut done, &mut warnings)?;
     }
     let mut files = vec![cfg.path.clone()];
     if let Some(t) = &cfg.smtp.raw.tls {

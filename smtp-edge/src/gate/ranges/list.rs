@@ -122,6 +122,10 @@ pub struct Refused {
     pub version: String,
     /// Why.
     pub reason: String,
+    /// Which check refused it (`address_space`, `growth`, `shrink`, …; see
+    /// [`super::Refusal::kind`]), for the metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 impl RangesState {

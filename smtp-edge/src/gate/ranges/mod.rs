@@ -2,7 +2,8 @@
 //!
 //! One check: ask the web service for its version; only when it changed (or
 //! the admin forces it) fetch the endpoints, select the Exchange sets with
-//! TCP 25 by content, check the list ([`plan::sanity`], the shrink limit),
+//! TCP 25 by content, check the list ([`plan::sanity`], the shrink limit,
+//! the address-space caps of [`plan::space_check`]),
 //! then add new prefixes at once and let removed ones go after a grace
 //! period. Any failure keeps the list in force, is recorded with its reason,
 //! and the next check comes after a backoff. The state lives in
@@ -28,7 +29,7 @@ use crate::config::ranges::Ranges;
 use crate::gate::allowlist::exchange::Selection;
 use crate::state::{StateDir, StateError};
 pub use list::{Origin, RangesState};
-pub use plan::{Changes, Limits, Refusal};
+pub use plan::{Changes, Limits, Refusal, Space};
 use service::{ServiceError, WebService};
 
 /// Errors of the updater itself (not of a check: those are outcomes).
@@ -303,10 +304,11 @@ pub fn conclude(
     let strict = !local_service(settings);
     let mut next = current.clone();
     let mut changes = Changes::default();
-    let refuse = |next: &mut RangesState, version: &str, reason: String| {
+    let refuse = |next: &mut RangesState, version: &str, reason: String, kind: &str| {
         next.refused = Some(list::Refused {
             version: version.to_string(),
             reason: reason.clone(),
+            kind: Some(kind.to_string()),
         });
         Outcome::Refused { reason }
     };
@@ -318,7 +320,10 @@ pub fn conclude(
             },
             Some(latest),
         ),
-        Fetched::Unusable { latest, reason } => (refuse(&mut next, &latest, reason), Some(latest)),
+        Fetched::Unusable { latest, reason } => (
+            refuse(&mut next, &latest, reason, "malformed"),
+            Some(latest),
+        ),
         Fetched::List { latest, selection } => {
             let o = match plan::apply(
                 &current,
@@ -334,7 +339,7 @@ pub fn conclude(
                     changes = ch;
                     Outcome::Updated
                 }
-                Err(refusal) => refuse(&mut next, &latest, refusal.to_string()),
+                Err(refusal) => refuse(&mut next, &latest, refusal.to_string(), refusal.kind()),
             };
             (o, Some(latest))
         }
@@ -424,6 +429,7 @@ pub fn roll_back(
         st.refused = Some(list::Refused {
             version: v.to_string(),
             reason: reason.to_string(),
+            kind: Some("gate_full".into()),
         });
     }
     st.next_check = now + settings.check_interval;

@@ -1,6 +1,7 @@
 //! What an update does to the list in force, decided without I/O: sanity
 //! checks on the new list, then additions at once, removals after a grace
-//! period, and a limit on how much one update may take away.
+//! period, a limit on how much one update may take away, and caps on the
+//! address space a list may allow and one update may add ([`space_check`]).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -14,6 +15,22 @@ use crate::gate::allowlist::exchange::Selection;
 pub const MIN_V4_PREFIX: u8 = 8;
 /// The broadest IPv6 prefix a list may hold.
 pub const MIN_V6_PREFIX: u8 = 24;
+
+/// The most IPv4 addresses a list may allow in all (pending removals
+/// included): 2^22 = 4,194,304. Microsoft's port-25 list is 491,520
+/// (40.92.0.0/15, 40.107.0.0/16, 52.100.0.0/14, 104.47.0.0/17): a margin of
+/// more than eight times, yet a thousandth of the IPv4 internet — about 220
+/// public /8s, or a single /8, are refused.
+pub const MAX_V4_ADDRESSES: u64 = 1 << 22;
+/// The most IPv4 addresses one update may add to what is allowed: 2^21 =
+/// 2,097,152 (four times Microsoft's whole list), so the total cap cannot
+/// be reached in one step from the real list.
+pub const MAX_V4_GROWTH: u64 = 1 << 21;
+/// The most IPv6 /64 networks a list may allow in all: 2^24 (256 /48s, a
+/// /40). Microsoft's list is two /48s (2^17 /64s): a margin of 128 times.
+pub const MAX_V6_64S: u128 = 1 << 24;
+/// The most IPv6 /64 networks one update may add: 2^23 (128 /48s).
+pub const MAX_V6_GROWTH_64S: u128 = 1 << 23;
 
 /// Why a new list is not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +59,33 @@ pub enum Refusal {
     /// The gate cannot hold it.
     #[error("the gate cannot take the new list: {0}")]
     GateFull(String),
+    /// More address space in all than a mail service's sources
+    /// ([`MAX_V4_ADDRESSES`], [`MAX_V6_64S`]).
+    #[error(
+        "the new list would allow {total} {unit} in all, more than the cap of {max} \
+         (a hostile or broken answer would open port 25 to much of the internet)"
+    )]
+    AddressSpace {
+        /// "IPv4 addresses" or "IPv6 /64 networks".
+        unit: &'static str,
+        /// What it would allow.
+        total: u128,
+        /// The cap.
+        max: u128,
+    },
+    /// Too much new address space at once ([`MAX_V4_GROWTH`],
+    /// [`MAX_V6_GROWTH_64S`]).
+    #[error(
+        "the new list would add {growth} {unit} at once, more than the cap of {max} per update"
+    )]
+    Growth {
+        /// "IPv4 addresses" or "IPv6 /64 networks".
+        unit: &'static str,
+        /// What it would add.
+        growth: u128,
+        /// The cap.
+        max: u128,
+    },
     /// Too much would go at once (counting the removals still waiting for
     /// their date, so the limit cannot be stepped around).
     #[error(
@@ -58,6 +102,98 @@ pub enum Refusal {
         /// The limit.
         max: u64,
     },
+}
+
+impl Refusal {
+    /// A short name for the metrics (`ranges_refused{reason=…}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Empty | Refusal::NoIpv4 | Refusal::Malformed(_) => "malformed",
+            Refusal::TooBroad(_) => "too_broad",
+            Refusal::SpecialPurpose(_) => "special_purpose",
+            Refusal::GateFull(_) => "gate_full",
+            Refusal::Shrink { .. } => "shrink",
+            Refusal::AddressSpace { .. } => "address_space",
+            Refusal::Growth { .. } => "growth",
+        }
+    }
+}
+
+/// The address space a set of prefixes covers, overlaps counted once:
+/// IPv4 addresses, and IPv6 /64 networks (a longer prefix counts as a
+/// part of one, rounded up in the sum).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Space {
+    /// IPv4 addresses.
+    pub v4: u64,
+    /// IPv6 /64 networks.
+    pub v6_64s: u128,
+}
+
+impl Space {
+    /// The space of `prefixes` (those that do not parse count nothing).
+    pub fn of<'a>(prefixes: impl IntoIterator<Item = &'a str>) -> Space {
+        let nets: Vec<IpNet> = prefixes
+            .into_iter()
+            .filter_map(|p| p.parse::<IpNet>().ok())
+            .collect();
+        let mut v4 = 0u64;
+        let mut v6 = 0u128;
+        for n in IpNet::aggregate(&nets) {
+            match n {
+                IpNet::V4(n) => v4 = v4.saturating_add(1u64 << (32 - u32::from(n.prefix_len()))),
+                IpNet::V6(n) => match 128 - u32::from(n.prefix_len()) {
+                    128 => v6 = u128::MAX,
+                    bits => v6 = v6.saturating_add(1u128 << bits),
+                },
+            }
+        }
+        Space {
+            v4,
+            v6_64s: v6.div_ceil(1u128 << 64),
+        }
+    }
+}
+
+/// Refuses a next state that would allow more than the caps, or add more
+/// than the growth caps to what `current` allows.
+pub fn space_check(current: &RangesState, next: &RangesState) -> Result<(), Refusal> {
+    let before = Space::of(current.allowed());
+    let after = Space::of(next.allowed());
+    let union = Space::of(current.allowed().chain(next.allowed()));
+    const V4: &str = "IPv4 addresses";
+    const V6: &str = "IPv6 /64 networks";
+    if u128::from(after.v4) > u128::from(MAX_V4_ADDRESSES) {
+        return Err(Refusal::AddressSpace {
+            unit: V4,
+            total: after.v4.into(),
+            max: MAX_V4_ADDRESSES.into(),
+        });
+    }
+    if after.v6_64s > MAX_V6_64S {
+        return Err(Refusal::AddressSpace {
+            unit: V6,
+            total: after.v6_64s,
+            max: MAX_V6_64S,
+        });
+    }
+    let grow4 = union.v4.saturating_sub(before.v4);
+    if grow4 > MAX_V4_GROWTH {
+        return Err(Refusal::Growth {
+            unit: V4,
+            growth: grow4.into(),
+            max: MAX_V4_GROWTH.into(),
+        });
+    }
+    let grow6 = union.v6_64s.saturating_sub(before.v6_64s);
+    if grow6 > MAX_V6_GROWTH_64S {
+        return Err(Refusal::Growth {
+            unit: V6,
+            growth: grow6,
+            max: MAX_V6_GROWTH_64S,
+        });
+    }
+    Ok(())
 }
 
 /// The limits an update is checked against.
@@ -241,6 +377,7 @@ pub fn apply(
         .cloned()
         .collect();
     changes.expired = next.expire(now);
+    space_check(current, &next)?;
     Ok((next, changes))
 }
 
@@ -474,5 +611,170 @@ mod tests {
         };
         let (_, ch) = apply(&cur, &small, None, Origin::Service, 1, accept).unwrap();
         assert_eq!(ch.scheduled.len(), 2);
+    }
+
+    fn bundled_strs() -> Vec<String> {
+        crate::config::ranges::BUNDLED
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_real_list_is_well_within_the_caps() {
+        let real = Space::of(crate::config::ranges::BUNDLED);
+        assert_eq!(real.v4, 491_520);
+        assert_eq!(real.v6_64s, 2 << 16);
+        // From nothing (an empty state) to the real list: within the growth.
+        let mut empty = RangesState::bundled();
+        empty.ranges.clear();
+        let sel = Selection {
+            sets: vec![10],
+            ranges: bundled_strs(),
+            urls: vec![],
+        };
+        assert!(apply(&empty, &sel, None, Origin::Service, 1, LIMITS).is_ok());
+        // And from the bundled list to itself.
+        let cur = RangesState::bundled();
+        assert!(apply(&cur, &sel, None, Origin::Service, 1, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn two_hundred_and_twenty_slash_eights_are_refused() {
+        let mut ranges = bundled_strs();
+        ranges.extend(
+            (1..=223u8)
+                .filter(|i| ![10, 100, 127].contains(i))
+                .take(220)
+                .map(|i| format!("{i}.0.0.0/8")),
+        );
+        // Each /8 passes the per-prefix check; their sum does not.
+        let hostile = Selection {
+            sets: vec![10],
+            ranges,
+            urls: vec![],
+        };
+        assert!(sanity(&hostile, false).is_ok());
+        let cur = RangesState::bundled();
+        let accept = Limits {
+            accept_shrink: true,
+            strict: false,
+            ..LIMITS
+        };
+        let e = apply(&cur, &hostile, None, Origin::Service, 1, accept).unwrap_err();
+        assert!(
+            matches!(e, Refusal::AddressSpace { max, .. } if max == 1 << 22),
+            "{e}"
+        );
+        assert_eq!(e.kind(), "address_space");
+        assert!(e.to_string().contains("IPv4 addresses in all"), "{e}");
+        // A single /8 is already too much.
+        let mut one = bundled_strs();
+        one.push("11.0.0.0/8".into());
+        let one = Selection {
+            sets: vec![10],
+            ranges: one,
+            urls: vec![],
+        };
+        assert!(matches!(
+            apply(&cur, &one, None, Origin::Service, 1, LIMITS),
+            Err(Refusal::AddressSpace { .. })
+        ));
+        // IPv6: a /32 is 2^32 /64s.
+        let mut v6 = bundled_strs();
+        v6.push("2001:db8::/32".into());
+        let v6 = Selection {
+            sets: vec![10],
+            ranges: v6,
+            urls: vec![],
+        };
+        let e = apply(&cur, &v6, None, Origin::Service, 1, LIMITS).unwrap_err();
+        assert!(e.to_string().contains("IPv6 /64 networks"), "{e}");
+    }
+
+    #[test]
+    fn growth_just_over_the_cap_is_refused() {
+        let cur = RangesState::bundled();
+        let with = |extra: &[&str]| {
+            let mut r = bundled_strs();
+            r.extend(extra.iter().map(|s| s.to_string()));
+            Selection {
+                sets: vec![10],
+                ranges: r,
+                urls: vec![],
+            }
+        };
+        // 2^21 more: exactly the cap, taken.
+        assert!(
+            apply(
+                &cur,
+                &with(&["20.0.0.0/11"]),
+                None,
+                Origin::Service,
+                1,
+                LIMITS
+            )
+            .is_ok()
+        );
+        // 2^21 + 256: refused, though the total (2,589,952) is under its cap.
+        let e = apply(
+            &cur,
+            &with(&["20.0.0.0/11", "21.0.0.0/24"]),
+            None,
+            Origin::Service,
+            1,
+            LIMITS,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            Refusal::Growth {
+                unit: "IPv4 addresses",
+                growth: (1 << 21) + 256,
+                max: 1 << 21
+            }
+        );
+        // Overlaps count once: a prefix inside one in force adds nothing.
+        assert!(
+            apply(
+                &cur,
+                &with(&["20.0.0.0/11", "40.92.1.0/24", "52.100.0.0/15"]),
+                None,
+                Origin::Service,
+                1,
+                LIMITS
+            )
+            .is_ok()
+        );
+        // Stepping up is bounded by the total: a second step of 2^21 from
+        // 2,588,672 would reach 4,685,824.
+        let (mid, _) = apply(
+            &cur,
+            &with(&["20.0.0.0/11"]),
+            None,
+            Origin::Service,
+            1,
+            LIMITS,
+        )
+        .unwrap();
+        let e = apply(
+            &mid,
+            &with(&["20.0.0.0/11", "22.0.0.0/11"]),
+            None,
+            Origin::Service,
+            2,
+            LIMITS,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Refusal::AddressSpace {
+                    total: 4_685_824,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::list::{CheckRecord, PendingRemoval, RangesState};
+use super::plan::{MAX_V4_ADDRESSES, MAX_V4_GROWTH, MAX_V6_64S, MAX_V6_GROWTH_64S, Space};
 use super::{Changes, Report};
 use crate::config::ranges::Ranges;
 use crate::smtp::trace::rfc5322_date;
@@ -43,6 +44,8 @@ pub struct Status {
     pub failures: u32,
     /// A version not taken, and why.
     pub refused: Option<super::list::Refused>,
+    /// The address space allowed now (in force and pending removal).
+    pub allowed_space: Space,
     /// No successful check for longer than `stale_after`.
     pub stale: bool,
     /// The threshold.
@@ -76,6 +79,7 @@ impl Status {
             next_check: state.next_check,
             failures: state.failures,
             refused: state.refused.clone(),
+            allowed_space: Space::of(state.allowed()),
             stale: state.stale(now, settings.stale_after),
             stale_after: settings.stale_after,
             client_request_id,
@@ -109,6 +113,12 @@ impl Status {
         for p in &self.prefixes {
             let _ = writeln!(s, "                     {p}");
         }
+        let _ = writeln!(
+            s,
+            "address space      {} IPv4 addresses, {} IPv6 /64s allowed (caps {MAX_V4_ADDRESSES} and {MAX_V6_64S}; \
+             one update may add {MAX_V4_GROWTH} and {MAX_V6_GROWTH_64S})",
+            self.allowed_space.v4, self.allowed_space.v6_64s
+        );
         match &self.last_check {
             Some(c) => {
                 let _ = writeln!(
@@ -135,7 +145,11 @@ impl Status {
             let _ = writeln!(s, "next check         {next}");
         }
         if let Some(r) = &self.refused {
-            let _ = writeln!(s, "refused            version {}: {}", r.version, r.reason);
+            let _ = writeln!(
+                s,
+                "refused            version {}: {} (the list in force stays)",
+                r.version, r.reason
+            );
         }
         if self.pending_removal.is_empty() {
             let _ = writeln!(s, "pending removals   none");

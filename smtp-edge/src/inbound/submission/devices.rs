@@ -173,8 +173,8 @@ impl Store {
 
     /// Every device (none when the file does not exist).
     pub fn load(&self) -> Result<Vec<Device>, DeviceError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
+        let text = match crate::fsutil::read_nofollow(&self.path) {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => {
                 return Err(DeviceError::Io {
@@ -232,28 +232,23 @@ impl Store {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        crate::fsutil::write_atomic(&self.path, text.as_bytes()).map_err(|source| {
-            DeviceError::Io {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
         // Root (the CLI) gives the file to the directory's owner: a daemon
         // running as its own user must read it.
         use std::os::unix::fs::MetadataExt;
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0
-            && let Ok(m) = std::fs::metadata(dir)
-            && m.uid() != 0
-        {
-            std::os::unix::fs::lchown(&self.path, Some(m.uid()), Some(m.gid())).map_err(
-                |source| DeviceError::Io {
-                    path: self.path.clone(),
-                    source,
-                },
-            )?;
-        }
-        Ok(())
+        let owner = match unsafe { libc::geteuid() } {
+            0 => std::fs::metadata(dir)
+                .ok()
+                .filter(|m| m.uid() != 0)
+                .map(|m| (m.uid(), m.gid())),
+            _ => None,
+        };
+        crate::fsutil::write_atomic_owned(&self.path, text.as_bytes(), owner).map_err(|source| {
+            DeviceError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 
     /// Adds a device; returns its generated password (shown once).
