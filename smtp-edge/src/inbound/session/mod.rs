@@ -91,6 +91,8 @@ pub struct Submission {
     pub guard: Arc<crate::inbound::submission::guard::Guard>,
     /// Messages per hour of a device without its own rate.
     pub rate_per_hour: u32,
+    /// From and Sender fields that are not the device's: refused or logged.
+    pub header_from: crate::inbound::submission::send_as::HeaderFrom,
 }
 
 /// One SMTP session.
@@ -156,6 +158,17 @@ impl Session {
     /// The device the client authenticated as.
     pub fn device(&self) -> Option<&crate::inbound::submission::devices::Device> {
         self.auth.as_ref()
+    }
+
+    /// The send-as check of the device the client authenticated as (none
+    /// when it may use any sender, or before AUTH).
+    pub fn send_as(&self) -> Option<crate::inbound::submission::send_as::SendAs> {
+        let sub = self.submission.as_ref()?;
+        let device = self.auth.as_ref().filter(|d| !d.senders.is_empty())?;
+        Some(crate::inbound::submission::send_as::SendAs {
+            device: device.clone(),
+            mode: sub.header_from,
+        })
     }
 
     /// The client's address.
