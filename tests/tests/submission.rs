@@ -622,3 +622,42 @@ fn the_header_from_must_be_the_devices() {
         "{log}"
     );
 }
+
+#[test]
+fn a_good_login_does_not_reset_the_failure_count() {
+    let lab = Lab::start("max_failures = 5\nlockout_seconds = 60\nfailure_delay_ms = 0");
+    let pw = lab.add(&["mine", "--any-sender"]);
+    lab.add(&["victim", "--any-sender"]);
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(SocketAddr::new(V6, lab.starttls), None).expect("connect");
+        c.answer();
+        c.cmd("EHLO printer.contoso.com");
+        for _ in 0..4 {
+            codes.push(
+                c.cmd(&format!("AUTH PLAIN {}", b64("\0victim\0guess")))
+                    .code,
+            );
+        }
+        let mut c = Client::connect(SocketAddr::new(V6, lab.starttls), None).expect("connect");
+        c.answer();
+        c.cmd("EHLO printer.contoso.com");
+        codes.push(
+            c.cmd(&format!("AUTH PLAIN {}", b64(&format!("\0mine\0{pw}"))))
+                .code,
+        );
+    }
+    // 4 guesses, the own login (235: it takes back its own attempt only),
+    // one more guess (the fifth failure), then locked.
+    assert_eq!(
+        &codes[..7],
+        &[535, 535, 535, 535, 235, 535, 454],
+        "{codes:?}"
+    );
+    assert!(
+        !codes[7..].contains(&235),
+        "locked, even the own login: {codes:?}"
+    );
+}
