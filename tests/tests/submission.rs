@@ -624,6 +624,29 @@ fn the_header_from_must_be_the_devices() {
 }
 
 #[test]
+fn a_removed_or_changed_device_cannot_go_on_in_an_open_session() {
+    let lab = Lab::start("failure_delay_ms = 0");
+    let pw = lab.add(&["printer", "--sender", "contoso.com"]);
+    let pw2 = lab.add(&["scanner", "--sender", "contoso.com"]);
+    let mut c = logged_in(&lab, "printer", &pw);
+    let mut c2 = logged_in(&lab, "scanner", &pw2);
+    let a = c.transaction(SENDER, &[RCPT], &message("before"));
+    assert!(a.is(250, "2.0.0"), "{a:?}");
+    lab.device(&["remove", "printer"]);
+    let a = c.cmd(&format!("MAIL FROM:<{SENDER}>"));
+    assert!(a.is(530, "5.7.0"), "after `device remove`: {a:?}");
+    // A new password ends the sessions logged in with the old one.
+    lab.device(&["passwd", "scanner"]);
+    let a = c2.cmd(&format!("MAIL FROM:<{SENDER}>"));
+    assert!(a.is(530, "5.7.0"), "after `device passwd`: {a:?}");
+    assert!(
+        lab.edge.log().contains("device removed or changed"),
+        "{}",
+        lab.edge.log()
+    );
+}
+
+#[test]
 fn a_good_login_does_not_reset_the_failure_count() {
     let lab = Lab::start("max_failures = 5\nlockout_seconds = 60\nfailure_delay_ms = 0");
     let pw = lab.add(&["mine", "--any-sender"]);

@@ -340,6 +340,7 @@ async fn session(
                 guard: accounts.guard.clone(),
                 rate_per_hour: cfg.submission.rate_per_hour,
                 header_from: cfg.submission.header_from,
+                devices: accounts.store.clone(),
             }),
         // A submission listener without accounts (cannot happen: both come
         // from [submission]): refuse.
