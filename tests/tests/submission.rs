@@ -176,7 +176,9 @@ fn swaks(port: u16, args: &[&str]) -> tools::Tool {
 
 #[test]
 fn devices_authenticate_and_their_mail_is_relayed_with_the_certificate() {
-    let lab = Lab::start("");
+    // `header_from = "log"`: a From field not the device's is relayed and
+    // logged (the enforced default is `the_header_from_must_be_the_devices`).
+    let lab = Lab::start("header_from = \"log\"");
     let pw = lab.add(&["scanner", "--sender", "contoso.com"]);
     assert!(
         !std::fs::read_to_string(lab.edge.dir().join("state/devices.json"))
@@ -227,8 +229,8 @@ fn devices_authenticate_and_their_mail_is_relayed_with_the_certificate() {
     );
     assert_eq!(code(&v, "auth"), 235, "{v}");
     assert_eq!(code(&v, "data"), 250, "{v}");
-    // A From field that is not the device's: relayed (the receiving
-    // system's business), and logged.
+    // A From field that is not the device's: with `header_from = "log"`
+    // relayed, and logged.
     let forged =
         format!("From: <ceo@fabrikam.example>\r\nTo: <{RCPT}>\r\nSubject: from\r\n\r\nx\r\n");
     let v = lab.submit(
@@ -546,5 +548,140 @@ fn parallel_guesses_get_no_more_checks_than_the_limit() {
     assert!(
         checked <= 5,
         "{checked} passwords checked of 20, limit 5: {codes:?}"
+    );
+}
+
+/// A raw session from the legacy source (::1, AUTH without TLS), logged in
+/// as `user`.
+fn logged_in(lab: &Lab, user: &str, password: &str) -> Client {
+    use base64::Engine as _;
+    let mut c = Client::connect(SocketAddr::new(V6, lab.starttls), None).expect("connect");
+    c.answer();
+    c.cmd("EHLO printer.contoso.com");
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    let a = c.cmd(&format!("AUTH PLAIN {plain}"));
+    assert!(a.is(235, "2.7.0"), "{a:?}");
+    c
+}
+
+#[test]
+fn the_header_from_must_be_the_devices() {
+    let lab = Lab::start("failure_delay_ms = 0");
+    let pw = lab.add(&["printer", "--sender", "printer@contoso.com"]);
+    let mut c = logged_in(&lab, "printer", &pw);
+    let head = format!("To: <{RCPT}>\r\nSubject: send-as\r\n");
+    let refused = [
+        "From: CEO <ceo@contoso.com>\r\n".to_string(),
+        "From: CEO\r\n <ceo@contoso.com>\r\n".to_string(),
+        "From:\r\n\t=?utf-8?q?The_CEO?=\r\n <ceo@contoso.com>\r\n".to_string(),
+        "From: <printer@contoso.com>\r\nFrom: <ceo@contoso.com>\r\n".to_string(),
+        "From: Board: printer@contoso.com, ceo@contoso.com;\r\n".to_string(),
+        "From: <printer@contoso.com>\r\nSender: CEO <ceo@contoso.com>\r\n".to_string(),
+        "From: =?utf-8?q?ceo=40contoso=2Ecom?=\r\n".to_string(),
+    ];
+    for from in &refused {
+        let a = c.transaction(
+            "printer@contoso.com",
+            &[RCPT],
+            &format!("{from}{head}\r\nbody\r\n"),
+        );
+        assert!(a.is(550, "5.7.60"), "{from:?}: {a:?}");
+        assert!(a.text().contains("printer"), "{a:?}");
+    }
+    // BDAT: the same refusal at the last chunk.
+    let msg = format!("From: CEO <ceo@contoso.com>\r\n{head}\r\nbody\r\n");
+    assert!(c.cmd("MAIL FROM:<printer@contoso.com>").is(250, "2.1.0"));
+    assert!(c.cmd(&format!("RCPT TO:<{RCPT}>")).is(250, "2.1.5"));
+    c.send(format!("BDAT {} LAST\r\n{msg}", msg.len()).as_bytes());
+    let a = c.answer();
+    assert!(a.is(550, "5.7.60"), "BDAT: {a:?}");
+    // The device's own From (any case, encoded display name) passes.
+    let a = c.transaction(
+        "printer@contoso.com",
+        &[RCPT],
+        &format!("From: =?utf-8?q?Printer?= <Printer@Contoso.com>\r\n{head}\r\nok\r\n"),
+    );
+    assert!(a.is(250, "2.0.0"), "{a:?}");
+    let mail = postfix::wait_mailbox(&lab.m365_dir, 1, 30);
+    std::thread::sleep(Duration::from_secs(2));
+    let mail_now = postfix::wait_mailbox(&lab.m365_dir, 1, 5);
+    assert_eq!(mail.len(), 1, "only the device's own message: {mail:?}");
+    assert_eq!(mail_now.len(), 1, "nothing refused left: {mail_now:?}");
+    let incoming = lab.edge.dir().join("spool/incoming");
+    let left = std::fs::read_dir(&incoming).map_or(0, |d| d.count());
+    assert_eq!(
+        left,
+        0,
+        "refused messages in the spool: {}",
+        incoming.display()
+    );
+    let log = lab.edge.log();
+    assert!(
+        log.contains(
+            "message refused: the From or Sender field is not one of the device's senders"
+        ) && log.contains("header_from=ceo@contoso.com"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_removed_or_changed_device_cannot_go_on_in_an_open_session() {
+    let lab = Lab::start("failure_delay_ms = 0");
+    let pw = lab.add(&["printer", "--sender", "contoso.com"]);
+    let pw2 = lab.add(&["scanner", "--sender", "contoso.com"]);
+    let mut c = logged_in(&lab, "printer", &pw);
+    let mut c2 = logged_in(&lab, "scanner", &pw2);
+    let a = c.transaction(SENDER, &[RCPT], &message("before"));
+    assert!(a.is(250, "2.0.0"), "{a:?}");
+    lab.device(&["remove", "printer"]);
+    let a = c.cmd(&format!("MAIL FROM:<{SENDER}>"));
+    assert!(a.is(530, "5.7.0"), "after `device remove`: {a:?}");
+    // A new password ends the sessions logged in with the old one.
+    lab.device(&["passwd", "scanner"]);
+    let a = c2.cmd(&format!("MAIL FROM:<{SENDER}>"));
+    assert!(a.is(530, "5.7.0"), "after `device passwd`: {a:?}");
+    assert!(
+        lab.edge.log().contains("device removed or changed"),
+        "{}",
+        lab.edge.log()
+    );
+}
+
+#[test]
+fn a_good_login_does_not_reset_the_failure_count() {
+    let lab = Lab::start("max_failures = 5\nlockout_seconds = 60\nfailure_delay_ms = 0");
+    let pw = lab.add(&["mine", "--any-sender"]);
+    lab.add(&["victim", "--any-sender"]);
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(SocketAddr::new(V6, lab.starttls), None).expect("connect");
+        c.answer();
+        c.cmd("EHLO printer.contoso.com");
+        for _ in 0..4 {
+            codes.push(
+                c.cmd(&format!("AUTH PLAIN {}", b64("\0victim\0guess")))
+                    .code,
+            );
+        }
+        let mut c = Client::connect(SocketAddr::new(V6, lab.starttls), None).expect("connect");
+        c.answer();
+        c.cmd("EHLO printer.contoso.com");
+        codes.push(
+            c.cmd(&format!("AUTH PLAIN {}", b64(&format!("\0mine\0{pw}"))))
+                .code,
+        );
+    }
+    // 4 guesses, the own login (235: it takes back its own attempt only),
+    // one more guess (the fifth failure), then locked.
+    assert_eq!(
+        &codes[..7],
+        &[535, 535, 535, 535, 235, 535, 454],
+        "{codes:?}"
+    );
+    assert!(
+        !codes[7..].contains(&235),
+        "locked, even the own login: {codes:?}"
     );
 }

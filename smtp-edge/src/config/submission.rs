@@ -9,6 +9,7 @@
 //! lockout_seconds = 900
 //! failure_delay_ms = 500            # doubles per failure, at most 8 s
 //! rate_per_hour = 1800              # per device unless it has its own
+//! header_from = "enforce"           # From/Sender must be the device's ("log": only log)
 //! ```
 
 use std::net::SocketAddr;
@@ -38,6 +39,20 @@ pub struct RawSubmission {
     pub failure_delay_ms: u64,
     /// Messages per hour per device.
     pub rate_per_hour: u32,
+    /// Whether a From or Sender field that is not the device's refuses.
+    pub header_from: HeaderFrom,
+}
+
+/// What becomes of a device's message whose From or Sender field is not one
+/// of the device's senders (`inbound::submission::send_as`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderFrom {
+    /// Refused at the end of the data (550 5.7.60) and logged.
+    #[default]
+    Enforce,
+    /// Relayed and logged.
+    Log,
 }
 
 impl Default for RawSubmission {
@@ -50,6 +65,7 @@ impl Default for RawSubmission {
             lockout_seconds: 900,
             failure_delay_ms: 500,
             rate_per_hour: 1800,
+            header_from: HeaderFrom::Enforce,
         }
     }
 }
@@ -88,6 +104,8 @@ pub struct Submission {
     pub guard: GuardSettings,
     /// Messages per hour per device.
     pub rate_per_hour: u32,
+    /// From and Sender fields that are not the device's: refused or logged.
+    pub header_from: HeaderFrom,
 }
 
 impl Submission {
@@ -201,5 +219,6 @@ pub(super) fn validate(
             failure_delay: Duration::from_millis(raw.failure_delay_ms),
         },
         rate_per_hour: raw.rate_per_hour.max(1),
+        header_from: raw.header_from,
     }
 }

@@ -88,6 +88,9 @@ impl Accounts {
             );
         };
         let store = self.store.clone();
+        // Counted by name whether a device has it or not (the delay must
+        // not tell); the guard keeps only a keyed hash of it.
+        let user = creds.user.clone();
         // Argon2 takes tens of milliseconds and 19 MiB: off the async
         // workers, a few at a time.
         let found = tokio::task::spawn_blocking(move || {
@@ -123,7 +126,7 @@ impl Accounts {
                 )
             }
             Ok(Ok(Err(known))) => {
-                let (delay, locked) = self.guard.failed(peer, known.as_deref());
+                let (delay, locked) = self.guard.failed(peer, Some(&user));
                 tracing::warn!(
                     %peer,
                     device = known.as_deref().unwrap_or("(unknown account)"),
@@ -148,5 +151,47 @@ impl Accounts {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbound::submission::guard::Settings;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn failures_on_unknown_names_count_like_on_existing_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        store.add("scanner", &[], None, None).expect("add");
+        let accounts = Accounts {
+            store,
+            guard: Arc::new(Guard::new(Settings {
+                max_failures: 100,
+                lockout: Duration::from_secs(60),
+                failure_delay: Duration::from_millis(1),
+            })),
+        };
+        let creds = |user: &str| Credentials {
+            user: user.into(),
+            password: "wrong".into(),
+        };
+        for i in 1..=2u8 {
+            for (user, net) in [("scanner", 1), ("Nobody", 2)] {
+                let peer = IpAddr::from([198, 51, net, i]);
+                let (r, attempt) = accounts.check(peer, creds(user)).await;
+                assert!(r.is_err() && attempt == Attempt::Failure);
+            }
+        }
+        // A fresh source's next failure waits as long for either name: the
+        // delay does not tell which exists.
+        let fresh = |i: u8| IpAddr::from([203, 0, 113, i]);
+        assert!(accounts.guard.reserve(fresh(1)).is_ok());
+        assert!(accounts.guard.reserve(fresh(2)).is_ok());
+        let known = accounts.guard.failed(fresh(1), Some("scanner")).0;
+        let unknown = accounts.guard.failed(fresh(2), Some("nobody")).0;
+        assert_eq!(known, Duration::from_millis(4), "the third failure");
+        assert_eq!(unknown, known);
     }
 }

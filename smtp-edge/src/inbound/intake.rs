@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::checked::{self, Failure, TenantCheck};
+use crate::inbound::submission::send_as::{Fields, HeaderFrom, Mismatch, SendAs};
 use crate::inbound::tenant::Verdict;
 use crate::queue::spool::{AsStorage, Envelope, Spool, SpoolError, SpoolWriter};
 use crate::smtp::header::{HeaderFilter, HeaderStats, Limits, Policy};
@@ -43,6 +44,10 @@ pub struct Intake {
     failed: Option<SpoolError>,
     /// The connector's tenant check, if it has one.
     tenant: Option<TenantCheck>,
+    /// The device's send-as check (submission), and what it has read.
+    send_as: Option<Box<(SendAs, Fields)>>,
+    /// The send-as check refused the message (`header_from = "enforce"`).
+    foreign: Option<Mismatch>,
 }
 
 /// A message on disk.
@@ -56,6 +61,9 @@ pub struct Committed {
     pub tenant: Option<Verdict>,
     /// The address of the message's From field, if it has one.
     pub from_header: Option<String>,
+    /// A From or Sender field that is not the device's, relayed because
+    /// `header_from = "log"`.
+    pub send_as: Option<Mismatch>,
 }
 
 /// Why a message was not committed: the reply, and a reason for the log.
@@ -120,12 +128,55 @@ impl Intake {
             writer: None,
             failed: None,
             tenant,
+            send_as: None,
+            foreign: None,
         }
+    }
+
+    /// The same message from an authenticated device: its From and Sender
+    /// fields must be the device's (see [`crate::inbound::submission::send_as`]).
+    pub fn with_send_as(mut self, check: SendAs) -> Self {
+        self.send_as = Some(Box::new((check, Fields::default())));
+        self
     }
 
     /// Whether the message is already refused (nothing more is kept).
     pub fn is_refused(&self) -> bool {
-        self.failed.is_some() || self.filter.error().is_some()
+        self.failed.is_some() || self.filter.error().is_some() || self.foreign.is_some()
+    }
+
+    /// Shows the send-as check what the header filter kept since `from` in
+    /// the buffer; at the end of the header section, judges (an enforced
+    /// refusal stops the message at once).
+    fn watch_fields(&mut self, from: usize) {
+        let Some(b) = self.send_as.as_deref_mut() else {
+            return;
+        };
+        let (check, fields) = (&b.0, &mut b.1);
+        if fields.complete() {
+            return;
+        }
+        fields.feed(&self.buf[from..]);
+        if fields.complete()
+            && check.mode == HeaderFrom::Enforce
+            && let Err(m) = fields.check(&check.device)
+        {
+            self.foreign = Some(m);
+        }
+    }
+
+    /// The send-as verdict at the end of the data: a From or Sender field
+    /// that is not the device's, with the mode and the device's name.
+    fn judge_send_as(&mut self) -> Option<(Mismatch, HeaderFrom, String)> {
+        let b = self.send_as.as_deref()?;
+        let (check, fields) = (&b.0, &b.1);
+        let found = match self.foreign.take() {
+            Some(m) => Err(m),
+            None => fields.check(&check.device),
+        };
+        found
+            .err()
+            .map(|m| (m, check.mode, check.device.name.clone()))
     }
 
     /// Takes message content from the data reader.
@@ -133,8 +184,10 @@ impl Intake {
         if data.is_empty() || self.is_refused() {
             return;
         }
+        let before = self.buf.len();
         self.filter.feed(data, &mut self.buf);
-        if self.filter.error().is_some() {
+        self.watch_fields(before);
+        if self.is_refused() {
             self.abandon().await;
         } else if self.buf.len() >= FLUSH_AT {
             self.flush().await;
@@ -200,7 +253,34 @@ impl Intake {
     /// The end of the data: judges the last header line, writes the rest
     /// and makes the message durable. Only `Ok` may be answered with 250.
     pub async fn commit(mut self) -> Result<Committed, NotCommitted> {
-        let headers = match self.filter.finish(&mut self.buf) {
+        let before = self.buf.len();
+        let finished = self.filter.finish(&mut self.buf);
+        if finished.is_ok() {
+            self.watch_fields(before);
+        }
+        let mut send_as = None;
+        if let (Ok(_), Some((m, mode, name))) = (&finished, self.judge_send_as()) {
+            if mode == HeaderFrom::Log {
+                send_as = Some(m);
+            } else {
+                tracing::warn!(
+                    device = %name,
+                    field = m.field,
+                    header_from = %m.address,
+                    "message refused: the From or Sender field is not one of the device's senders"
+                );
+                self.abandon().await;
+                return Err(NotCommitted {
+                    reply: m.reply(&name),
+                    reason: format!(
+                        "{} {} is not one of device {name}'s senders",
+                        m.field, m.address
+                    ),
+                    tenant: None,
+                });
+            }
+        }
+        let headers = match finished {
             Ok(h) => h,
             Err(e) => {
                 self.abandon().await;
@@ -259,6 +339,7 @@ impl Intake {
                         headers,
                         tenant,
                         from_header: self.filter.from_field().and_then(from_address),
+                        send_as,
                     });
                 }
                 Ok((None, _)) => {}

@@ -339,6 +339,8 @@ async fn session(
                     .any(|n| n.contains(&ip)),
                 guard: accounts.guard.clone(),
                 rate_per_hour: cfg.submission.rate_per_hour,
+                header_from: cfg.submission.header_from,
+                devices: accounts.store.clone(),
             }),
         // A submission listener without accounts (cannot happen: both come
         // from [submission]): refuse.

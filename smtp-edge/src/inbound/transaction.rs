@@ -35,7 +35,7 @@ fn intake(session: &Session, cfg: &ServerConfig) -> Option<Intake> {
             return None;
         }
     };
-    Some(Intake::new(
+    let intake = Intake::new(
         cfg.spool.clone(),
         cfg.headers.clone(),
         connector.trusted_headers && tenant.is_none(),
@@ -43,7 +43,11 @@ fn intake(session: &Session, cfg: &ServerConfig) -> Option<Intake> {
         envelope,
         session.trace(now),
         tenant,
-    ))
+    );
+    Some(match session.send_as() {
+        Some(check) => intake.with_send_as(check),
+        None => intake,
+    })
 }
 
 /// Reads DATA content into the spool; `None` when the connection ended.
@@ -192,12 +196,9 @@ async fn finish(
                         v.reason
                     );
                 }
-                if let (Some(device), Some(from)) = (session.device(), c.from_header.as_deref())
-                    && !device.may_send_as(from)
-                {
-                    // The envelope sender was the device's; the From field is
-                    // the receiving system's business, but worth knowing.
-                    tracing::warn!(device = %device.name, from_header = %from, "the From field is not one of the device's senders");
+                if let (Some(device), Some(m)) = (session.device(), &c.send_as) {
+                    // `header_from = "log"`: relayed, but worth knowing.
+                    tracing::warn!(device = %device.name, field = m.field, from_header = %m.address, "the From field is not one of the device's senders");
                 }
                 let env = c.envelope;
                 tracing::info!(

@@ -80,6 +80,43 @@ impl Session {
         Ok(())
     }
 
+    /// The authenticated device as the accounts have it now: taken anew
+    /// when only its senders, rate or connector changed; forgotten (530
+    /// 5.7.0, AUTH again) when it was removed or has a new password.
+    fn recheck_device(&mut self) -> Result<(), Reply> {
+        let (Some(sub), Some(device)) = (&self.submission, &self.auth) else {
+            return Ok(());
+        };
+        match sub.devices.find(&device.name) {
+            Ok(Some(now)) if now.hash == device.hash => {
+                self.auth = Some(now);
+                Ok(())
+            }
+            Ok(found) => {
+                let what = if found.is_some() {
+                    "has a new password"
+                } else {
+                    "was removed"
+                };
+                tracing::info!(device = %device.name, peer = %self.peer, "MAIL refused: device removed or changed since AUTH ({what})");
+                let reply = Reply::new(
+                    530,
+                    (5, 7, 0),
+                    &format!(
+                        "Authentication required: device {} {what} since AUTH",
+                        device.name
+                    ),
+                );
+                self.auth = None;
+                Err(reply)
+            }
+            Err(e) => {
+                tracing::error!(device = %device.name, peer = %self.peer, "MAIL: the device accounts cannot be read: {e}");
+                Err(Reply::local_error())
+            }
+        }
+    }
+
     /// MAIL: the transaction starts when the sender passes every check.
     pub(super) fn mail(&mut self, connector: &Inbound, from: Path, params: MailParams) -> Action {
         if self.helo.is_none() {
@@ -105,6 +142,9 @@ impl Session {
             return self.error(Reply::utf8_without_smtputf8());
         }
         let mail_from = mailbox_text(&from);
+        if let Err(r) = self.recheck_device() {
+            return Action::Reply(r);
+        }
         if let Some(sub) = &self.submission {
             let Some(device) = &self.auth else {
                 return Action::Reply(Reply::new(530, (5, 7, 0), "Authentication required"));

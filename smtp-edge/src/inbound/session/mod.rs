@@ -1,6 +1,9 @@
-//! The SMTP session state machine: commands in, actions out. No I/O: the
-//! connection ([`super::connection`]) reads and writes, the server
-//! ([`super::server`]) runs TLS, [`super::transaction`] spools; this decides.
+//! The SMTP session state machine: commands in, actions out. No network or
+//! spool I/O: the connection ([`super::connection`]) reads and writes, the
+//! server ([`super::server`]) runs TLS, [`super::transaction`] spools; this
+//! decides. The one read is the device list's at MAIL on submission
+//! listeners (a small file), so a removed device or a new password ends
+//! what an open session may do.
 //! MAIL, RCPT and the envelope they build are in `session/envelope.rs`.
 //!
 //! Order of checks for a transaction, each refusal logged with the connector:
@@ -91,6 +94,10 @@ pub struct Submission {
     pub guard: Arc<crate::inbound::submission::guard::Guard>,
     /// Messages per hour of a device without its own rate.
     pub rate_per_hour: u32,
+    /// From and Sender fields that are not the device's: refused or logged.
+    pub header_from: crate::inbound::submission::send_as::HeaderFrom,
+    /// The device accounts, read again at each MAIL.
+    pub devices: crate::inbound::submission::devices::Store,
 }
 
 /// One SMTP session.
@@ -156,6 +163,17 @@ impl Session {
     /// The device the client authenticated as.
     pub fn device(&self) -> Option<&crate::inbound::submission::devices::Device> {
         self.auth.as_ref()
+    }
+
+    /// The send-as check of the device the client authenticated as (none
+    /// when it may use any sender, or before AUTH).
+    pub fn send_as(&self) -> Option<crate::inbound::submission::send_as::SendAs> {
+        let sub = self.submission.as_ref()?;
+        let device = self.auth.as_ref().filter(|d| !d.senders.is_empty())?;
+        Some(crate::inbound::submission::send_as::SendAs {
+            device: device.clone(),
+            mode: sub.header_from,
+        })
     }
 
     /// The client's address.
@@ -560,5 +578,41 @@ mod tests {
         let mut s = Session::new(cfg(false), None, peer());
         assert!(matches!(s.greeting(), Action::Close(r) if r.code == 554));
         assert!(matches!(run(&mut s, "EHLO c"), Action::Close(_)));
+    }
+
+    #[test]
+    fn a_removed_or_changed_device_must_authenticate_again_at_the_next_mail() {
+        use crate::inbound::submission::{devices::Store, guard::Guard};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.add("printer", &[], None, None).unwrap();
+        store
+            .add("scanner", &["contoso.com".into()], None, None)
+            .unwrap();
+        let session = |device: &str| {
+            let mut s = Session::new(cfg(false), Some(inbound(false, true)), peer())
+                .with_submission(Submission {
+                    plaintext_auth: true,
+                    guard: Arc::new(Guard::new(Default::default())),
+                    rate_per_hour: 100,
+                    header_from: Default::default(),
+                    devices: store.clone(),
+                });
+            run(&mut s, "EHLO c");
+            s.authenticated(store.find(device).unwrap().unwrap());
+            s
+        };
+        let (mut printer, mut scanner) = (session("printer"), session("scanner"));
+        assert_eq!(code(&run(&mut printer, "MAIL FROM:<a@contoso.com>")), 250);
+        assert_eq!(code(&run(&mut printer, "RSET")), 250);
+        store.remove("printer").unwrap();
+        assert_eq!(code(&run(&mut printer, "MAIL FROM:<a@contoso.com>")), 530);
+        assert!(printer.device().is_none(), "AUTH again");
+        assert_eq!(code(&run(&mut printer, "MAIL FROM:<a@contoso.com>")), 530);
+        store.passwd("scanner").unwrap();
+        assert_eq!(code(&run(&mut scanner, "MAIL FROM:<a@contoso.com>")), 530);
+        // A session authenticated after the change goes on.
+        let mut again = session("scanner");
+        assert_eq!(code(&run(&mut again, "MAIL FROM:<a@contoso.com>")), 250);
     }
 }

@@ -3,8 +3,11 @@
 //! Argon2id hashes (RustCrypto's `argon2`, PHC strings), verified in
 //! constant time by that crate.
 //!
-//! The daemon reads the file at each AUTH (it is small), so `smtp-edge
-//! device add|remove|passwd` takes effect at once without a reload. Changes
+//! The daemon reads the file at each AUTH (it is small), and again at each
+//! MAIL of an authenticated session, so `smtp-edge device
+//! add|remove|passwd` takes effect at once without a reload, in open
+//! sessions too (a removed device or a new password: 530 5.7.0 at the next
+//! MAIL). Changes
 //! hold a lock (`devices.json.lock`) from reading to replacing, so two CLI
 //! commands at once both take effect.
 

@@ -5,3 +5,4 @@
 
 pub mod devices;
 pub mod guard;
+pub mod send_as;
