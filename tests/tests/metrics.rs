@@ -270,3 +270,62 @@ fn the_endpoint_moves_with_a_reload_and_a_bad_address_is_refused() {
         "still served"
     );
 }
+
+#[test]
+fn mail_waiting_for_a_connector_is_counted() {
+    // An inbound connector, no outbound connector: accepted mail stays in
+    // the spool, and status and the queue metric say how much.
+    let port = free_port();
+    let tail = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[ranges]\nauto_update = false\n");
+    let edge = Edge::start(Setup {
+        connectors: CONNECTORS,
+        tail: &tail,
+        ..Setup::default()
+    });
+    let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
+    for i in 0..3 {
+        let r = edge.send(
+            "a@fabrikam.com",
+            &["b@example.net"],
+            &message("a@fabrikam.com", "b@example.net", &format!("w{i}")),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    assert_eq!(edge.incoming().len(), 3);
+    let body = scrape(metrics);
+    assert_eq!(
+        sample(
+            &body,
+            "smtp_edge_queue_messages",
+            "state=\"waiting_for_connector\""
+        ),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(sum(&body, "smtp_edge_queue_messages", ""), 3.0, "{body}");
+    let st = edge.cli(&["status"]).expect("status");
+    assert_eq!(st["queue_running"], false, "{st}");
+    assert_eq!(st["queue"]["waiting_for_connector"], 3, "{st}");
+    let shown = String::from_utf8_lossy(
+        &smtp_edge_tests::cli(
+            None,
+            &[
+                "--config",
+                edge.config_path().to_str().expect("path"),
+                "status",
+            ],
+        )
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        shown.contains(
+            "queue      not running: 3 message(s) waiting in the spool for an outbound connector"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("WARNING    3 message(s) wait in the spool"),
+        "{shown}"
+    );
+}
