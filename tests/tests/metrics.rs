@@ -329,3 +329,41 @@ fn mail_waiting_for_a_connector_is_counted() {
         "{shown}"
     );
 }
+
+#[test]
+fn idle_connections_do_not_starve_a_scrape() {
+    let port = free_port();
+    let tail = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[ranges]\nauto_update = false\n");
+    let _edge = Edge::start(Setup {
+        tail: &tail,
+        ..Setup::default()
+    });
+    let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
+    // A hundred peers that connect and say nothing (one sends half a
+    // request head), held open while scrapes come.
+    let mut idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            std::net::TcpStream::connect_timeout(&metrics, Duration::from_secs(5))
+                .expect("idle connection")
+        })
+        .collect();
+    std::io::Write::write_all(&mut idle[0], b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a head");
+    // Each scrape must be answered: `scrape` waits at most 5 s to connect
+    // and 10 s for the answer, and panics otherwise.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let answered = (0..5)
+            .filter(|_| scrape(metrics).contains("smtp_edge_build_info"))
+            .count();
+        let _ = tx.send(answered);
+    });
+    let answered = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the scrapes did not finish: {e}"));
+    assert_eq!(
+        answered, 5,
+        "scrapes answered with 100 idle connections open"
+    );
+    drop(idle);
+}
