@@ -270,3 +270,100 @@ fn the_endpoint_moves_with_a_reload_and_a_bad_address_is_refused() {
         "still served"
     );
 }
+
+#[test]
+fn mail_waiting_for_a_connector_is_counted() {
+    // An inbound connector, no outbound connector: accepted mail stays in
+    // the spool, and status and the queue metric say how much.
+    let port = free_port();
+    let tail = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[ranges]\nauto_update = false\n");
+    let edge = Edge::start(Setup {
+        connectors: CONNECTORS,
+        tail: &tail,
+        ..Setup::default()
+    });
+    let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
+    for i in 0..3 {
+        let r = edge.send(
+            "a@fabrikam.com",
+            &["b@example.net"],
+            &message("a@fabrikam.com", "b@example.net", &format!("w{i}")),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    assert_eq!(edge.incoming().len(), 3);
+    let body = scrape(metrics);
+    assert_eq!(
+        sample(
+            &body,
+            "smtp_edge_queue_messages",
+            "state=\"waiting_for_connector\""
+        ),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(sum(&body, "smtp_edge_queue_messages", ""), 3.0, "{body}");
+    let st = edge.cli(&["status"]).expect("status");
+    assert_eq!(st["queue_running"], false, "{st}");
+    assert_eq!(st["queue"]["waiting_for_connector"], 3, "{st}");
+    let shown = String::from_utf8_lossy(
+        &smtp_edge_tests::cli(
+            None,
+            &[
+                "--config",
+                edge.config_path().to_str().expect("path"),
+                "status",
+            ],
+        )
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        shown.contains(
+            "queue      not running: 3 message(s) waiting in the spool for an outbound connector"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("WARNING    3 message(s) wait in the spool"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn idle_connections_do_not_starve_a_scrape() {
+    let port = free_port();
+    let tail = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[ranges]\nauto_update = false\n");
+    let _edge = Edge::start(Setup {
+        tail: &tail,
+        ..Setup::default()
+    });
+    let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
+    // A hundred peers that connect and say nothing (one sends half a
+    // request head), held open while scrapes come.
+    let mut idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            std::net::TcpStream::connect_timeout(&metrics, Duration::from_secs(5))
+                .expect("idle connection")
+        })
+        .collect();
+    std::io::Write::write_all(&mut idle[0], b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a head");
+    // Each scrape must be answered: `scrape` waits at most 5 s to connect
+    // and 10 s for the answer, and panics otherwise.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let answered = (0..5)
+            .filter(|_| scrape(metrics).contains("smtp_edge_build_info"))
+            .count();
+        let _ = tx.send(answered);
+    });
+    let answered = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the scrapes did not finish: {e}"));
+    assert_eq!(
+        answered, 5,
+        "scrapes answered with 100 idle connections open"
+    );
+    drop(idle);
+}

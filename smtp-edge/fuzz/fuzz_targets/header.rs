@@ -11,6 +11,12 @@
 //!    encoder; what a CRLF-normalising reader — and mail-parser — sees of
 //!    the result has no header field the firewall removes, and exactly the
 //!    fields it kept, no new ones.
+//! 3. Authentication-Results fields claiming this host (`edge.test`) are
+//!    removed from every message: an oracle written apart from the filter
+//!    reads the authserv-id (RFC 8601 §2.2: CFWS with nested comments and
+//!    quoted-pairs, token or quoted-string, any case, trailing dots), and no
+//!    field that leaves claims it. Option bits put such a field in front
+//!    and the id where the input has a `#`, so the fuzzer reaches them.
 
 #![no_main]
 
@@ -26,7 +32,9 @@ use smtp_edge::smtp::header::{HeaderError, HeaderFilter, Limits, Policy};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// Bit 0: trusted; bit 1: small line limit; bit 2: small Received limit.
+    /// Bit 0: trusted; bit 1: small line limit; bit 2: small Received limit;
+    /// bit 3: an `Authentication-Results:` name in front; bit 4: the first
+    /// `#` becomes this host's id.
     options: u8,
     splits: Vec<u8>,
     data: Vec<u8>,
@@ -55,6 +63,82 @@ fn oracle_lines(b: &[u8]) -> (Vec<&[u8]>, Option<usize>) {
         pos = end;
     }
     (lines, None)
+}
+
+/// This host's authserv-id in the policy under test.
+const OWN_ID: &str = "edge.test";
+
+/// Whether an `Authentication-Results` value (first line) claims
+/// [`OWN_ID`], or cannot be read to its id on this line.
+fn oracle_claims(value: &[u8]) -> bool {
+    let mut s = value;
+    loop {
+        s = s.trim_ascii_start();
+        if s.first() != Some(&b'(') {
+            break;
+        }
+        let (mut depth, mut j, mut closed) = (0, 0, None);
+        while j < s.len() {
+            match s[j] {
+                b'\\' => j += 1,
+                b'(' => depth += 1,
+                b')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        closed = Some(j);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        match closed {
+            Some(j) => s = &s[j + 1..],
+            None => return true,
+        }
+    }
+    let id: Vec<u8> = match s.first() {
+        None => return true,
+        Some(b'"') => {
+            let mut id = Vec::new();
+            let mut it = s[1..].iter();
+            loop {
+                match it.next() {
+                    None => return true,
+                    Some(b'"') => break,
+                    Some(b'\\') => match it.next() {
+                        None => return true,
+                        Some(&c) => id.push(c),
+                    },
+                    Some(&c) => id.push(c),
+                }
+            }
+            id
+        }
+        Some(_) => s
+            .iter()
+            .copied()
+            .take_while(|c| !c.is_ascii_whitespace() && !c.is_ascii_control() && !b"()<>@,;:\\\"/[]?=".contains(c))
+            .collect(),
+    };
+    let mut id = id.trim_ascii();
+    while let [rest @ .., b'.'] = id {
+        id = rest;
+    }
+    id.is_empty() || id.eq_ignore_ascii_case(OWN_ID.as_bytes())
+}
+
+/// Whether the oracle removes a field whatever the trust: an
+/// Authentication-Results field claiming this host.
+fn oracle_forged(line: &[u8]) -> bool {
+    match line.iter().position(|&c| c == b':') {
+        Some(i) => {
+            line[..i].trim_ascii().eq_ignore_ascii_case(b"authentication-results")
+                && oracle_claims(&line[i + 1..])
+        }
+        None => false,
+    }
 }
 
 fn name_of(line: &[u8]) -> &[u8] {
@@ -87,7 +171,7 @@ fn oracle(
             }
         } else {
             let name = name_of(line);
-            keep = trusted || !policy.strips(name);
+            keep = (trusted || !policy.strips(name)) && !oracle_forged(line);
             if line.contains(&b':') && name.trim_ascii().eq_ignore_ascii_case(b"received") {
                 received += 1;
                 if received > limits.max_received {
@@ -158,7 +242,20 @@ fuzz_target!(|input: Input| {
     if input.data.len() > 8192 {
         return;
     }
-    let policy = Arc::new(Policy::new(&["X-Extra".into(), "X-Corp-*".into()]).expect("policy"));
+    let policy = Arc::new(
+        Policy::new(&["X-Extra".into(), "X-Corp-*".into()])
+            .expect("policy")
+            .with_authserv_id(OWN_ID),
+    );
+    let mut data = input.data;
+    if input.options & 8 != 0 {
+        data.splice(0..0, b"Authentication-Results:".iter().copied());
+    }
+    if input.options & 16 != 0
+        && let Some(i) = data.iter().position(|&c| c == b'#')
+    {
+        data.splice(i..=i, OWN_ID.bytes());
+    }
     let trusted = input.options & 1 != 0;
     let limits = Limits {
         max_line: if input.options & 2 != 0 { 24 } else { 1000 },
@@ -168,14 +265,14 @@ fuzz_target!(|input: Input| {
     };
 
     // 1. The filter against the oracle, whole and split.
-    let want = oracle(&policy, trusted, limits, &input.data);
-    let whole = filter(&policy, trusted, limits, &input.data, &[]);
-    let split = filter(&policy, trusted, limits, &input.data, &input.splits);
+    let want = oracle(&policy, trusted, limits, &data);
+    let whole = filter(&policy, trusted, limits, &data, &[]);
+    let split = filter(&policy, trusted, limits, &data, &input.splits);
     assert_eq!(whole, want, "the filter disagrees with the oracle");
     assert_eq!(split, want, "the split changed the outcome");
 
     // 2. SMTP DATA → reader (normalize) → filter → delivery encoder.
-    let mut smtp = input.data.clone();
+    let mut smtp = data.clone();
     smtp.extend_from_slice(b"\r\n.\r\n");
     let mut reader = DataReader::new(DataConfig {
         bare_line_endings: BareLineEndings::Normalize,
@@ -204,13 +301,16 @@ fuzz_target!(|input: Input| {
                 f.extend_from_slice(line);
             }
         } else {
-            keep = trusted || !policy.strips(name_of(line));
+            keep = (trusted || !policy.strips(name_of(line))) && !oracle_forged(line);
             if keep {
                 kept.push(line.to_vec());
             }
         }
     }
     assert_eq!(fields, kept, "the fields that left are not those kept");
+    for f in &fields {
+        assert!(!oracle_forged(f), "a forged Authentication-Results field left the host");
+    }
     if !trusted {
         for f in &fields {
             assert!(!policy.strips(name_of(f)), "a removed field left the host");

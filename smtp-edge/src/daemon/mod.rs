@@ -136,6 +136,9 @@ impl Supervisor {
             }
             false => None,
         };
+        if let Some(r) = &receiver {
+            queue.watch_spool(r.spool());
+        }
         if let Some(r) = &receiver
             && !config.outbound.is_empty()
         {

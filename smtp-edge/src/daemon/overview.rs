@@ -88,7 +88,8 @@ pub struct Overview {
     pub smtp: SmtpOverview,
     /// The queue runs.
     pub queue_running: bool,
-    /// Messages by state.
+    /// Messages by state (while the queue does not run: those waiting in
+    /// the spool for an outbound connector).
     pub queue: Counts,
     /// The Exchange Online list.
     pub ranges: RangesOverview,
@@ -180,11 +181,17 @@ impl Supervisor {
                 .unwrap_or_default(),
             outbound: cfg.outbound.iter().map(|o| o.name.clone()).collect(),
         };
-        let queue = self.queue.counts();
+        let queue = self.queue.counts().await;
         if queue.frozen > 0 {
             warnings.push(format!(
                 "{} message(s) frozen: their state cannot be saved (disk full or read-only?)",
                 queue.frozen
+            ));
+        }
+        if queue.waiting_for_connector > 0 {
+            warnings.push(format!(
+                "{} message(s) wait in the spool: no outbound connector delivers them",
+                queue.waiting_for_connector
             ));
         }
         if queue.corrupt > 0 {
@@ -321,7 +328,11 @@ impl Overview {
                 q.scheduled, q.waiting, q.busy, q.held, q.frozen, q.corrupt
             );
         } else {
-            let _ = writeln!(s, "queue      not running (no outbound connector)");
+            let _ = writeln!(
+                s,
+                "queue      not running: {} message(s) waiting in the spool for an outbound connector",
+                q.waiting_for_connector
+            );
         }
         let r = &self.ranges;
         let _ = writeln!(

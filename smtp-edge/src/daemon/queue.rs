@@ -2,9 +2,11 @@
 //! connectors (at start or at the reload that adds the first), hands it each
 //! reloaded configuration (connectors, `[queue]`, `[dns]`, client
 //! certificates read again), and answers the queue commands without
-//! touching the gate.
+//! touching the gate. While no manager runs, the messages accepted into the
+//! spool wait there for an outbound connector: the service counts them
+//! (status and the `waiting_for_connector` state of the queue metric).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
@@ -12,8 +14,9 @@ use super::DaemonError;
 use crate::config::Config;
 use crate::ops::control::Request;
 use crate::queue::QueueSlot;
+use crate::queue::index::Counts;
 use crate::queue::manager::{Manager, ManagerSlot, QueueConfig, QueueError};
-use crate::queue::metrics::QueueMetrics;
+use crate::queue::metrics::{QueueCounts, QueueMetrics};
 use crate::queue::spool::Spool;
 
 /// The queue's configuration from the file (see [`QueueConfig::load`]).
@@ -25,7 +28,41 @@ pub fn queue_config(config: &Config) -> Result<QueueConfig, DaemonError> {
 /// connector).
 pub struct QueueService {
     manager: ManagerSlot,
+    size: QueueSize,
     metrics: QueueMetrics,
+}
+
+/// Where the queue's size is read: the manager's counts, or while none runs
+/// the complete messages in the spool, waiting for an outbound connector.
+/// Blocking (a directory read): called off the async workers.
+#[derive(Clone, Default)]
+pub struct QueueSize {
+    manager: ManagerSlot,
+    spool: Arc<Mutex<Option<Arc<Spool>>>>,
+}
+
+impl QueueCounts for QueueSize {
+    fn counts(&self) -> Counts {
+        let manager = self
+            .manager
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(m) = manager {
+            return m.counts();
+        }
+        let spool = self.spool.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let waiting = spool.map_or(0, |s| {
+            s.count().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the spool cannot be counted");
+                0
+            })
+        });
+        Counts {
+            waiting_for_connector: waiting,
+            ..Counts::default()
+        }
+    }
 }
 
 const NOT_RUNNING: &str =
@@ -34,11 +71,17 @@ const NOT_RUNNING: &str =
 impl QueueService {
     /// The service, its metrics registered in `registry`.
     pub fn new(registry: &mut prometheus_client::registry::Registry) -> QueueService {
-        let manager = ManagerSlot::default();
+        let size = QueueSize::default();
         QueueService {
-            metrics: QueueMetrics::register(registry, manager.clone()),
-            manager,
+            metrics: QueueMetrics::register(registry, size.clone()),
+            manager: size.manager.clone(),
+            size,
         }
+    }
+
+    /// The spool the receiving side writes: counted while no manager runs.
+    pub fn watch_spool(&self, spool: &Arc<Spool>) {
+        *self.size.spool.lock().unwrap_or_else(|p| p.into_inner()) = Some(spool.clone());
     }
 
     fn manager(&self) -> Option<Arc<Manager>> {
@@ -48,9 +91,13 @@ impl QueueService {
             .clone()
     }
 
-    /// Messages by state (zero while the queue does not run).
-    pub fn counts(&self) -> crate::queue::index::Counts {
-        self.manager().map(|m| m.counts()).unwrap_or_default()
+    /// Messages by state; while the queue does not run, those waiting in
+    /// the spool for an outbound connector.
+    pub async fn counts(&self) -> Counts {
+        let size = self.size.clone();
+        tokio::task::spawn_blocking(move || size.counts())
+            .await
+            .unwrap_or_default()
     }
 
     /// Whether the manager runs.

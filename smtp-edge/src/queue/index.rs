@@ -440,6 +440,10 @@ pub struct Counts {
     pub frozen: usize,
     /// Quarantined (unreadable).
     pub corrupt: usize,
+    /// In the spool while no queue runs (no outbound connector): accepted,
+    /// waiting for one.
+    #[serde(default)]
+    pub waiting_for_connector: usize,
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The queue's metrics: recipients' delivery outcomes by outbound connector,
 //! the time of one route's delivery attempt, and (at scrape time) the
 //! messages queued by state, read from a [`QueueCounts`] source (the
-//! manager's slot) so these metrics need nothing of the manager.
+//! manager's slot, or the spool's count while no manager runs:
+//! `state="waiting_for_connector"`) so these metrics need nothing of the
+//! manager.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -70,7 +72,8 @@ impl Default for QueueMetrics {
 }
 
 /// Where the collector reads the queue's size at each scrape (the
-/// manager's slot: zero while no queue runs).
+/// manager's counts; while no queue runs, the messages waiting in the spool
+/// for an outbound connector). Called off the async workers.
 pub trait QueueCounts: Send + Sync + 'static {
     /// Messages by state, now.
     fn counts(&self) -> Counts;
@@ -154,7 +157,7 @@ impl Collector for QueueSize {
         let gauge = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(
             "queue_messages",
-            "Messages in the queue, by state",
+            "Messages in the queue, by state (waiting_for_connector: in the spool while no outbound connector runs the queue)",
             None,
             gauge.metric_type(),
         )?;
@@ -165,6 +168,7 @@ impl Collector for QueueSize {
             ("held", counts.held),
             ("frozen", counts.frozen),
             ("corrupt", counts.corrupt),
+            ("waiting_for_connector", counts.waiting_for_connector),
         ] {
             let labels = [("state", state)];
             let e = family.encode_family(&labels)?;

@@ -401,6 +401,18 @@ impl Spool {
         Ok(ids)
     }
 
+    /// How many complete messages there are: one pass over `incoming/`,
+    /// nothing opened or sorted (blocking: off the async workers).
+    pub fn count(&self) -> Result<usize, SpoolError> {
+        let dir = fs::read_dir(&self.incoming).map_err(io(&self.incoming))?;
+        Ok(dir
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_str().is_some_and(valid_id))
+            })
+            .count())
+    }
+
     /// Reads one complete message.
     pub fn read(&self, id: &str) -> Result<Spooled, SpoolError> {
         read_file(&self.incoming.join(id))
@@ -616,8 +628,10 @@ mod tests {
             spool.list().unwrap().is_empty(),
             "not visible before commit"
         );
+        assert_eq!(spool.count().unwrap(), 0);
         w.commit().unwrap();
         assert_eq!(spool.list().unwrap(), vec![id.clone()]);
+        assert_eq!(spool.count().unwrap(), 1);
         let m = spool.read(&id).unwrap();
         assert_eq!(m.envelope, env(&id));
         assert_eq!(m.content, b"Subject: hi\r\n\r\nbody\r\n");

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use bytes::BufMut;
 use memchr::memchr2;
 
+use super::authres;
 use super::reply::Reply;
 
 /// Exchange-internal header families: trusted only from a connector with
@@ -126,27 +127,19 @@ impl Policy {
     }
 
     /// Whether a field `name: value…` (its first line) is an
-    /// `Authentication-Results` field claiming this host's authserv-id. A
-    /// first line without the authserv-id (folded onto the next) counts as
-    /// claiming it: it cannot be told apart here, and dropping a result
-    /// field costs nothing.
+    /// `Authentication-Results` field claiming this host's authserv-id, read
+    /// as RFC 8601 §2.2 defines it ([`authres`]: CFWS before it, a token or
+    /// quoted-string, any case, a trailing dot). A first line that ends
+    /// before the authserv-id does (folded onto the next, or inside a
+    /// comment or quoted string) counts as claiming it: it cannot be told
+    /// apart here, and dropping a result field costs nothing.
     pub fn forged_result(&self, name: &[u8], value: &[u8]) -> bool {
         let Some(own) = &self.authserv_id else {
             return false;
         };
-        if !name
-            .trim_ascii()
+        name.trim_ascii()
             .eq_ignore_ascii_case(b"authentication-results")
-        {
-            return false;
-        }
-        let v = value.trim_ascii_start();
-        let end = v
-            .iter()
-            .position(|&b| b == b';' || b.is_ascii_whitespace())
-            .unwrap_or(v.len());
-        let id = &v[..end];
-        id.is_empty() || id.eq_ignore_ascii_case(own.as_bytes())
+            && authres::claims(value, own)
     }
 
     /// Whether a field of this name is removed from untrusted messages.
@@ -591,6 +584,37 @@ Subject: x\r\n\r\nAuthentication-Results: edge.contoso.com; body\r\n";
                 "Authentication-Results: mx.microsoft.com; dkim=pass\r\nSubject: x\r\n\r\nAuthentication-Results: edge.contoso.com; body\r\n"
             );
             assert_eq!(stats.removed, 3);
+        }
+    }
+
+    #[test]
+    fn forged_results_in_every_rfc_8601_form_go() {
+        let policy = Arc::new(Policy::default().with_authserv_id("edge.test"));
+        let forged = [
+            "Authentication-Results: (note) edge.test; x-ms365-tenant=allowed",
+            "Authentication-Results: \"edge.test\"; dkim=pass",
+            "Authentication-Results: edge.test.; dkim=pass",
+            "Authentication-Results:\tEDGE.Test ;dkim=pass",
+            "Authentication-Results:(a (nested \\) one) \"Edge\\.Test.\" 1; none",
+            "Authentication-Results: edge.test(c);spf=pass",
+            "Authentication-Results: (comment folded",
+            "Authentication-Results: \"quoted folded",
+        ];
+        let kept = "Authentication-Results: (edge.test) mx.example; dkim=pass";
+        for line in forged {
+            let msg = format!("{line}\r\n more; x\r\n{kept}\r\nSubject: s\r\n\r\nbody\r\n");
+            for trusted in [false, true] {
+                let mut f = HeaderFilter::new(policy.clone(), trusted, LIMITS);
+                let mut out = Vec::new();
+                f.feed(msg.as_bytes(), &mut out);
+                let stats = f.finish(&mut out).expect("no error");
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    format!("{kept}\r\nSubject: s\r\n\r\nbody\r\n"),
+                    "{line}"
+                );
+                assert_eq!(stats.removed, 1, "{line}");
+            }
         }
     }
 

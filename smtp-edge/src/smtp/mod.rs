@@ -11,8 +11,9 @@
 //!   [`data::BdatReader`] for `BDAT` chunks (RFC 3030), both with the same
 //!   policy for bare CR and LF, NUL, line length and size.
 //! - [`header`] judges the header section as it streams (the header
-//!   firewall, trace and loop checks); [`trace`] renders our `Received:`
-//!   field.
+//!   firewall, trace and loop checks), with [`authres`] reading the
+//!   authserv-id of `Authentication-Results` fields; [`trace`] renders our
+//!   `Received:` field.
 //! - [`reply`] builds the server's replies ([`reply::Reply`]), with enhanced
 //!   status codes (RFC 2034, RFC 3463).
 //! - [`sasl`] decodes the SASL exchanges of SMTP AUTH (PLAIN, LOGIN).
@@ -20,6 +21,7 @@
 //! Every error type here has a `reply()` giving the reply the session sends.
 //! May call nothing but itself.
 
+pub mod authres;
 pub mod command;
 pub mod data;
 pub mod header;
