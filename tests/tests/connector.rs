@@ -436,7 +436,13 @@ fn asking_for_a_client_certificate_is_not_requiring_one() {
     let c = step(&report, "client certificate");
     assert!(c.get("notice").is_none_or(Value::is_null), "{text}");
     assert!(
-        detail(c).contains("presented: CN=edge.contoso.test"),
+        detail(c).contains("presented: CN=edge.contoso.test (EKU serverAuth, clientAuth)"),
+        "{text}"
+    );
+    // The next hop's chain with its purposes (2026 test certificates:
+    // serverAuth only).
+    assert!(
+        detail(step(&report, "certificate")).contains("EKU serverAuth"),
         "{text}"
     );
 

@@ -234,7 +234,13 @@ async fn run(conn: &mut Conn, host: &str, settings: &ClientSettings, steps: &mut
         .client_cert
         .as_ref()
         .and_then(|id| id.chain.first())
-        .map(crate::certs::certificate_subject);
+        .map(|c| {
+            format!(
+                "{} ({})",
+                crate::certs::certificate_subject(c),
+                super::tls::purposes(c)
+            )
+        });
     steps.push(client_certificate(asked, presented.as_deref()));
     let (ok, mut detail) = match conn.command(&ehlo, Stage::Ehlo, t.command).await {
         Ok(r) => (r.is_positive(), vec![ehlo_shown(&r)]),

@@ -480,6 +480,15 @@ pub(super) struct Judged {
     pub(super) name: Option<(String, Result<(), String>)>,
 }
 
+/// The extended key usages a certificate names, for `connector test`
+/// (serverAuth-only certificates are what public CAs issue from 2026 on).
+pub(super) fn purposes(c: &rustls::pki_types::CertificateDer<'_>) -> String {
+    match crate::certs::inspect(c) {
+        Ok(i) => format!("EKU {}", i.purposes.join(", ")),
+        Err(_) => "EKU unreadable".into(),
+    }
+}
+
 /// Judges what `seen` recorded as delivery under `settings` would: the
 /// chain against [`ClientSettings::roots`], the name against `tls_name` or
 /// `host` (reported whatever the level; the level decides what counts).
@@ -489,13 +498,14 @@ pub(super) fn judge(settings: &ClientSettings, host: &str, seen: &Seen) -> Judge
     for (i, c) in chain.iter().enumerate() {
         let line = match x509_parser::parse_x509_certificate(c.as_ref()) {
             Ok((_, x)) => format!(
-                "{i}: subject {}; issuer {}; valid until {}",
+                "{i}: subject {}; issuer {}; valid until {}; {}",
                 x.subject(),
                 x.issuer(),
                 x.validity()
                     .not_after
                     .to_rfc2822()
-                    .unwrap_or_else(|e| e.to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+                purposes(c)
             ),
             Err(_) => format!("{i}: (unparsable certificate)"),
         };
