@@ -210,6 +210,26 @@ key = "{key}"
         self.dir.path().join("smtp-edge.toml")
     }
 
+    /// `smtp-edge reload` against this daemon: Ok(what it said) when the
+    /// reload was applied, Err(what it said) when it was refused.
+    pub fn reload(&self) -> Result<String, String> {
+        let config = self.config_path();
+        let out = crate::cli(
+            None,
+            &["--config", config.to_str().expect("utf-8 path"), "reload"],
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
     /// The SMTP address on `ip`.
     pub fn addr(&self, ip: IpAddr) -> SocketAddr {
         SocketAddr::new(ip, self.port)

@@ -25,22 +25,8 @@ const GAUGE: &str = "smtp_edge_certificate_expiry_timestamp_seconds";
 
 /// `smtp-edge reload`: its message (panics when refused).
 fn reload(edge: &Edge) -> String {
-    let config = edge.config_path();
-    let out = smtp_edge_tests::cli(
-        None,
-        &["--config", config.to_str().expect("utf-8 path"), "reload"],
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "reload refused: {text}\n{}",
-        edge.log()
-    );
-    text
+    edge.reload()
+        .unwrap_or_else(|text| panic!("reload refused: {text}\n{}", edge.log()))
 }
 
 /// `smtp-edge status` as text.

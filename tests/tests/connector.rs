@@ -82,19 +82,9 @@ fn detail(s: &Value) -> String {
 }
 
 fn reload(edge: &Edge) {
-    let out = smtp_edge_tests::cli(
-        None,
-        &[
-            "--config",
-            edge.config_path().to_str().expect("path"),
-            "reload",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = edge.reload() {
+        panic!("{e}");
+    }
 }
 
 #[test]

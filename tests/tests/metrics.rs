@@ -15,24 +15,6 @@ use smtp_edge_tests::tools::run_tool;
 
 const CONNECTORS: &str = "[[inbound_connectors]]\nname = \"loopback\"\nsources = [\"127.0.0.1\"]\nrelay = true\n\n[[inbound_connectors]]\nname = \"internet\"\n";
 
-fn reload(edge: &Edge) -> Result<String, String> {
-    let config = edge.config_path();
-    let out = smtp_edge_tests::cli(
-        None,
-        &["--config", config.to_str().expect("path"), "reload"],
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
-
 #[test]
 fn known_traffic_gives_known_values() {
     let a = NextHop::start(Script {
@@ -246,7 +228,7 @@ fn the_endpoint_moves_with_a_reload_and_a_bad_address_is_refused() {
         text.replace(&format!("127.0.0.1:{p1}"), &format!("127.0.0.1:{p2}")),
     )
     .expect("write");
-    reload(&edge).expect("move");
+    edge.reload().expect("move");
     assert!(scrape(at(p2)).contains("smtp_edge_build_info"));
     wait_for("the old endpoint to close", 5, || {
         std::net::TcpStream::connect_timeout(&at(p1), Duration::from_secs(1))
@@ -260,7 +242,7 @@ fn the_endpoint_moves_with_a_reload_and_a_bad_address_is_refused() {
         text.replace(&format!("127.0.0.1:{p2}"), "localhost:9325"),
     )
     .expect("write");
-    let e = reload(&edge).expect_err("not an address");
+    let e = edge.reload().expect_err("not an address");
     assert!(
         e.contains("metrics.listen `localhost:9325` is not an address:port"),
         "{e}"

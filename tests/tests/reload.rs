@@ -17,25 +17,6 @@ use smtp_edge_tests::ports::free_port;
 use smtp_edge_tests::smtp::{Client, message, wait_for};
 use smtp_edge_tests::tools::run_tool;
 
-/// `smtp-edge reload` against `edge`: Ok(message) or Err(message).
-fn reload(edge: &Edge) -> Result<String, String> {
-    let config = edge.config_path();
-    let out = smtp_edge_tests::cli(
-        None,
-        &["--config", config.to_str().expect("utf-8 path"), "reload"],
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
-
 /// Rewrites the configuration file: `from` → `to` (which must occur).
 fn edit(edge: &Edge, from: &str, to: &str) {
     let path = edge.config_path();
@@ -146,14 +127,14 @@ fn every_section_reloads_while_mail_flows() {
     );
     edit(&edge, "max_per_destination = 20", "max_per_destination = 5");
     edit(&edge, "timeout_seconds = 5", "timeout_seconds = 3");
-    let m = reload(&edge).expect("reload");
+    let m = edge.reload().expect("reload");
     assert!(m.contains("applied"), "{m}");
     b.wait_for("deliveries through the new connector", 20, |t| t.len() >= 5);
 
     // 2. A broken file changes nothing and says where.
     let good = config_text(&edge);
     std::fs::write(edge.config_path(), good.replace("[queue]", "[queue")).expect("write");
-    let e = reload(&edge).expect_err("a broken file");
+    let e = edge.reload().expect_err("a broken file");
     let line = good
         .lines()
         .position(|l| l == "[queue]")
@@ -173,7 +154,7 @@ fn every_section_reloads_while_mail_flows() {
         &format!("listen = [\"127.0.0.1:{p1}\", \"[::1]:{p1}\"]"),
         &format!("listen = [\"127.0.0.1:{p1}\", \"[::1]:{p1}\", \"127.0.0.1:{p2}\"]"),
     );
-    reload(&edge).expect("add a listener");
+    edge.reload().expect("add a listener");
     let mut c = Client::greeted(p2).expect("the new address answers");
     assert_eq!(c.cmd("QUIT").code, 221);
     edit(
@@ -181,7 +162,7 @@ fn every_section_reloads_while_mail_flows() {
         &format!("listen = [\"127.0.0.1:{p1}\", \"[::1]:{p1}\", \"127.0.0.1:{p2}\"]"),
         &format!("listen = [\"127.0.0.1:{p2}\"]"),
     );
-    reload(&edge).expect("remove a listener");
+    edge.reload().expect("remove a listener");
     assert!(refused_connection(p1), "the removed address still accepts");
     // A specific address replaced by the wildcard on the same port.
     edit(
@@ -189,7 +170,8 @@ fn every_section_reloads_while_mail_flows() {
         &format!("listen = [\"127.0.0.1:{p2}\"]"),
         &format!("listen = [\"0.0.0.0:{p2}\"]"),
     );
-    reload(&edge).expect("the wildcard in place of a specific address");
+    edge.reload()
+        .expect("the wildcard in place of a specific address");
     let mut c = Client::greeted(p2).expect("the wildcard answers");
     assert_eq!(c.cmd("QUIT").code, 221);
 
@@ -266,7 +248,7 @@ fn a_reload_a_service_refuses_changes_nothing() {
         b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
     )
     .expect("write");
-    let e = reload(&edge).expect_err("an unusable key");
+    let e = edge.reload().expect_err("an unusable key");
     assert!(
         e.contains("server.key") && e.contains("stays in force"),
         "{e}"
@@ -278,7 +260,7 @@ fn a_reload_a_service_refuses_changes_nothing() {
     let other = tempfile::tempdir().expect("tempdir");
     let (new_cert, _) = self_signed(other.path(), "renewed", "renewed.contoso.com");
     std::fs::copy(&new_cert, &cert).expect("install the certificate alone");
-    let e = reload(&edge).expect_err("a certificate without its key");
+    let e = edge.reload().expect_err("a certificate without its key");
     assert!(e.contains("not a usable key for the certificate"), "{e}");
     std::fs::write(&cert, cert_text).expect("restore certificate");
     assert!(served_subject(edge.port).contains("edge.contoso.com"));
@@ -298,7 +280,7 @@ fn a_reload_a_service_refuses_changes_nothing() {
         &format!("\"{}\"", a.host()),
         &format!("\"{}\"", other.host()),
     );
-    let e = reload(&edge).expect_err("a taken address");
+    let e = edge.reload().expect_err("a taken address");
     assert!(
         e.contains(&format!("127.0.0.1:{busy}")) && e.contains("stays in force"),
         "{e}"
@@ -313,7 +295,7 @@ fn a_reload_a_service_refuses_changes_nothing() {
         ),
     );
     std::fs::write(edge.config_path(), bad).expect("write");
-    let e = reload(&edge).expect_err("a missing client certificate");
+    let e = edge.reload().expect_err("a missing client certificate");
     assert!(e.contains("missing.pem"), "{e}");
     std::fs::write(edge.config_path(), &good).expect("restore");
     // Everything still as before.
@@ -353,7 +335,7 @@ fn the_queue_starts_with_the_first_outbound_connector_and_waits_without_any() {
         &format!("{}\n[queue]", outbound("out", &["*"], &[a.host()], "")),
     );
     std::fs::write(edge.config_path(), &with).expect("write");
-    reload(&edge).expect("first connector");
+    edge.reload().expect("first connector");
     let r = open.transaction(
         "a@fabrikam.com",
         &["b@example.net"],
@@ -366,7 +348,7 @@ fn the_queue_starts_with_the_first_outbound_connector_and_waits_without_any() {
     });
     // Every connector removed: messages wait, nobody gets a bounce.
     std::fs::write(edge.config_path(), &text).expect("write");
-    reload(&edge).expect("no connectors");
+    edge.reload().expect("no connectors");
     let r = open.transaction(
         "a@fabrikam.com",
         &["b@example.net"],
@@ -389,7 +371,7 @@ fn the_queue_starts_with_the_first_outbound_connector_and_waits_without_any() {
     assert_eq!(tokens_at(&a).len(), 2, "no DSN went anywhere");
     // Back: delivered.
     std::fs::write(edge.config_path(), &with).expect("write");
-    reload(&edge).expect("connector back");
+    edge.reload().expect("connector back");
     a.wait_for("the waiting message", 20, |_| {
         tokens_at(&a).contains(&"waiting".to_string())
     });
