@@ -530,18 +530,24 @@ fn tenant_settings_are_checked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("only monitors its tenants"), "{err}");
-    std::fs::write(
-        &f,
-        format!("{HEAD}relay = true\ntenant_proof = \"stamp\"\n{tenants}"),
-    )
-    .expect("write");
-    let out = smtp_edge_tests::cli(None, &["config", "check", f.to_str().expect("path")]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("relays to any domain on the stamp alone"),
-        "{err}"
-    );
+    // Relaying, or recipient domains beyond the accepted ones, on the stamp
+    // alone: warned (and not the default, which is the DKIM proof too).
+    for beyond in ["relay = true\n", "recipient_domains = [\"*\"]\n"] {
+        std::fs::write(
+            &f,
+            format!("{HEAD}{beyond}tenant_proof = \"stamp\"\n{tenants}"),
+        )
+        .expect("write");
+        let out = smtp_edge_tests::cli(None, &["config", "check", f.to_str().expect("path")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains(
+                "delivers beyond the accepted domains (relay or recipient_domains) on the stamp alone"
+            ),
+            "{beyond}: {err}"
+        );
+    }
     std::fs::write(&f, format!("{HEAD}tenant_policy = \"off\"\n{tenants}")).expect("write");
     let out = smtp_edge_tests::cli(None, &["config", "check", f.to_str().expect("path")]);
     let err = String::from_utf8_lossy(&out.stderr);

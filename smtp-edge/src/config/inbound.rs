@@ -98,11 +98,29 @@ pub struct RawInbound {
     pub tenant_proof: Option<Spanned<Proof>>,
 }
 
+/// Whether a connector delivers beyond the accepted domains: `relay`, or a
+/// recipient domain pattern that is not one of them (`*`, a partner's
+/// domain). Mail it takes may leave the organisation, so the tenant must
+/// prove itself with its DKIM signature as well as the stamp.
+fn reaches_outside(relay: bool, recipients: &[DomainPattern], accepted: &[DomainPattern]) -> bool {
+    relay
+        || recipients.iter().any(|p| match p {
+            DomainPattern::Accepted => false,
+            DomainPattern::Any => true,
+            DomainPattern::Exact(n) => !accepted.iter().any(|a| a.matches(n, &[])),
+            DomainPattern::Subtree(n) => !accepted
+                .iter()
+                .any(|a| matches!(a, DomainPattern::Subtree(_)) && a.matches(n, &[])),
+        })
+}
+
 /// The tenant rule of a connector (`None` when it checks none), its
-/// problems added to `errors`.
+/// problems added to `errors`; `outside`: it delivers beyond the accepted
+/// domains ([`reaches_outside`]), which picks the default proof.
 fn tenant_rule(
     c: &RawInbound,
     name: &str,
+    outside: bool,
     at: At<'_>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Rule> {
@@ -182,7 +200,7 @@ fn tenant_rule(
     }
     let proof = match &c.tenant_proof {
         Some(p) => *p.get_ref(),
-        None if c.relay => Proof::StampAndDkim,
+        None if outside => Proof::StampAndDkim,
         None => Proof::Stamp,
     };
     (mode != Mode::Off).then_some(Rule {
@@ -216,12 +234,14 @@ pub struct InboundConnector {
     pub exchange_online: bool,
 }
 
-/// Validates the connectors; `smtp_enabled` and `tls` say whether the
+/// Validates the connectors (`accepted`: the accepted domains, which tell
+/// which connectors deliver beyond them); `smtp_enabled` and `tls` say whether the
 /// receiving side is on and has `[smtp.tls]`. `at(span, message)` builds
 /// located errors (and warnings: valid settings an administrator should
 /// think twice about).
 pub(super) fn validate(
     connectors: Vec<RawInbound>,
+    accepted: &[DomainPattern],
     smtp_enabled: bool,
     tls: bool,
     at: At<'_>,
@@ -302,7 +322,8 @@ pub(super) fn validate(
             .any(|n| exo.iter().any(|e| e.contains(n) || n.contains(e)));
         // No sources: everyone, the Exchange Online ranges included.
         shared_sources |= sources.is_empty() && !exchange_online;
-        let tenants = tenant_rule(&c, &name, at, errors);
+        let outside = reaches_outside(c.relay, &recipient_domains, accepted);
+        let tenants = tenant_rule(&c, &name, outside, at, errors);
         if c.trusted_headers && shared_sources && tenants.is_none() {
             warnings.push(at(
                 c.name.span(),
@@ -315,15 +336,16 @@ pub(super) fn validate(
                 ),
             ));
         }
-        if c.relay && tenants.as_ref().is_some_and(|t| t.proof == Proof::Stamp) {
+        if outside && tenants.as_ref().is_some_and(|t| t.proof == Proof::Stamp) {
             warnings.push(at(
                 c.tenant_proof
                     .as_ref()
                     .map_or_else(|| c.name.span(), |p| p.span()),
                 format!(
-                    "connector `{name}` relays to any domain on the stamp alone (tenant_proof = \
-                     \"stamp\"): mail the tenant sends out is DKIM-signed by Exchange Online, \
-                     and \"stamp-and-dkim\" (the default with relay) requires it"
+                    "connector `{name}` delivers beyond the accepted domains (relay or \
+                     recipient_domains) on the stamp alone (tenant_proof = \"stamp\"): mail the \
+                     tenant sends out is DKIM-signed by Exchange Online, and \"stamp-and-dkim\" \
+                     (the default for such a connector) requires it"
                 ),
             ));
         }
@@ -363,4 +385,30 @@ pub(super) fn validate(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pats(list: &[&str]) -> Vec<DomainPattern> {
+        list.iter()
+            .map(|p| DomainPattern::parse(p).expect("pattern"))
+            .collect()
+    }
+
+    #[test]
+    fn a_connector_that_delivers_beyond_the_accepted_domains_needs_the_dkim_proof() {
+        let accepted = pats(&["contoso.com", "*.fabrikam.com"]);
+        let outside = |relay, r: &[&str]| reaches_outside(relay, &pats(r), &accepted);
+        // Inbound only: the accepted domains, by name or as `accepted`.
+        assert!(!outside(false, &["accepted"]));
+        assert!(!outside(false, &["contoso.com", "mail.fabrikam.com"]));
+        assert!(!outside(false, &["*.fabrikam.com"]));
+        // Relay, `*`, a partner's domain, a subtree wider than accepted.
+        assert!(outside(true, &["accepted"]));
+        assert!(outside(false, &["*"]));
+        assert!(outside(false, &["accepted", "partner.example"]));
+        assert!(outside(false, &["*.contoso.com"]));
+    }
 }

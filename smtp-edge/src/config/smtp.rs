@@ -258,6 +258,7 @@ pub(super) fn validate(
     }
     let connectors = super::inbound::validate(
         connectors,
+        &accepted,
         raw.enabled,
         raw.tls.is_some(),
         at,

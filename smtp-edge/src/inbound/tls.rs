@@ -159,11 +159,15 @@ pub struct Verified {
 /// Why a chain whose EKUs allow neither purpose is refused.
 pub const WRONG_PURPOSE: &str = "certificate not valid for client or server authentication";
 
-/// Whether a certificate has the name constraints extension.
+/// Whether a certificate may carry name constraints: it has the extension,
+/// or it cannot be read well enough to say it has none (fail closed: the
+/// verifier applies name constraints to SANs only, so the subject CN must
+/// not count under such a CA).
 fn has_name_constraints(cert: &CertificateDer<'_>) -> bool {
-    x509_parser::parse_x509_certificate(cert.as_ref())
-        .ok()
-        .is_some_and(|(_, x)| matches!(x.name_constraints(), Ok(Some(_))))
+    match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, x)) => !matches!(x.name_constraints(), Ok(None)),
+        Err(_) => true,
+    }
 }
 
 /// A refusal for a purpose the EKUs on the path do not allow.
@@ -270,7 +274,16 @@ fn describe(e: &webpki::Error) -> String {
         E::BadDer | E::BadDerTime | E::TrailingData(_) => {
             "invalid certificate (bad encoding)".into()
         }
-        other => format!("invalid certificate ({other:?})"),
+        E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "invalid certificate (unsupported signature algorithm)".into()
+        }
+        other => {
+            // The verifier's own words, one short line (some of its errors
+            // list every algorithm it supports).
+            let text: String = format!("{other:?}").chars().take(80).collect();
+            format!("invalid certificate ({text})")
+        }
     }
 }
 
