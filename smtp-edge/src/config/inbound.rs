@@ -92,8 +92,9 @@ pub struct RawInbound {
     pub tenant_policy: Option<Spanned<Mode>>,
     /// What proves a tenant: `stamp` (Exchange Online's tenant id; the
     /// default, for mail EOP relays inbound) or `stamp-and-dkim` (the id
-    /// and the tenant's DKIM signature; the default with `relay`, for mail
-    /// the tenant sends out through this host).
+    /// and the tenant's DKIM signature; the default with `relay` or
+    /// recipient domains beyond the accepted ones, for mail the tenant sends
+    /// out through this host).
     #[serde(default)]
     pub tenant_proof: Option<Spanned<Proof>>,
 }

@@ -49,7 +49,7 @@ pub enum Proof {
     /// at all). The default of a connector without `relay`.
     Stamp,
     /// The stamp and a DKIM signature of one of that tenant's domains (mail
-    /// our tenant sends out through this host). The default with `relay`.
+    /// our tenant sends out through this host). The default with `relay` or recipient domains beyond the accepted ones.
     StampAndDkim,
 }
 
