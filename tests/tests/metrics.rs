@@ -34,8 +34,19 @@ fn known_traffic_gives_known_values() {
         ..Setup::default()
     });
     let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
-    // What the harness's own probes left (Edge::start connects once).
-    let before = scrape(metrics);
+    // What the harness's own probes left (Edge::start connects once): its
+    // session is counted when the daemon sees it end, which may come after
+    // the probe has moved on, so wait for it before taking the baseline.
+    let before = wait_for("the harness's probe session to be counted", 10, || {
+        let b = scrape(metrics);
+        let probed = sum(
+            &b,
+            "smtp_edge_smtp_sessions_total",
+            "connector=\"loopback\"",
+        ) >= 1.0
+            && sample(&b, "smtp_edge_smtp_connections_open", "") == Some(0.0);
+        probed.then_some(b.clone()).ok_or(b)
+    });
     let base = |name: &str, labels: &str| sample(&before, name, labels).unwrap_or(0.0);
     // Three messages delivered, one deferred.
     for i in 0..3 {
